@@ -1,0 +1,5 @@
+import sys
+
+from ponybot.cli import main
+
+sys.exit(main())

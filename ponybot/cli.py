@@ -1,0 +1,173 @@
+"""The ``ponybot`` command. Each subcommand imports its side (bot or worker) only when run."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from ponybot import __version__
+from ponybot.errors import ConfigError, InvalidRequestError, PonybotError
+from ponybot.queue import connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
+from ponybot.redis_server import EmbeddedRedis, running_embedded_url
+from ponybot.schemas import GenerationRequest, Job, Sampler, build_request, parse_size
+from ponybot.settings import Settings, load_settings
+
+log = logging.getLogger("ponybot")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ponybot", description="pony-diffusion on Discord, with GPU workers.")
+    parser.add_argument("--config", help="settings file (default: $PONYBOT_CONFIG, else ./config.toml)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
+    parser.add_argument("--version", action="version", version=f"ponybot {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser("worker", help="run a GPU worker: load the model, then take jobs")
+    worker.add_argument("--device", help="cpu, cuda, cuda:N (overrides worker.device)")
+    worker.add_argument("--model", help="model source (overrides model.source)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+
+    generate = commands.add_parser("generate", help="generate images through the queue, without Discord")
+    generate.add_argument("prompt")
+    generate.add_argument("--negative", help="negative prompt")
+    generate.add_argument("--seed", type=int, help="0..4294967295 (default: random, always printed)")
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--cfg", type=float)
+    generate.add_argument("--size", help="WIDTHxHEIGHT, multiples of 64 from 256 to 1024")
+    generate.add_argument("--count", type=int)
+    generate.add_argument("--sampler", help=", ".join(s.value for s in Sampler))
+    generate.add_argument("--clip-skip", type=int, help="1 = last CLIP layer, 2 = penultimate (A1111's convention)")
+    generate.add_argument("--quality", action="store_true", help="add the model card's quality tags")
+    generate.add_argument("--model", help="model source for --local (overrides model.source)")
+    generate.add_argument("--out", type=Path, help="output folder (default: cli.out_dir)")
+    generate.add_argument("--local", action="store_true", help="run a worker in this process")
+
+    commands.add_parser("bot", help="run the Discord bot")
+    return parser
+
+
+def request_from_args(args: argparse.Namespace, settings: Settings) -> GenerationRequest:
+    defaults = settings.defaults
+    try:
+        width, height = parse_size(args.size or defaults.size)
+    except ValueError as error:
+        raise InvalidRequestError("size", str(error)) from None
+    sampler = args.sampler or defaults.sampler.value
+    if sampler not in {s.value for s in Sampler}:
+        raise InvalidRequestError("sampler", f"must be one of {', '.join(s.value for s in Sampler)}, got {sampler!r}")
+    return build_request(
+        settings.limits,
+        prompt=args.prompt,
+        negative_prompt=args.negative if args.negative is not None else defaults.negative_prompt,
+        steps=args.steps if args.steps is not None else defaults.steps,
+        cfg=args.cfg if args.cfg is not None else defaults.cfg,
+        width=width,
+        height=height,
+        count=args.count if args.count is not None else defaults.count,
+        seed=args.seed,
+        sampler=sampler,
+        clip_skip=args.clip_skip if args.clip_skip is not None else defaults.clip_skip,
+    )
+
+
+def cli_job_id(job: Job, model: str) -> str:
+    """Identical requests get identical ids, so identical runs write byte-identical PNGs."""
+    digest = hashlib.sha256(f"{job.request.model_dump_json()}|{job.seed}|{job.quality_tags}|{model}".encode())
+    return f"cli-{digest.hexdigest()[:24]}"
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    request = request_from_args(args, settings)
+    model = args.model or settings.model.source
+    draft = Job.create(request, quality_tags=args.quality)
+    job = draft.model_copy(update={"id": cli_job_id(draft, model)})
+    out_dir: Path = args.out or settings.cli.out_dir
+    with ExitStack() as stack:
+        url = settings.redis.url or running_embedded_url(settings.redis.embedded_dir)
+        if url is None and args.local:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ponybot-redis-")))
+            url = stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url
+        conn = connect(url or resolve_redis_url(settings))
+        after = last_event_id(conn)
+        worker = settings.worker
+        position = enqueue(conn, job, max_queue=settings.limits.max_queue, job_timeout_s=worker.job_timeout_s,
+                           result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts)
+        log.info("job %s queued at position %d (seed %d)", job.id, position, job.seed)
+        if args.local:
+            from worker.runner import build_runtime, run_worker
+
+            run_worker(build_runtime(settings, conn, model_source=model), burst=True)
+        event = wait_for_event(conn, job.id, after=after, timeout=None,
+                               no_worker_timeout=settings.cli.no_worker_timeout_s)
+        if event.kind == "failed":
+            raise PonybotError(f"job {job.id} failed: {event.error_message}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for image in event.images:
+            data = load_image(conn, image.key) if image.key else None
+            if data is None:
+                raise PonybotError(f"image {image.index} of job {job.id} expired before it was read")
+            path = out_dir / f"{job.id}-{image.index}.png"
+            path.write_bytes(data)
+            say(f"{path}\tseed={image.seed}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.runner import build_runtime, run_worker
+
+    if args.device:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
+    conn = connect(resolve_redis_url(settings))
+    run_worker(build_runtime(settings, conn, model_source=args.model), burst=args.burst)
+    return 0
+
+
+def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.app import run_bot
+
+    run_bot(settings)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as error:
+        sys.stderr.write(f"ponybot: {error}\n")
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=args.log_level or settings.log.level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return COMMANDS[args.command](args, settings)
+    except (InvalidRequestError, ConfigError) as error:
+        sys.stderr.write(f"ponybot: {error}\n")
+        return EXIT_USAGE
+    except (PonybotError, TimeoutError) as error:
+        sys.stderr.write(f"ponybot: {error}\n")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

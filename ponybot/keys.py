@@ -1,0 +1,65 @@
+"""Every Redis key, stream, channel and queue name ponybot uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "ponybot"
+
+#: The RQ queue generation jobs go through (RQ stores it as ``rq:queue:<name>``).
+GENERATE_QUEUE = "ponybot-generate"
+#: The job name a ponybot worker runs (mapped to its resident pipeline, never imported);
+#: a job naming anything else is refused, so Redis access cannot run code in a worker.
+GENERATE_FUNC = "ponybot.generate"
+
+#: Durable stream of ``done`` / ``failed`` events, read by the bot in a consumer group.
+EVENTS_STREAM = f"{PREFIX}:events"
+#: Consumer group of the bot's delivery loop on :data:`EVENTS_STREAM`.
+DELIVERY_GROUP = "delivery"
+#: Lossy pub/sub channel carrying progress events of every job.
+PROGRESS_CHANNEL = f"{PREFIX}:progress"
+#: Sorted set of recent generation durations, for the ETA shown to members.
+RECENT_DURATIONS = f"{PREFIX}:recent-durations"
+
+
+def image(job_id: str, index: int) -> str:
+    """PNG bytes of image ``index`` of a job (expires after ``worker.result_ttl_s``)."""
+    return f"{PREFIX}:image:{job_id}:{index}"
+
+
+def job_record(job_id: str) -> str:
+    """The job as the bot enqueued it (JSON), kept for follow-up buttons."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def member_jobs(guild_id: int | None, user_id: int) -> str:
+    """Set of a member's queued or running job ids."""
+    return f"{PREFIX}:member-jobs:{guild_id or 0}:{user_id}"
+
+
+def guild_jobs(guild_id: int | None) -> str:
+    """Set of a server's queued or running job ids."""
+    return f"{PREFIX}:guild-jobs:{guild_id or 0}"
+
+
+def guild_policy(guild_id: int) -> str:
+    """A server's default channel policy (JSON)."""
+    return f"{PREFIX}:policy:guild:{guild_id}"
+
+
+def channel_policy(guild_id: int, channel_id: int) -> str:
+    """Hash of channel id -> policy override (JSON) for one server."""
+    return f"{PREFIX}:policy:channels:{guild_id}"
+
+
+def policy_audit(guild_id: int) -> str:
+    """Stream of policy changes in one server (who, what, before, after)."""
+    return f"{PREFIX}:policy:audit:{guild_id}"
+
+
+def cooldown(guild_id: int | None, channel_id: int, user_id: int) -> str:
+    """Set while a member is cooling down in a channel (expires by itself)."""
+    return f"{PREFIX}:cooldown:{guild_id or 0}:{channel_id}:{user_id}"
+
+
+def delivered(job_id: str) -> str:
+    """Marks a job's result as posted, so a redelivered event is not posted twice."""
+    return f"{PREFIX}:delivered:{job_id}"

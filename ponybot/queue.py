@@ -1,0 +1,137 @@
+"""Queue helpers both sides use: connect, enqueue, position, events, images, workers."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import redis
+from rq import Queue, Retry, Worker
+from rq.serializers import JSONSerializer
+
+from ponybot import keys
+from ponybot.errors import NoWorkerError, QueueFullError, RedisUnavailableError
+from ponybot.redis_server import running_embedded_url
+from ponybot.schemas import Job, JobEvent, ProgressEvent
+
+if TYPE_CHECKING:
+    from ponybot.settings import Settings
+
+EVENTS_MAXLEN = 10_000
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """``redis.url``, else the embedded Redis that ``ponybot up`` runs, else a clear error."""
+    if settings.redis.url:
+        return settings.redis.url
+    url = running_embedded_url(settings.redis.embedded_dir)
+    if url is None:
+        raise RedisUnavailableError(
+            "no Redis to talk to: set redis.url (PONYBOT_REDIS__URL), start `ponybot up`, "
+            "or use `ponybot generate --local`"
+        )
+    return url
+
+
+def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+    """A client that has answered PING, or RedisUnavailableError naming the URL."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, health_check_interval=30)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        raise RedisUnavailableError(f"Redis at {_redact(url)} is unreachable ({error})") from None
+    return client
+
+
+def _redact(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def generation_queue(conn: redis.Redis) -> Queue:
+    return Queue(keys.GENERATE_QUEUE, connection=conn, serializer=JSONSerializer)
+
+
+def enqueue(
+    conn: redis.Redis, job: Job, *, max_queue: int, job_timeout_s: int, result_ttl_s: int, max_attempts: int = 1
+) -> int:
+    """Put ``job`` on the queue and return its 1-based position; QueueFullError if full."""
+    queue = generation_queue(conn)
+    try:
+        depth = queue.count
+        if depth >= max_queue:
+            raise QueueFullError(f"the queue is full ({depth} jobs waiting): try again in a few minutes")
+
+        queue.enqueue(
+            keys.GENERATE_FUNC,
+            job.model_dump_json(),
+            job_id=job.id,
+            description=f"generate {job.id}",  # never the payload: it holds the interaction token
+            job_timeout=job_timeout_s,
+            result_ttl=result_ttl_s,
+            failure_ttl=result_ttl_s,
+            retry=Retry(max=max_attempts - 1) if max_attempts > 1 else None,
+        )
+        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=result_ttl_s * 24)
+        return queue_position(conn, job.id) or 1
+    except redis.RedisError as error:
+        raise RedisUnavailableError(f"Redis is unreachable ({error})") from None
+
+
+def queue_position(conn: redis.Redis, job_id: str) -> int | None:
+    """1-based position among waiting jobs, or None once a worker took it."""
+    position = generation_queue(conn).get_job_position(job_id)
+    return None if position is None else position + 1
+
+
+def workers_online(conn: redis.Redis) -> int:
+    return len(Worker.all(connection=conn, queue=generation_queue(conn)))
+
+
+def last_event_id(conn: redis.Redis) -> str:
+    """The newest id on the events stream (``0-0`` when empty): read after it for new events."""
+    newest = conn.xrevrange(keys.EVENTS_STREAM, count=1)
+    return newest[0][0].decode() if newest else "0-0"
+
+
+def publish_event(conn: redis.Redis, event: JobEvent) -> str:
+    entry_id = conn.xadd(
+        keys.EVENTS_STREAM, {"data": event.model_dump_json()}, maxlen=EVENTS_MAXLEN, approximate=True
+    )
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def publish_progress(conn: redis.Redis, event: ProgressEvent) -> None:
+    conn.publish(keys.PROGRESS_CHANNEL, event.model_dump_json())
+
+
+def load_image(conn: redis.Redis, key: str) -> bytes | None:
+    data = conn.get(key)
+    return bytes(data) if data is not None else None
+
+
+def wait_for_event(
+    conn: redis.Redis, job_id: str, *, after: str, timeout: float | None, no_worker_timeout: float
+) -> JobEvent:
+    """Block until ``job_id``'s event arrives; NoWorkerError when no worker listens for too long."""
+    started = time.monotonic()
+    without_worker_since: float | None = None
+    while timeout is None or time.monotonic() - started < timeout:
+        for _stream, entries in conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100) or []:
+            for entry_id, fields in entries:
+                after = entry_id.decode()
+                event = JobEvent.model_validate_json(fields[b"data"])
+                if event.job.id == job_id:
+                    return event
+        if workers_online(conn):
+            without_worker_since = None
+        else:
+            without_worker_since = without_worker_since or time.monotonic()
+            if time.monotonic() - without_worker_since >= no_worker_timeout:
+                raise NoWorkerError(
+                    f"no worker has been listening on queue {keys.GENERATE_QUEUE!r} for "
+                    f"{no_worker_timeout:g} s: start one with `ponybot worker`, or use --local"
+                )
+    raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")

@@ -1,0 +1,225 @@
+"""The contract: what crosses Redis between bot and worker, as JSON pydantic models.
+
+Nothing else crosses: no pickle, so whoever can write to Redis cannot make a
+worker run code. Every model carries :data:`SCHEMA_VERSION`; a bot and a worker
+of different versions refuse each other's messages with a SchemaVersionError.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ponybot.errors import InvalidRequestError, SchemaVersionError
+
+if TYPE_CHECKING:
+    from ponybot.settings import LimitSettings
+
+SCHEMA_VERSION = 1
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 1000
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 64
+
+
+class Sampler(StrEnum):
+    DDIM = "ddim"
+    EULER_A = "euler_a"
+    DPMPP_2M_KARRAS = "dpmpp_2m_karras"
+
+    @property
+    def label(self) -> str:
+        """The name A1111 shows, used in PNG metadata."""
+        return {"ddim": "DDIM", "euler_a": "Euler a", "dpmpp_2m_karras": "DPM++ 2M Karras"}[self.value]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x768"`` -> ``(512, 768)``; the sides must pass :func:`check_side`."""
+    try:
+        width, height = (int(part) for part in text.lower().replace(" ", "").split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like 512x768, got {text!r}") from None
+    check_side(width)
+    check_side(height)
+    return width, height
+
+
+def check_side(value: int) -> int:
+    if not MIN_SIDE <= value <= MAX_SIDE or value % SIDE_STEP:
+        raise ValueError(f"must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}, got {value}")
+    return value
+
+
+class Versioned(BaseModel):
+    """Base of every model that crosses Redis."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+
+    @field_validator("schema_version")
+    @classmethod
+    def _same_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"message written with ponybot schema v{value}, this process speaks v{SCHEMA_VERSION}: "
+                "run the same ponybot version on the bot and every worker"
+            )
+        return value
+
+
+class GenerationRequest(BaseModel):
+    """What a member asked for. Bounds that depend on settings are in :func:`check_limits`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    steps: int = Field(25, ge=1, le=150)
+    cfg: float = Field(7.5, ge=1, le=20)
+    width: int = 512
+    height: int = 512
+    count: int = Field(1, ge=1, le=4)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    sampler: Sampler = Sampler.DDIM
+    clip_skip: Literal[1, 2] = 2
+
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side(cls, value: int) -> int:
+        return check_side(value)
+
+
+def check_limits(request: GenerationRequest, limits: LimitSettings) -> GenerationRequest:
+    """Refuse what the operator's limits forbid, naming the option."""
+    if request.steps > limits.max_steps:
+        raise InvalidRequestError("steps", f"at most {limits.max_steps} on this bot, got {request.steps}")
+    if request.count > limits.max_count:
+        raise InvalidRequestError("count", f"at most {limits.max_count} on this bot, got {request.count}")
+    if request.width * request.height > limits.max_pixels:
+        raise InvalidRequestError(
+            "size",
+            f"{request.width}x{request.height} is over this bot's budget of {limits.max_pixels:,} pixels "
+            "(768x768 by default)",
+        )
+    return request
+
+
+def build_request(limits: LimitSettings, **options: Any) -> GenerationRequest:
+    """Validate options from a command line or a slash command into a request."""
+    try:
+        request = GenerationRequest(**options)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "request"
+        message = first["msg"].removeprefix("Value error, ")
+        raise InvalidRequestError(field, f"{message} (got {first.get('input')!r})") from None
+    return check_limits(request, limits)
+
+
+class Origin(BaseModel):
+    """Where a job came from on Discord."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guild_id: int | None
+    channel_id: int
+    channel_nsfw: bool
+    user_id: int
+
+
+class InteractionRef(BaseModel):
+    """Enough of the interaction to edit its response while the token lives."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int
+    application_id: int
+    token: str
+    expires_at: datetime
+    attachment_size_limit: int = 10 * 1024 * 1024
+
+
+class Job(Versioned):
+    """One generation job as it sits on the queue."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    request: GenerationRequest
+    seed: int = Field(ge=0, le=MAX_SEED)
+    quality_tags: bool = False
+    origin: Origin | None = None
+    interaction: InteractionRef | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    @classmethod
+    def create(cls, request: GenerationRequest, **fields: Any) -> Job:
+        """A job for ``request``; a random seed is chosen here, once, and always reported."""
+        seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return cls(request=request, seed=seed, **fields)
+
+    def image_seed(self, index: int) -> int:
+        """A1111's convention: image i of a job gets seed + i."""
+        return self.seed + index
+
+
+class ProgressEvent(Versioned):
+    """Step ``step`` of ``total`` (lossy: sent on pub/sub)."""
+
+    job_id: str
+    step: int
+    total: int
+    preview: Base64Bytes | None = None
+
+
+class ImageResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int
+    seed: int
+    key: str | None
+    width: int
+    height: int
+    flagged: bool = False
+    withheld: bool = False
+
+
+class JobEvent(Versioned):
+    """A finished job on the durable events stream: ``done`` or ``failed``."""
+
+    kind: Literal["done", "failed"]
+    job: Job
+    images: list[ImageResult] = Field(default_factory=list)
+    prompt: str = ""
+    negative_prompt: str = ""
+    error_code: str | None = None
+    error_message: str | None = None
+    queued_s: float = 0.0
+    generation_s: float = 0.0
+    worker: str = ""
+
+    @property
+    def withheld(self) -> int:
+        return sum(image.withheld for image in self.images)

@@ -1,0 +1,187 @@
+"""Settings: read once at the entry point from TOML and the environment, then passed down.
+
+Precedence, highest first: ``PONYBOT_SECTION__KEY`` environment variables (and
+``DISCORD_TOKEN``), the TOML file (``--config``, ``PONYBOT_CONFIG`` or
+``./config.toml``), the defaults below. Every field is documented in
+``config.example.toml``; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ponybot.errors import ConfigError
+from ponybot.schemas import Sampler, parse_size
+
+DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str | None = None
+    embedded_dir: Path = Path("data/redis")
+
+
+class ModelSettings(_Section):
+    source: str = DEFAULT_MODEL
+    config_dir: Path | None = None
+    cache_dir: Path = Path("data/models")
+    name: str | None = None
+
+
+class WorkerSettings(_Section):
+    device: str = "auto"
+    result_ttl_s: int = Field(3600, ge=60)
+    job_timeout_s: int = Field(600, ge=10)
+    max_attempts: int = Field(2, ge=1, le=10)
+    max_batch: int = Field(1, ge=1, le=16)
+    batch_window_ms: int = Field(50, ge=0, le=5000)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
+            return value
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+
+class LimitSettings(_Section):
+    max_steps: int = Field(50, ge=1, le=150)
+    max_pixels: int = Field(768 * 768, ge=256 * 256, le=1024 * 1024)
+    max_count: int = Field(4, ge=1, le=4)
+    max_queue: int = Field(200, ge=1)
+    max_queued_per_member: int = Field(2, ge=1)
+    max_queued_per_guild: int = Field(20, ge=1)
+
+
+class DefaultSettings(_Section):
+    steps: int = Field(25, ge=1, le=150)
+    cfg: float = Field(7.5, ge=1, le=20)
+    size: str = "512x512"
+    count: int = Field(1, ge=1, le=4)
+    sampler: Sampler = Sampler.DDIM
+    clip_skip: Literal[1, 2] = 2
+    negative_prompt: str = ""
+    quality: bool = True
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        parse_size(value)
+        return value
+
+
+class DiscordSettings(_Section):
+    token: SecretStr | None = None
+    application_id: int | None = None
+    api_base: str = "https://discord.com/api/v10"
+    gateway_url: str = "wss://gateway.discord.gg/"
+    sync_guilds: list[int] = Field(default_factory=list)
+    extra_sizes: list[str] = Field(default_factory=list)
+    progress_edit_interval_s: float = Field(1.5, ge=1.0)
+
+    @field_validator("extra_sizes")
+    @classmethod
+    def _sizes(cls, value: list[str]) -> list[str]:
+        for size in value:
+            parse_size(size)
+        return value
+
+
+class CliSettings(_Section):
+    no_worker_timeout_s: float = Field(10.0, gt=0)
+    out_dir: Path = Path("out")
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PONYBOT_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    defaults: DefaultSettings = Field(default_factory=DefaultSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    cli: CliSettings = Field(default_factory=CliSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init data; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def require_discord_token(self) -> str:
+        """The bot's token, or a ConfigError saying where to put it."""
+        if self.discord.token is None or not self.discord.token.get_secret_value():
+            raise ConfigError(
+                "discord.token is not set: put it in config.toml under [discord] token, "
+                "or set DISCORD_TOKEN (or PONYBOT_DISCORD__TOKEN) in the environment"
+            )
+        return self.discord.token.get_secret_value()
+
+
+def config_path(explicit: str | Path | None = None) -> Path | None:
+    """The TOML file to read: ``--config``, else ``PONYBOT_CONFIG``, else ``./config.toml``."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("PONYBOT_CONFIG"):
+        return Path(env)
+    default = Path("config.toml")
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once; a bad value raises one ConfigError naming every bad key."""
+    data: dict[str, Any] = {}
+    file = config_path(path)
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
+    token = os.environ.get("DISCORD_TOKEN")
+    if token and not os.environ.get("PONYBOT_DISCORD__TOKEN"):
+        data.setdefault("discord", {})["token"] = token
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return Settings(**data)
+    except ValidationError as error:
+        raise ConfigError(describe_validation_error(error, source=file)) from None
+
+
+def describe_validation_error(error: ValidationError, source: Path | None = None) -> str:
+    """One message naming each bad key, what was given and what is allowed."""
+    where = f" in {source}" if source else ""
+    lines = [f"invalid settings{where}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting (see config.example.toml for the valid ones)"
+        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)

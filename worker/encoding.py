@@ -1,0 +1,98 @@
+"""Prompt encoding written by the project, A1111-style.
+
+* CLIP skip applied the same way to prompt and negative prompt (A1111's
+  convention: 1 = last layer, 2 = penultimate layer plus the final layer norm).
+  diffusers' own ``clip_skip`` skips the negative prompt and crashes with
+  transformers 5, so it is never used.
+* Prompts of any length: 75-token chunks, each wrapped in its own start and end
+  tokens, encoded separately and concatenated along the sequence axis. A chunk
+  that would split a phrase breaks at a comma within its last 20 tokens.
+* Emphasis: ``(word:1.3)``, ``(word)``, ``[word]`` scale the token embeddings,
+  and the chunk's mean is restored afterwards, as A1111 does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ponybot.prompt_syntax import parse_emphasis
+
+CHUNK_TOKENS = 75
+COMMA_LOOKBACK = 20
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    ids: list[int]
+    weights: list[float]
+
+
+class PromptEncoder:
+    """Turns prompts into the ``prompt_embeds`` a diffusers UNet takes."""
+
+    def __init__(self, tokenizer: Any, text_encoder: Any) -> None:
+        self.tokenizer = tokenizer
+        self.text_encoder = text_encoder
+        self.bos = int(tokenizer.bos_token_id)
+        self.eos = int(tokenizer.eos_token_id)
+        self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos)
+        self.comma = tokenizer.convert_tokens_to_ids(",</w>")
+        # transformers 5 dropped the ``text_model`` wrapper; 4.x still has it.
+        self.final_layer_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
+
+    def chunks(self, prompt: str) -> list[TokenChunk]:
+        """Tokenize with emphasis into chunks of at most 75 tokens (never truncated)."""
+        ids: list[int] = []
+        weights: list[float] = []
+        for text, weight in parse_emphasis(prompt):
+            if not text:
+                continue
+            tokens = self.tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+            ids += tokens
+            weights += [weight] * len(tokens)
+        chunks: list[TokenChunk] = []
+        while len(ids) > CHUNK_TOKENS:
+            cut = CHUNK_TOKENS
+            window = ids[CHUNK_TOKENS - COMMA_LOOKBACK : CHUNK_TOKENS]
+            if self.comma in window:
+                cut = CHUNK_TOKENS - COMMA_LOOKBACK + max(i for i, t in enumerate(window) if t == self.comma) + 1
+            chunks.append(TokenChunk(ids[:cut], weights[:cut]))
+            ids, weights = ids[cut:], weights[cut:]
+        chunks.append(TokenChunk(ids, weights))
+        return chunks
+
+    def encode(self, prompt: str, clip_skip: int) -> torch.Tensor:
+        """``(1, 77 * chunks, dim)`` embeddings of one prompt."""
+        return self.encode_chunks(self.chunks(prompt), clip_skip)
+
+    @torch.no_grad()
+    def encode_chunks(self, chunks: list[TokenChunk], clip_skip: int, *, min_chunks: int = 1) -> torch.Tensor:
+        """Encode token chunks, padded with empty chunks to ``min_chunks``."""
+        chunks = chunks + [TokenChunk([], [])] * (min_chunks - len(chunks))
+        rows = [[self.bos, *c.ids, self.eos] + [self.pad] * (CHUNK_TOKENS - len(c.ids)) for c in chunks]
+        device = self.text_encoder.device
+        input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+        if clip_skip == 1:
+            hidden = self.text_encoder(input_ids).last_hidden_state
+        else:
+            states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
+            hidden = self.final_layer_norm(states[-clip_skip])
+        for row, chunk in enumerate(chunks):
+            if any(weight != 1.0 for weight in chunk.weights):
+                scale = torch.tensor([1.0, *chunk.weights, 1.0] + [1.0] * (CHUNK_TOKENS - len(chunk.ids)))
+                original_mean = hidden[row].mean()
+                hidden[row] = hidden[row] * scale.to(hidden)[:, None]
+                hidden[row] = hidden[row] * (original_mean / hidden[row].mean())
+        return hidden.reshape(1, -1, hidden.shape[-1])
+
+    def encode_pair(self, prompt: str, negative: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt and negative prompt, the same way and to the same length (for CFG)."""
+        positive, negative_chunks = self.chunks(prompt), self.chunks(negative)
+        count = max(len(positive), len(negative_chunks))
+        return (
+            self.encode_chunks(positive, clip_skip, min_chunks=count),
+            self.encode_chunks(negative_chunks, clip_skip, min_chunks=count),
+        )

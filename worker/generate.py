@@ -1,0 +1,95 @@
+"""``generate()``: one job's images from the resident pipeline, in numbered steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ponybot.errors import GenerationError
+from ponybot.schemas import GenerationRequest
+from worker.encoding import PromptEncoder
+from worker.loading import LoadedModel
+from worker.schedulers import make_scheduler
+
+log = logging.getLogger(__name__)
+
+#: Called after each denoising step with (step, total, latents).
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass
+class GenerationOutput:
+    """The images of one job, their seeds, and the image classifier's NSFW flags."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    nsfw: list[bool] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Generator:
+    """Owns the resident pipeline and the project's prompt encoder."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.pipeline = model.pipeline
+        self.encoder = PromptEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder)
+        self.base_scheduler_config = self.pipeline.scheduler.config
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        seed: int,
+        prompt: str,
+        negative_prompt: str,
+        on_step: StepCallback | None = None,
+    ) -> GenerationOutput:
+        started = time.perf_counter()
+
+        # 1. Check inputs: the contract validated them; the model adds its own constraint.
+        factor = self.pipeline.vae_scale_factor * 8
+        for name, value in (("width", request.width), ("height", request.height)):
+            if value % factor:
+                raise GenerationError("invalid_request", f"{name} must be a multiple of {factor} for this model")
+
+        # 2. Encode prompt and negative prompt the same way (CLIP skip, chunks, emphasis).
+        positive, negative = self.encoder.encode_pair(prompt, negative_prompt, request.clip_skip)
+        positive = positive.to(self.model.device, self.model.dtype)
+        negative = negative.to(self.model.device, self.model.dtype)
+
+        # 3. A fresh scheduler for the chosen sampler.
+        self.pipeline.scheduler = make_scheduler(request.sampler, self.base_scheduler_config)
+
+        # 4. One CPU generator per image: image i gets seed + i, the same on every device.
+        seeds = [seed + index for index in range(request.count)]
+        generators = [torch.Generator("cpu").manual_seed(image_seed) for image_seed in seeds]
+
+        # 5. Denoise and decode.
+        def step_end(pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step + 1, request.steps, tensors["latents"])
+            return tensors
+
+        with torch.inference_mode():
+            result = self.pipeline(
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                num_inference_steps=request.steps,
+                guidance_scale=request.cfg,
+                width=request.width,
+                height=request.height,
+                num_images_per_prompt=request.count,
+                generator=generators,
+                callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                output_type="pil",
+            )
+        images: list[Image.Image] = list(result.images)
+        return GenerationOutput(images, seeds, [False] * len(images), time.perf_counter() - started)

@@ -1,0 +1,161 @@
+"""The worker process: a resident pipeline taking jobs from the RQ queue.
+
+One long-lived process per GPU. Jobs run in this process (RQ's SimpleWorker:
+never a fork per job, since a CUDA context does not survive fork). Only the
+job name :data:`ponybot.keys.GENERATE_FUNC` is accepted, mapped to the resident
+pipeline; RQ callbacks are refused, so writing to Redis cannot run code here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import redis
+import torch
+from rq import SimpleWorker
+from rq.job import Job as RQJob
+from rq.serializers import JSONSerializer
+
+from ponybot import keys
+from ponybot.errors import ForgedJobError, GenerationError
+from ponybot.parameters import format_parameters
+from ponybot.queue import generation_queue, publish_event, publish_progress
+from ponybot.schemas import ImageResult, Job, JobEvent, ProgressEvent, utcnow
+from ponybot.settings import Settings
+from worker.generate import GenerationOutput, Generator
+from worker.loading import load_model, resolve_device
+from worker.png import encode_png
+from ponybot.prompts import compose_prompts
+
+log = logging.getLogger(__name__)
+
+
+class SafeJob(RQJob):
+    """An RQ job that can only ever run :attr:`handler`: no imports by name, no callbacks."""
+
+    handler: ClassVar[Callable[[str], Any]]
+
+    @property
+    def func(self) -> Callable[[str], Any]:
+        if self.func_name != keys.GENERATE_FUNC or self.instance is not None:
+            raise ForgedJobError(f"refusing job {self.id}: it names {self.func_name!r}, not {keys.GENERATE_FUNC!r}")
+        return type(self).handler
+
+    @property
+    def success_callback(self) -> None:
+        return self._no_callback(self._success_callback_name)
+
+    @property
+    def failure_callback(self) -> None:
+        return self._no_callback(self._failure_callback_name)
+
+    @property
+    def stopped_callback(self) -> None:
+        return self._no_callback(self._stopped_callback_name)
+
+    def _no_callback(self, name: str | None) -> None:
+        if name:
+            raise ForgedJobError(f"refusing job {self.id}: it asks for callback {name!r}")
+        return None
+
+
+class WorkerRuntime:
+    """The resident pipeline plus everything one job needs: Redis, settings, a name."""
+
+    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.generator = generator
+        self.name = name
+
+    def run(self, payload: str) -> dict[str, Any]:
+        """Run one job from its JSON payload and publish its ``done`` or ``failed`` event."""
+        job = Job.model_validate_json(payload)
+        started = utcnow()
+        queued_s = (started - job.created_at).total_seconds()
+        log.info("job=%s started: %dx%d x%d, %d steps, %s", job.id, job.request.width, job.request.height,
+                 job.request.count, job.request.steps, job.request.sampler)
+        prompt, negative = compose_prompts(job)
+        try:
+            output = self.generator.generate(
+                job.request, seed=job.seed, prompt=prompt, negative_prompt=negative,
+                on_step=lambda step, total, _latents: self._progress(job, step, total),
+            )
+            event = self._store(job, output, prompt, negative, queued_s)
+        except GenerationError as error:
+            event = self._failed(job, error.code, str(error), queued_s)
+        except torch.OutOfMemoryError:
+            event = self._failed(job, "out_of_memory", "the GPU ran out of memory: try a smaller size or count",
+                                 queued_s)
+        publish_event(self.conn, event)
+        log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued_s)
+        return {"kind": event.kind, "images": len(event.images)}
+
+    def _progress(self, job: Job, step: int, total: int) -> None:
+        try:
+            publish_progress(self.conn, ProgressEvent(job_id=job.id, step=step, total=total))
+        except redis.RedisError as error:  # progress is lossy by design
+            log.warning("job=%s progress not sent: %s", job.id, error)
+
+    def _store(self, job: Job, output: GenerationOutput, prompt: str, negative: str, queued_s: float) -> JobEvent:
+        ttl = self.settings.worker.result_ttl_s
+        images = []
+        with self.conn.pipeline() as pipe:
+            for index, (image, seed) in enumerate(zip(output.images, output.seeds, strict=True)):
+                key = keys.image(job.id, index)
+                text = format_parameters(job, index, prompt, negative, self.generator.model.name)
+                pipe.set(key, encode_png(image, text), ex=ttl)
+                images.append(ImageResult(index=index, seed=seed, key=key, width=image.width, height=image.height,
+                                          flagged=output.nsfw[index]))
+            pipe.execute()
+        return JobEvent(kind="done", job=job, images=images, prompt=prompt, negative_prompt=negative,
+                        queued_s=queued_s, generation_s=output.seconds, worker=self.name)
+
+    def _failed(self, job: Job, code: str, message: str, queued_s: float) -> JobEvent:
+        log.error("job=%s failed (%s): %s", job.id, code, message)
+        return JobEvent(kind="failed", job=job, error_code=code, error_message=message, queued_s=queued_s,
+                        worker=self.name)
+
+
+class GenerationWorker(SimpleWorker):
+    """RQ's in-process worker bound to one runtime; JSON only, SafeJob only."""
+
+    def __init__(self, runtime: WorkerRuntime, **kwargs: Any) -> None:
+        job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
+        super().__init__(
+            [generation_queue(runtime.conn)],
+            connection=runtime.conn,
+            name=runtime.name,
+            job_class=job_class,
+            serializer=JSONSerializer,
+            **kwargs,
+        )
+
+
+def default_worker_name(device: torch.device) -> str:
+    return f"ponybot-{socket.gethostname()}-{device}-{uuid.uuid4().hex[:6]}"
+
+
+def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None) -> WorkerRuntime:
+    """Load the model (once, before any job is taken) and bind it to Redis."""
+    device = resolve_device(settings.worker.device)
+    if device.type == "cpu":
+        log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
+    model = load_model(model_source or settings.model.source, settings.model, device)
+    return WorkerRuntime(settings, conn, Generator(model), default_worker_name(device))
+
+
+def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
+    """Take jobs until stopped (SIGTERM/SIGINT: the current job finishes first) or, in burst mode, drained."""
+    worker = GenerationWorker(runtime)
+    started = time.perf_counter()
+    log.info("worker %s listening on %s", runtime.name, keys.GENERATE_QUEUE)
+    result = worker.work(burst=burst, logging_level=logging.getLevelName(log.getEffectiveLevel()),
+                         with_scheduler=False)
+    log.info("worker %s stopped after %.1f s", runtime.name, time.perf_counter() - started)
+    return bool(result)
