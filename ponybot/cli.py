@@ -12,8 +12,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from ponybot import __version__
-from ponybot.errors import ConfigError, InvalidRequestError, PonybotError
-from ponybot.queue import connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
+from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
+from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
 from ponybot.schemas import GenerationRequest, Job, Sampler, build_request, parse_size
 from ponybot.settings import Settings, load_settings
@@ -111,8 +111,12 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             from worker.runner import build_runtime, run_worker
 
             run_worker(build_runtime(settings, conn, model_source=model), burst=True)
-        event = wait_for_event(conn, job.id, after=after, timeout=None,
-                               no_worker_timeout=settings.cli.no_worker_timeout_s)
+        try:
+            event = wait_for_event(conn, job.id, after=after, timeout=None,
+                                   no_worker_timeout=settings.cli.no_worker_timeout_s)
+        except NoWorkerError:
+            cancel_job(conn, job.id)  # nobody would ever read its result
+            raise
         if event.kind == "failed":
             raise PonybotError(f"job {job.id} failed: {event.error_message}")
         out_dir.mkdir(parents=True, exist_ok=True)

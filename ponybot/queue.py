@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 EVENTS_MAXLEN = 10_000
 
+#: What ``XREAD`` answers on a client without ``decode_responses``.
+StreamRead = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
 
 def resolve_redis_url(settings: Settings) -> str:
     """``redis.url``, else the embedded Redis that ``ponybot up`` runs, else a clear error."""
@@ -80,6 +83,15 @@ def enqueue(
         raise RedisUnavailableError(f"Redis is unreachable ({error})") from None
 
 
+def cancel_job(conn: redis.Redis, job_id: str) -> bool:
+    """Take a job off the queue before a worker starts it; False if it already started."""
+    queue = generation_queue(conn)
+    removed = bool(queue.remove(job_id))
+    if removed:
+        conn.delete(keys.job_record(job_id))
+    return removed
+
+
 def queue_position(conn: redis.Redis, job_id: str) -> int | None:
     """1-based position among waiting jobs, or None once a worker took it."""
     position = generation_queue(conn).get_job_position(job_id)
@@ -92,7 +104,7 @@ def workers_online(conn: redis.Redis) -> int:
 
 def last_event_id(conn: redis.Redis) -> str:
     """The newest id on the events stream (``0-0`` when empty): read after it for new events."""
-    newest = conn.xrevrange(keys.EVENTS_STREAM, count=1)
+    newest: list[tuple[bytes, dict[bytes, bytes]]] = conn.xrevrange(keys.EVENTS_STREAM, count=1)  # type: ignore[assignment]
     return newest[0][0].decode() if newest else "0-0"
 
 
@@ -108,8 +120,8 @@ def publish_progress(conn: redis.Redis, event: ProgressEvent) -> None:
 
 
 def load_image(conn: redis.Redis, key: str) -> bytes | None:
-    data = conn.get(key)
-    return bytes(data) if data is not None else None
+    data: bytes | None = conn.get(key)  # type: ignore[assignment]
+    return data
 
 
 def wait_for_event(
@@ -119,7 +131,8 @@ def wait_for_event(
     started = time.monotonic()
     without_worker_since: float | None = None
     while timeout is None or time.monotonic() - started < timeout:
-        for _stream, entries in conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100) or []:
+        read: StreamRead = conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100)  # type: ignore[assignment]
+        for _stream, entries in read or []:
             for entry_id, fields in entries:
                 after = entry_id.decode()
                 event = JobEvent.model_validate_json(fields[b"data"])

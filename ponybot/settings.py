@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ponybot.errors import ConfigError
@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init data; the environment overrides it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Settings:
+        width, height = parse_size(self.defaults.size)
+        if self.defaults.steps > self.limits.max_steps:
+            raise ValueError(f"defaults.steps ({self.defaults.steps}) is above limits.max_steps")
+        if self.defaults.count > self.limits.max_count:
+            raise ValueError(f"defaults.count ({self.defaults.count}) is above limits.max_count")
+        if width * height > self.limits.max_pixels:
+            raise ValueError(f"defaults.size ({self.defaults.size}) is above limits.max_pixels")
+        return self
 
     def require_discord_token(self) -> str:
         """The bot's token, or a ConfigError saying where to put it."""

@@ -75,6 +75,7 @@ class PromptEncoder:
         rows = [[self.bos, *c.ids, self.eos] + [self.pad] * (CHUNK_TOKENS - len(c.ids)) for c in chunks]
         device = self.text_encoder.device
         input_ids = torch.tensor(rows, dtype=torch.long, device=device)
+        hidden: torch.Tensor
         if clip_skip == 1:
             hidden = self.text_encoder(input_ids).last_hidden_state
         else:

@@ -66,7 +66,9 @@ def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
 
-    common: dict[str, Any] = {"dtype": dtype, "low_cpu_mem_usage": False, "safety_checker": None, "requires_safety_checker": False}
+    common: dict[str, Any] = {
+        "dtype": dtype, "low_cpu_mem_usage": False, "safety_checker": None, "requires_safety_checker": False
+    }
     if source == TINY_SOURCE:
         source = str(ensure_tiny_pipeline(settings.cache_dir))
     path = Path(source).expanduser()

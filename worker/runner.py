@@ -24,13 +24,13 @@ from rq.serializers import JSONSerializer
 from ponybot import keys
 from ponybot.errors import ForgedJobError, GenerationError
 from ponybot.parameters import format_parameters
+from ponybot.prompts import compose_prompts
 from ponybot.queue import generation_queue, publish_event, publish_progress
 from ponybot.schemas import ImageResult, Job, JobEvent, ProgressEvent, utcnow
 from ponybot.settings import Settings
 from worker.generate import GenerationOutput, Generator
 from worker.loading import load_model, resolve_device
 from worker.png import encode_png
-from ponybot.prompts import compose_prompts
 
 log = logging.getLogger(__name__)
 

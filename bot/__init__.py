@@ -1,0 +1,1 @@
+"""The Discord side of ponybot. Never imports torch, diffusers or transformers."""

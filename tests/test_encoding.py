@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from ponybot.prompt_syntax import parse_emphasis
+
+
+@pytest.fixture
+def encoder(generator: Any) -> Any:
+    return generator.encoder
+
+
+def _reference(encoder: Any, text: str, layer: int) -> torch.Tensor:
+    """transformers' own hidden states, as A1111 reads them, through diffusers-style tokenization."""
+    tokens = encoder.tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        out = encoder.text_encoder(tokens.input_ids, output_hidden_states=True)
+        if layer == 1:
+            return out.last_hidden_state
+        return encoder.final_layer_norm(out.hidden_states[-layer])
+
+
+def test_clip_skip_2_is_penultimate_plus_final_norm_for_both_prompts(encoder: Any) -> None:
+    positive, negative = encoder.encode_pair("pinkie pie", "blurry, ugly", 2)
+    assert torch.allclose(positive, _reference(encoder, "pinkie pie", 2), atol=1e-6)
+    assert torch.allclose(negative, _reference(encoder, "blurry, ugly", 2), atol=1e-6)
+    assert not torch.allclose(positive, _reference(encoder, "pinkie pie", 1), atol=1e-3)
+
+
+def test_clip_skip_1_is_last_hidden_state(encoder: Any) -> None:
+    positive, negative = encoder.encode_pair("pinkie pie", "blurry", 1)
+    assert torch.allclose(positive, _reference(encoder, "pinkie pie", 1), atol=1e-6)
+    assert torch.allclose(negative, _reference(encoder, "blurry", 1), atol=1e-6)
+
+
+def test_long_prompt_fully_encoded(encoder: Any) -> None:
+    words = " ".join(["abc"] * 50)  # about 150+ tokens before the tail
+    base = f"{words} pinkie pie with a hat"
+    changed = f"{words} pinkie pie with a cat"
+    assert len(encoder.chunks(base)) >= 3
+    first, second = encoder.encode(base, 2), encoder.encode(changed, 2)
+    assert first.shape == (1, 77 * len(encoder.chunks(base)), 32)
+    assert not torch.allclose(first, second)  # the last words count
+    assert torch.allclose(first[:, :77], second[:, :77])  # the first chunk is untouched
+
+
+def test_negative_padded_to_prompt_length(encoder: Any) -> None:
+    positive, negative = encoder.encode_pair(" ".join(["abc"] * 40), "blurry", 2)
+    assert positive.shape == negative.shape
+    assert positive.shape[1] == 77 * 2
+
+
+def test_chunks_break_at_a_comma(encoder: Any) -> None:
+    prompt = "a" * 70 + ", bbbbbbbbbb"
+    chunks = encoder.chunks(prompt)
+    assert len(chunks) == 2
+    assert chunks[0].ids[-1] == encoder.comma
+    assert len(chunks[0].ids) == 71
+
+
+def test_emphasis_parse() -> None:
+    assert parse_emphasis("a (b) [c] (d:1.5) \\(e\\)") == [
+        ("a ", 1.0), ("b", 1.1), (" ", 1.0), ("c", 1 / 1.1), (" ", 1.0), ("d", 1.5), (" (e)", 1.0)
+    ]
+    assert parse_emphasis("(cat:1.0)") == parse_emphasis("cat")
+
+
+def test_emphasis_changes_embedding(encoder: Any) -> None:
+    plain = encoder.encode("a cat sitting", 2)
+    assert torch.equal(encoder.encode("a (cat:1.0) sitting", 2), plain)
+    assert not torch.allclose(encoder.encode("a (cat:1.5) sitting", 2), plain)

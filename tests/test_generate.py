@@ -1,0 +1,67 @@
+"""The worker's generation against plain diffusers, and the CLI's reproducibility."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ponybot.parameters import parse_parameters
+from ponybot.schemas import GenerationRequest, Sampler
+from tests.conftest import cli_env, run_cli
+from worker.png import read_parameters
+from worker.schedulers import CARD_DDIM
+from worker.tiny import TINY_REVISION
+
+
+def test_same_pixels_as_plain_diffusers(generator: Any, model_cache: Path) -> None:
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    folder = model_cache / f"tiny-{TINY_REVISION}"
+    plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config, **CARD_DDIM)
+    plain.set_progress_bar_config(disable=True)
+    prompt, negative, seed = "pinkie pie in a meadow", "blurry, lowres", 1234
+    expected = plain(
+        prompt, negative_prompt=negative, num_inference_steps=6, guidance_scale=7.5, width=256, height=256,
+        generator=torch.Generator("cpu").manual_seed(seed), output_type="np",
+    ).images[0]
+
+    request = GenerationRequest(prompt=prompt, negative_prompt=negative, steps=6, width=256, height=256,
+                                clip_skip=1, sampler=Sampler.DDIM, seed=seed)
+    ours = generator.generate(request, seed=seed, prompt=prompt, negative_prompt=negative).images[0]
+    ours_array = np.asarray(ours, dtype=np.float32) / 255
+    assert np.abs(ours_array - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_every_sampler_runs_and_seeds_differ(generator: Any) -> None:
+    for sampler in Sampler:
+        request = GenerationRequest(prompt="pony", steps=3, width=256, height=256, count=2, sampler=sampler)
+        out = generator.generate(request, seed=5, prompt="pony", negative_prompt="")
+        assert out.seeds == [5, 6]
+        first, second = (np.asarray(image) for image in out.images)
+        assert first.shape == (256, 256, 3)
+        assert not np.array_equal(first, second), sampler
+
+
+def test_cli_local_is_byte_identical_and_seed_sensitive(tmp_path: Path, model_cache: Path, redis_url: str) -> None:
+    args = ["generate", "pinkie pie", "--model", "tiny", "--local", "--size", "256x256", "--steps", "4"]
+    # once with the test Redis, once with no Redis configured (an embedded one is started)
+    first = run_cli([*args, "--seed", "42", "--out", "a"], cli_env(redis_url, model_cache), tmp_path)
+    second = run_cli([*args, "--seed", "42", "--out", "b"], cli_env(None, model_cache), tmp_path)
+    third = run_cli([*args, "--seed", "43", "--out", "c"], cli_env(redis_url, model_cache), tmp_path)
+    for result in (first, second, third):
+        assert result.returncode == 0, result.stderr
+    paths = [Path(tmp_path / line.split("\t")[0]) for line in (first.stdout, second.stdout, third.stdout)]
+    assert [line.split("\t")[1].strip() for line in (first.stdout, third.stdout)] == ["seed=42", "seed=43"]
+    a, b, c = (path.read_bytes() for path in paths)
+    assert a == b
+    assert np.asarray(Image.open(io.BytesIO(a))).tolist() != np.asarray(Image.open(io.BytesIO(c))).tolist()
+    parameters = parse_parameters(read_parameters(a) or "")
+    assert parameters["prompt"] == "pinkie pie"
+    assert parameters["Seed"] == "42"
+    assert parameters["Model"] == "tiny"

@@ -1,0 +1,128 @@
+"""The worker on a real Redis: results, events, progress, refusal of forged jobs, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import torch
+
+from ponybot import keys
+from ponybot.parameters import parse_parameters
+from ponybot.queue import enqueue, generation_queue, last_event_id, wait_for_event
+from ponybot.schemas import Job, JobEvent, ProgressEvent, build_request
+from ponybot.settings import Settings
+from tests.conftest import cli_env
+from worker.png import read_parameters
+from worker.runner import GenerationWorker, WorkerRuntime
+
+
+def queue_job(conn: redis.Redis, settings: Settings, **options: Any) -> Job:
+    request = build_request(settings.limits, **{"prompt": "pinkie pie", "width": 256, "height": 256,
+                                                "steps": 3, **options})
+    job = Job.create(request, quality_tags=True)
+    enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=120)
+    return job
+
+
+def events(conn: redis.Redis) -> list[JobEvent]:
+    return [JobEvent.model_validate_json(fields[b"data"]) for _id, fields in conn.xrange(keys.EVENTS_STREAM)]
+
+
+def test_job_to_pngs_event_and_progress(conn: redis.Redis, settings: Settings, runtime: WorkerRuntime) -> None:
+    pubsub = conn.pubsub()
+    pubsub.subscribe(keys.PROGRESS_CHANNEL)
+    pubsub.get_message(timeout=1)
+    job = queue_job(conn, settings, count=2, seed=7, negative_prompt="blurry")
+    GenerationWorker(runtime).work(burst=True)
+
+    [event] = events(conn)
+    assert event.kind == "done" and event.job.id == job.id
+    assert [image.seed for image in event.images] == [7, 8]
+    for image in event.images:
+        assert image.key is not None
+        assert 0 < conn.ttl(image.key) <= settings.worker.result_ttl_s
+        parameters = parse_parameters(read_parameters(conn.get(image.key) or b"") or "")
+        assert parameters["prompt"] == "derpibooru_p_95, pinkie pie"
+        assert parameters["negative_prompt"] == "blurry, derpibooru_p_low"
+        assert parameters["Seed"] == str(image.seed)
+        assert parameters["Steps"] == "3" and parameters["Size"] == "256x256"
+        assert parameters["Clip skip"] == "2" and parameters["Model"] == "tiny" and parameters["Job"] == job.id
+    steps = []
+    while message := pubsub.get_message(timeout=0.2):
+        if message["type"] == "message":
+            steps.append(ProgressEvent.model_validate_json(message["data"]).step)
+    assert steps == [1, 2, 3]
+
+
+def test_forged_job_never_runs(conn: redis.Redis, runtime: WorkerRuntime, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    queue = generation_queue(conn)
+    forged = queue.enqueue("os.system", f"touch {marker}")
+    with_callback = queue.enqueue(keys.GENERATE_FUNC, "{}", on_failure="os.getcwd")
+    GenerationWorker(runtime).work(burst=True)
+    assert not marker.exists()
+    forged.refresh()
+    assert forged.is_failed
+    assert "ForgedJobError" in (forged.latest_result().exc_string or "")
+    with_callback.refresh()
+    assert with_callback.is_failed
+
+
+def test_no_pickle_on_the_queue(conn: redis.Redis, settings: Settings) -> None:
+    job = queue_job(conn, settings)
+    stored = conn.hget(f"rq:job:{job.id}", "data")
+    assert stored is not None
+    func, _instance, args, _kwargs = json.loads(zlib.decompress(stored))  # RQ compresses, JSON inside
+    assert func == keys.GENERATE_FUNC
+    assert Job.model_validate_json(args[0]) == job
+
+
+def test_out_of_memory_becomes_failed_event(conn: redis.Redis, settings: Settings, runtime: WorkerRuntime) -> None:
+    class OutOfMemory:  # a GPU's OOM cannot happen on this CPU: raise it where the pipeline would
+        model = runtime.generator.model
+
+        def generate(self, *args: Any, **kwargs: Any) -> Any:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    job = queue_job(conn, settings)
+    GenerationWorker(WorkerRuntime(settings, conn, OutOfMemory(), "oom")).work(burst=True)  # type: ignore[arg-type]
+    [event] = events(conn)
+    assert event.kind == "failed" and event.job.id == job.id
+    assert event.error_code == "out_of_memory"
+    assert "smaller size" in (event.error_message or "")
+
+
+def test_sigterm_finishes_the_current_job(conn: redis.Redis, settings: Settings, model_cache: Path,
+                                          redis_url: str, tmp_path: Path) -> None:
+    pubsub = conn.pubsub()
+    pubsub.subscribe(keys.PROGRESS_CHANNEL)
+    after = last_event_id(conn)
+    job = queue_job(conn, settings, steps=40)
+    worker = subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu"],
+                              env=cli_env(redis_url, model_cache), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=1)
+            if message and message["type"] == "message" and json.loads(message["data"])["job_id"] == job.id:
+                break
+        else:
+            pytest.fail("the worker never started the job")
+        worker.send_signal(signal.SIGTERM)
+        event = wait_for_event(conn, job.id, after=after, timeout=60, no_worker_timeout=60)
+        assert event.kind == "done"
+        assert len(event.images) == 1
+        assert worker.wait(30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
