@@ -160,7 +160,12 @@ class InteractionRef(BaseModel):
     application_id: int
     token: str
     expires_at: datetime
+    message_id: int | None = None  #: the deferred response, edited with the result
     attachment_size_limit: int = 10 * 1024 * 1024
+
+    def alive_for(self, seconds: float) -> bool:
+        """Whether the token still lives ``seconds`` from now."""
+        return (self.expires_at - utcnow()).total_seconds() > seconds
 
 
 class Job(Versioned):

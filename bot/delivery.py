@@ -1,0 +1,197 @@
+"""Delivery: ``done``/``failed`` events from the durable stream to Discord, exactly once.
+
+The loop reads the events stream in a consumer group. An event is acknowledged
+only after Discord accepted the message, and a ``delivered`` marker guards
+against posting twice; after a restart the loop first re-reads what it had
+taken but not acknowledged. While the interaction token has more than a minute
+left, the deferred response is edited; after that the result goes to the
+channel as a new message that mentions the member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+from typing import TYPE_CHECKING, Any
+
+import discord
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError, ResponseError
+
+from bot import messages
+from ponybot import keys
+from ponybot.errors import SchemaVersionError
+from ponybot.queue import StreamRead
+from ponybot.schemas import JobEvent
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "bot"
+FILES_PER_MESSAGE = 10
+BYTES_PER_REQUEST = 25 * 1024 * 1024
+TOKEN_MARGIN_S = 60
+#: Discord's codes for an interaction token or response that is no longer there.
+TOKEN_GONE = {50027, 10015, 10008, 10062}
+
+
+class RetryLater(Exception):
+    """Discord or Redis failed in a way worth retrying; the event stays pending."""
+
+
+def group_attachments(
+    sizes: list[int], per_file: int, per_message: int = FILES_PER_MESSAGE, per_request: int = BYTES_PER_REQUEST
+) -> tuple[list[list[int]], list[int]]:
+    """Split file indexes into messages Discord accepts; also return those too large for any."""
+    groups: list[list[int]] = []
+    skipped = [index for index, size in enumerate(sizes) if size > per_file]
+    current: list[int] = []
+    total = 0
+    for index, size in enumerate(sizes):
+        if index in skipped:
+            continue
+        if current and (len(current) == per_message or total + size > per_request):
+            groups.append(current)
+            current, total = [], 0
+        current.append(index)
+        total += size
+    if current:
+        groups.append(current)
+    return groups, skipped
+
+
+async def ensure_group(conn: aioredis.Redis) -> None:
+    try:
+        await conn.xgroup_create(keys.EVENTS_STREAM, keys.DELIVERY_GROUP, id="$", mkstream=True)
+    except ResponseError as error:
+        if "BUSYGROUP" not in str(error):
+            raise
+
+
+class Delivery:
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+        self.task: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name="ponybot-delivery")
+
+    async def stop(self) -> None:
+        """Finish the delivery in hand, then stop."""
+        self.stopping.set()
+        if self.task:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self.task, timeout=30)
+
+    async def run(self) -> None:
+        conn = self.bot.redis
+        backlog = True  # first what this consumer took before a restart and never acknowledged
+        backoff = 0.5
+        await self.bot.wait_until_ready()
+        while not self.stopping.is_set():
+            try:
+                await ensure_group(conn)
+                start = "0" if backlog else ">"
+                read: StreamRead = await conn.xreadgroup(  # type: ignore[assignment]
+                    keys.DELIVERY_GROUP, CONSUMER, {keys.EVENTS_STREAM: start}, count=10,
+                    block=None if backlog else 1000,
+                )
+                entries = read[0][1] if read else []
+                if backlog and not entries:
+                    backlog = False
+                for entry_id, fields in entries:
+                    if self.stopping.is_set():
+                        break
+                    await self.handle(entry_id, fields)
+                backoff = 0.5
+            except (RetryLater, RedisError, OSError) as error:
+                log.warning("delivery paused %.1f s: %s", backoff, error)
+                backlog = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), backoff)
+                backoff = min(backoff * 2, 30)
+
+    async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        conn = self.bot.redis
+        try:
+            event = JobEvent.model_validate_json(fields[b"data"])
+        except (ValidationError, SchemaVersionError, KeyError) as error:
+            log.error("event %s cannot be read and is dropped: %s", entry_id, error)
+            await conn.xack(keys.EVENTS_STREAM, keys.DELIVERY_GROUP, entry_id)
+            return
+        job = event.job
+        if job.origin is not None and not await conn.exists(keys.delivered(job.id)):
+            await self.post(event)
+            await conn.set(keys.delivered(job.id), entry_id, ex=self.bot.settings.worker.result_ttl_s * 24)
+            log.info("job=%s delivered (%s)", job.id, event.kind)
+        await conn.xack(keys.EVENTS_STREAM, keys.DELIVERY_GROUP, entry_id)
+
+    async def load_files(self, event: JobEvent) -> list[tuple[str, bytes]]:
+        files = []
+        for image in event.images:
+            if image.withheld or image.key is None:
+                continue
+            data: bytes | None = await self.bot.redis.get(image.key)  # type: ignore[assignment]
+            if data is not None:
+                files.append((f"ponybot-{image.seed}.png", data))
+        return files
+
+    async def post(self, event: JobEvent) -> None:
+        """Post one event; RetryLater when Discord might take it later, nothing when it never will."""
+        files = await self.load_files(event) if event.kind == "done" else []
+        expired = event.kind == "done" and len(files) < sum(not image.withheld for image in event.images)
+        ref = event.job.interaction
+        limit = ref.attachment_size_limit if ref else 10 * 1024 * 1024
+        groups, skipped = group_attachments([len(data) for _name, data in files], limit)
+        try:
+            if ref is not None and ref.message_id is not None and ref.alive_for(TOKEN_MARGIN_S):
+                try:
+                    await self.send(event, files, groups, skipped, expired, webhook=True)
+                    return
+                except discord.HTTPException as error:
+                    if error.status not in (401, 404) and error.code not in TOKEN_GONE:
+                        raise
+                    log.info("job=%s interaction token no longer valid (%s): posting in the channel",
+                             event.job.id, error.code)
+            await self.send(event, files, groups, skipped, expired, webhook=False)
+        except (discord.NotFound, discord.Forbidden) as error:
+            log.error("job=%s cannot be posted in channel %s, dropped: %s", event.job.id,
+                      event.job.origin and event.job.origin.channel_id, error)
+        except (discord.DiscordServerError, discord.RateLimited, OSError, TimeoutError) as error:
+            raise RetryLater(f"job={event.job.id}: {error}") from error
+
+    async def send(self, event: JobEvent, files: list[tuple[str, bytes]], groups: list[list[int]],
+                   skipped: list[int], expired: bool, *, webhook: bool) -> None:
+        mention = not webhook
+        if event.kind == "failed":
+            content = messages.failed(event, mention=mention)
+        elif expired:
+            content = messages.failed(event.model_copy(update={"error_code": "expired"}), mention=mention)
+            groups = []
+        else:
+            content = messages.done(event, mention=mention)
+            if skipped:
+                content += "\n" + messages.too_large(len(skipped))
+        batches = [[discord.File(io.BytesIO(files[i][1]), filename=files[i][0]) for i in group] for group in groups]
+        first = batches[0] if batches else []
+        origin = event.job.origin
+        assert origin is not None
+        allowed = discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(origin.user_id)])
+        if webhook:
+            ref = event.job.interaction
+            assert ref is not None and ref.message_id is not None
+            hook = discord.Webhook.partial(ref.application_id, ref.token, client=self.bot)
+            await hook.edit_message(ref.message_id, content=content, attachments=first, allowed_mentions=allowed)
+            for batch in batches[1:]:
+                await hook.send(files=batch, wait=True)
+            return
+        channel: Any = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
+        await channel.send(content, files=first, allowed_mentions=allowed)
+        for batch in batches[1:]:
+            await channel.send(files=batch)

@@ -1,0 +1,1 @@
+"""One module per feature: a command group with its views and checks together."""

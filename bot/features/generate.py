@@ -1,0 +1,141 @@
+"""``/generate``: validate, defer, enqueue, tell the member where they are."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import messages
+from ponybot.errors import InvalidRequestError
+from ponybot.queue import enqueue
+from ponybot.schemas import MAX_SEED, GenerationRequest, InteractionRef, Job, Origin, Sampler, build_request, parse_size
+from ponybot.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+TOKEN_LIFE = timedelta(minutes=15)
+STANDARD_SIZES = {"square": "512x512", "portrait": "512x768", "landscape": "768x512"}
+
+
+def size_choices(settings: Settings) -> dict[str, str]:
+    """Label -> size: the three standard ones, then the operator's extras."""
+    choices = {f"{label} {size}": size for label, size in STANDARD_SIZES.items()}
+    choices.update({size: size for size in settings.discord.extra_sizes})
+    return choices
+
+
+class SizeTransformer(app_commands.Transformer):
+    """``size``: offered as choices, typed as ``WIDTHxHEIGHT``, checked like the worker checks it."""
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction[PonyBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        choices = size_choices(interaction.client.settings)
+        return [app_commands.Choice(name=label, value=size) for label, size in choices.items()
+                if value.lower() in label.lower()][:25]
+
+    async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> tuple[int, int]:  # type: ignore[override]
+        try:
+            return parse_size(value)
+        except ValueError as error:
+            raise InvalidRequestError("size", str(error)) from None
+
+
+def make_request(settings: Settings, options: dict[str, Any]) -> GenerationRequest:
+    """The request from the options a member gave, with the operator's defaults for the rest."""
+    defaults = settings.defaults
+    given = {key: value for key, value in options.items() if value is not None}
+    width, height = given.pop("size", None) or parse_size(defaults.size)
+    values = {
+        "negative_prompt": defaults.negative_prompt, "steps": defaults.steps, "cfg": defaults.cfg,
+        "count": defaults.count, "sampler": defaults.sampler, "clip_skip": defaults.clip_skip,
+        "width": width, "height": height, **given,
+    }
+    return build_request(settings.limits, **values)
+
+
+def origin_of(interaction: discord.Interaction[Any]) -> Origin:
+    channel = interaction.channel
+    nsfw = bool(channel is not None and hasattr(channel, "is_nsfw") and channel.is_nsfw())
+    return Origin(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0, channel_nsfw=nsfw,
+                  user_id=interaction.user.id)
+
+
+def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None) -> InteractionRef:
+    return InteractionRef(
+        id=interaction.id, application_id=interaction.application_id, token=interaction.token,
+        expires_at=interaction.created_at + TOKEN_LIFE, message_id=message_id,
+        attachment_size_limit=interaction.filesize_limit,
+    )
+
+
+async def submit(bot: PonyBot, job: Job) -> int:
+    """Enqueue (RQ is synchronous: off the event loop) and return the 1-based position."""
+    worker = bot.settings.worker
+    return await asyncio.to_thread(
+        enqueue, bot.sync_redis, job, max_queue=bot.settings.limits.max_queue, job_timeout_s=worker.job_timeout_s,
+        result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts,
+    )
+
+
+class Generate(commands.Cog):
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="generate", description="Draw a picture with pony-diffusion")
+    @app_commands.describe(
+        prompt="What to draw (tags or words; (word:1.3) adds weight)",
+        negative_prompt="What to keep out of the picture",
+        seed="Same seed + same options = same picture (default: random)",
+        steps="Denoising steps: more is slower and often finer",
+        cfg="How closely to follow the prompt (7.5 is the model card's)",
+        size="Width x height",
+        count="How many pictures",
+        sampler="The sampling method",
+        clip_skip="2 = the model card's advice (penultimate CLIP layer), 1 = last layer",
+        quality="Add the model card's quality tags (derpibooru_p_95 / derpibooru_p_low)",
+    )
+    async def generate(
+        self,
+        interaction: discord.Interaction[PonyBot],
+        prompt: app_commands.Range[str, 1, 1000],
+        negative_prompt: app_commands.Range[str, 0, 1000] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        cfg: app_commands.Range[float, 1.0, 20.0] | None = None,
+        size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        sampler: Sampler | None = None,
+        clip_skip: app_commands.Range[int, 1, 2] | None = None,
+        quality: bool | None = None,
+    ) -> None:
+        settings = self.bot.settings
+        request = make_request(settings, {
+            "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
+            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip,
+        })
+        callback = await interaction.response.defer(thinking=True)
+        message_id = callback.message_id if callback is not None else None
+        job = Job.create(
+            request,
+            quality_tags=settings.defaults.quality if quality is None else quality,
+            origin=origin_of(interaction),
+            interaction=interaction_ref(interaction, message_id),
+        )
+        position = await submit(self.bot, job)
+        log.info("job=%s queued by %s in %s at position %d", job.id, interaction.user.id, interaction.channel_id,
+                 position)
+        await interaction.edit_original_response(content=messages.queued(position, None))
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(Generate(bot))

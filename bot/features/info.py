@@ -1,0 +1,86 @@
+"""``/help`` and ``/license``: ephemeral, and the license text the model card requires services to show."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+LICENSE_URL = "https://huggingface.co/spaces/CompVis/stable-diffusion-license"
+
+#: CreativeML OpenRAIL-M, Attachment A: the use restrictions every user must be shown.
+USE_RESTRICTIONS = (
+    "In any way that violates any applicable national, federal, state, local or international law or regulation;",
+    "For the purpose of exploiting, harming or attempting to exploit or harm minors in any way;",
+    "To generate or disseminate verifiably false information and/or content with the purpose of harming others;",
+    "To generate or disseminate personal identifiable information that can be used to harm an individual;",
+    "To defame, disparage or otherwise harass others;",
+    "For fully automated decision making that adversely impacts an individual's legal rights or otherwise creates "
+    "or modifies a binding, enforceable obligation;",
+    "For any use intended to or which has the effect of discriminating against or harming individuals or groups "
+    "based on online or offline social behavior or known or predicted personal or personality characteristics;",
+    "To exploit any of the vulnerabilities of a specific group of persons based on their age, social, physical or "
+    "mental characteristics, in order to materially distort the behavior of a person pertaining to that group in a "
+    "manner that causes or is likely to cause that person or another person physical or psychological harm;",
+    "For any use intended to or which has the effect of discriminating against individuals or groups based on "
+    "legally protected characteristics or categories;",
+    "To provide medical advice and medical results interpretation;",
+    "To generate or disseminate information for the purpose to be used for administration of justice, law "
+    "enforcement, immigration or asylum processes, such as predicting an individual will commit fraud/crime "
+    "commitment (e.g. by text profiling, drawing causal relationships between assertions made in documents, "
+    "indiscriminate and arbitrarily-targeted use).",
+)
+
+
+def license_embed() -> discord.Embed:
+    items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
+    description = (
+        "Images here come from **pony-diffusion-v4**, a Stable Diffusion 1.5 fine-tune licensed under "
+        "**CreativeML OpenRAIL-M**. By using this bot you agree not to use the model or its outputs:\n"
+        f"{items}\n\nYou own the images you generate, and you are responsible for how you use them. "
+        f"Full license: {LICENSE_URL}"
+    )
+    return discord.Embed(title="License and use restrictions", description=description, colour=0xE39BD9)
+
+
+def help_embed() -> discord.Embed:
+    embed = discord.Embed(title="ponybot", colour=0xE39BD9, description=(
+        "Draws pictures with pony-diffusion-v4. Start with `/generate prompt:` and describe what you want."
+    ))
+    embed.add_field(name="Prompts", inline=False, value=(
+        "Comma-separated tags work best, e.g. `pinkie pie, smiling, balloons, outdoors`. "
+        "`(word:1.3)` or `(word)` adds weight, `[word]` lowers it. Quality tags are added for you "
+        "(turn off with `quality: False`)."
+    ))
+    embed.add_field(name="Options", inline=False, value=(
+        "`negative_prompt` what to avoid · `seed` to repeat a picture · `steps` · `cfg` · `size` · "
+        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice)"
+    ))
+    embed.add_field(name="Channel rules", inline=False, value=(
+        "Each channel's moderators decide what may be generated there. Images that break a channel's "
+        "rules are never posted in it."
+    ))
+    embed.add_field(name="More", inline=False, value="`/license`: the model's license and use restrictions.")
+    return embed
+
+
+class Info(commands.Cog):
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="help", description="How to use ponybot")
+    async def help(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await interaction.response.send_message(embed=help_embed(), ephemeral=True)
+
+    @app_commands.command(name="license", description="The model's license and its use restrictions")
+    async def license(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await interaction.response.send_message(embed=license_embed(), ephemeral=True)
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(Info(bot))

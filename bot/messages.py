@@ -1,0 +1,54 @@
+"""What members read: every message the bot sends, in one place, as plain functions."""
+
+from __future__ import annotations
+
+from ponybot.schemas import JobEvent
+
+FAILURE_REASONS = {
+    "out_of_memory": "the GPU ran out of memory. Try a smaller size or fewer images.",
+    "worker_died": "the GPU worker stopped while making it, more than once. Try again in a few minutes.",
+    "timeout": "it took longer than this bot allows. Try fewer steps or a smaller size.",
+    "invalid_request": "the worker could not use these options.",
+    "policy": "this channel's rules changed while it was waiting and no longer allow it.",
+    "expired": "the images expired before they could be posted. Please generate them again.",
+}
+
+
+def queued(position: int, eta_s: float | None) -> str:
+    where = "next in line" if position <= 1 else f"position {position} in the queue"
+    eta = f", about {format_duration(eta_s)}" if eta_s is not None else ""
+    return f"Queued: {where}{eta}."
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    return f"{round(seconds / 60)} min"
+
+
+def done(event: JobEvent, *, mention: bool) -> str:
+    request = event.job.request
+    who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
+    seeds = ", ".join(str(image.seed) for image in event.images if not image.withheld)
+    prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
+    lines = [
+        f"{who}**{prompt}**",
+        f"-# seed {seeds or event.job.seed} · {request.width}x{request.height} · {request.steps} steps · "
+        f"{request.sampler.label} · CFG {request.cfg:g} · {event.generation_s:.1f} s",
+    ]
+    if event.withheld:
+        lines.append(f"{event.withheld} image(s) withheld by this channel's safety policy.")
+    return "\n".join(lines)
+
+
+def failed(event: JobEvent, *, mention: bool) -> str:
+    who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
+    reason = FAILURE_REASONS.get(event.error_code or "", event.error_message or "something went wrong.")
+    return f"{who}Sorry, this generation failed: {reason}"
+
+
+def too_large(skipped: int) -> str:
+    return f"{skipped} image(s) were larger than this server's upload limit and were not posted."
+
+
+REDIS_DOWN = "The image queue is unreachable right now, so nothing was queued. Please try again in a minute."
