@@ -85,13 +85,14 @@ async def reply_ephemeral(interaction: discord.Interaction[Any], text: str) -> N
 class PonyBot(commands.Bot):
     def __init__(self, settings: Settings, redis_url: str, **options: Any) -> None:
         intents = discord.Intents.default()
+        if settings.discord.application_id:
+            options.setdefault("application_id", settings.discord.application_id)
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
             tree_cls=PonyTree,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
             help_command=None,
-            **({"application_id": settings.discord.application_id} if settings.discord.application_id else {}),
             **options,
         )
         self.settings = settings

@@ -11,6 +11,7 @@ FAILURE_REASONS = {
     "invalid_request": "the worker could not use these options.",
     "policy": "this channel's rules changed while it was waiting and no longer allow it.",
     "expired": "the images expired before they could be posted. Please generate them again.",
+    "internal": "an unexpected error in the GPU worker (the operator can find it in the logs by its job id).",
 }
 
 

@@ -122,6 +122,10 @@ class WorkerRuntime:
                         worker=self.name)
 
 
+#: RQ's exception names -> the failure codes members are told about.
+FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
+
+
 class GenerationWorker(SimpleWorker):
     """RQ's in-process worker bound to one runtime; JSON only, SafeJob only."""
 
@@ -133,8 +137,33 @@ class GenerationWorker(SimpleWorker):
             name=runtime.name,
             job_class=job_class,
             serializer=JSONSerializer,
+            exception_handlers=[self._report_failure],
             **kwargs,
         )
+        self.runtime = runtime
+
+    def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
+                        _traceback: Any) -> bool:
+        """A job that failed outside ``run`` (timeout, dead worker): tell the member once no retry is left.
+
+        RQ calls this both for jobs that raised here and for jobs abandoned by a worker that died,
+        before it decides on a retry; ``retries_left`` says whether one will come.
+        """
+        if job.func_name != keys.GENERATE_FUNC:
+            return True
+        if job.retries_left:
+            log.warning("job=%s failed (%s), %d attempt(s) left", job.id, exc_type and exc_type.__name__,
+                        job.retries_left)
+            return True
+        try:
+            payload = Job.model_validate_json(job.args[0])
+        except (ValueError, IndexError, TypeError) as error:
+            log.error("job=%s failed and its payload cannot be read: %s", job.id, error)
+            return True
+        code = FAILURE_CODES.get(exc_type.__name__ if exc_type else "", "internal")
+        event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value}", 0.0)
+        publish_event(self.runtime.conn, event)
+        return True
 
 
 def default_worker_name(device: torch.device) -> str:

@@ -51,6 +51,7 @@ class Interaction:
     sent: float  #: when the bot received it: it has 3 s to answer
     message_id: int | None = None  #: the message whose button was clicked
     responded: bool = False
+    responded_at: float | None = None
     callback_type: int | None = None
     ephemeral: bool = False
     original_id: int | None = None
@@ -307,6 +308,7 @@ class FakeDiscord:
         if interaction.responded:
             return _error(400, 40060, "Interaction has already been acknowledged.")
         interaction.responded, interaction.callback_type = True, body["type"]
+        interaction.responded_at = time.time()
         data = body.get("data") or {}
         interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
         resource = None

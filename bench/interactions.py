@@ -1,0 +1,71 @@
+"""The bot under a burst: 50 /generate at once through the Discord on loopback.
+
+Prints the time from INTERACTION_CREATE to the defer callback (p50, p99; goal p99 < 100 ms)
+and the bot process's resident memory after start (goal < 150 MB, no torch loaded).
+Run: ``.venv/bin/python bench/interactions.py``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, machine, percentile, table  # type: ignore[import-not-found]
+
+from ponybot.redis_server import EmbeddedRedis
+from tests.discord_fake.server import FakeDiscord, snowflake
+
+BURST = 50
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def loads_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def main() -> None:
+    fake = FakeDiscord()
+    await fake.start()
+    with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch), persistent=False) as redis:
+        env = {**os.environ, "DISCORD_TOKEN": "bench", "PONYBOT_REDIS__URL": redis.url,
+               "PONYBOT_DISCORD__API_BASE": fake.api_base, "PONYBOT_DISCORD__GATEWAY_URL": fake.gateway_url,
+               "PONYBOT_LOG__LEVEL": "WARNING", "PONYBOT_LIMITS__MAX_QUEUE": "1000",
+               "PONYBOT_LIMITS__MAX_QUEUED_PER_GUILD": "1000"}
+        started = time.perf_counter()
+        bot = subprocess.Popen([sys.executable, "-m", "ponybot", "bot"], env=env, cwd=scratch)
+        try:
+            await fake.wait_for(lambda: fake.sockets and any(r.method == "PUT" for r in fake.requests), 60)
+            await asyncio.sleep(0.5)
+            ready_s = time.perf_counter() - started
+            memory = rss_mb(bot.pid)
+            torch = loads_torch(bot.pid)
+            members = [FakeDiscord.user(snowflake(), f"member{i}") for i in range(BURST)]
+            interactions = await asyncio.gather(*(
+                fake.slash("generate", {"prompt": f"pinkie pie {i}"}, user=members[i]) for i in range(BURST)))
+            await fake.wait_for(lambda: all(i.responded_at for i in interactions), 60)
+            latencies = [((i.responded_at or 0) - i.sent) * 1000 for i in interactions]
+        finally:
+            bot.terminate()
+            bot.wait(30)
+    await fake.stop()
+    print(machine())
+    print(table(f"/generate x{BURST} at once: INTERACTION_CREATE -> defer callback", ["p50 ms", "p99 ms", "max ms"],
+                [[f"{percentile(latencies, 50):.1f}", f"{percentile(latencies, 99):.1f}", f"{max(latencies):.1f}"]]))
+    print(table("bot process after start", ["ready s", "RSS MB", "torch loaded"],
+                [[f"{ready_s:.2f}", f"{memory:.1f}", "yes" if torch else "no"]]))
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    asyncio.run(main())
