@@ -139,7 +139,7 @@ class Delivery:
                 continue
             data: bytes | None = await self.bot.redis.get(image.key)  # type: ignore[assignment]
             if data is not None:
-                files.append((f"ponybot-{image.seed}.png", data))
+                files.append((f"{'SPOILER_' if image.spoiler else ''}ponybot-{image.seed}.png", data))
         return files
 
     async def post(self, event: JobEvent) -> None:

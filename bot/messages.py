@@ -9,7 +9,6 @@ FAILURE_REASONS = {
     "worker_died": "the GPU worker stopped while making it, more than once. Try again in a few minutes.",
     "timeout": "it took longer than this bot allows. Try fewer steps or a smaller size.",
     "invalid_request": "the worker could not use these options.",
-    "policy": "this channel's rules changed while it was waiting and no longer allow it.",
     "expired": "the images expired before they could be posted. Please generate them again.",
     "internal": "an unexpected error in the GPU worker (the operator can find it in the logs by its job id).",
 }
@@ -44,7 +43,10 @@ def done(event: JobEvent, *, mention: bool) -> str:
 
 def failed(event: JobEvent, *, mention: bool) -> str:
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
-    reason = FAILURE_REASONS.get(event.error_code or "", event.error_message or "something went wrong.")
+    if event.error_code == "policy":
+        reason = f"this channel's rules changed while it waited: {event.error_message}."
+    else:
+        reason = FAILURE_REASONS.get(event.error_code or "", event.error_message or "something went wrong.")
     return f"{who}Sorry, this generation failed: {reason}"
 
 

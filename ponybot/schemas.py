@@ -207,8 +207,9 @@ class ImageResult(BaseModel):
     key: str | None
     width: int
     height: int
-    flagged: bool = False
-    withheld: bool = False
+    flagged: bool = False  #: the image classifier flagged it as NSFW (or could not tell)
+    withheld: bool = False  #: not posted: flagged in an SFW channel
+    spoiler: bool = False  #: posted behind a spoiler: flagged in an NSFW channel that asks for it
 
 
 class JobEvent(Versioned):

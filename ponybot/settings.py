@@ -20,6 +20,22 @@ from ponybot.errors import ConfigError
 from ponybot.schemas import Sampler, parse_size
 
 DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
+#: Refused in SFW channels (whole words; ``*`` matches every word it begins).
+SFW_FORBIDDEN_TERMS = (
+    "nsfw", "nude", "nudity", "naked", "explicit", "questionable", "sex", "sexy", "porn*", "hentai", "penis",
+    "vagina", "pussy", "genitals", "nipple", "breasts", "boobs", "anus", "anal", "cum", "orgasm", "erection",
+    "masturbation", "lewd", "fetish", "bdsm", "bondage", "rule34", "r34", "upskirt", "topless", "bottomless",
+    "grimdark", "grotesque", "gore",
+)
+#: Refused in NSFW channels: young characters never appear in NSFW images.
+NSFW_FORBIDDEN_TERMS = (
+    "foal", "filly", "fillies", "colt", "child*", "kid", "baby", "babies", "toddler*", "cub", "minor", "young*",
+    "underage",
+)
+#: Refused everywhere.
+ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp")
+#: Added to the negative prompt in SFW channels (the model card's advice: suppress what SFW excludes).
+SFW_NEGATIVE = "nsfw, explicit, questionable, suggestive, nudity, nude, nipples, genitals, sex"
 
 
 class _Section(BaseModel):
@@ -97,6 +113,28 @@ class DiscordSettings(_Section):
         return value
 
 
+class PolicySettings(_Section):
+    sfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(SFW_FORBIDDEN_TERMS))
+    nsfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(NSFW_FORBIDDEN_TERMS))
+    always_forbidden_terms: list[str] = Field(default_factory=lambda: list(ALWAYS_FORBIDDEN_TERMS))
+    sfw_negative: str = SFW_NEGATIVE
+    safe_tag: str = "safe"
+
+
+Classifier = Literal["opennsfw", "wd14"]
+
+
+def _default_classifiers() -> list[Classifier]:
+    return ["opennsfw"]
+
+
+class SafetySettings(_Section):
+    classifiers: list[Classifier] = Field(default_factory=_default_classifiers)
+    opennsfw_threshold: float = Field(0.5, gt=0, lt=1)
+    wd14_model: str | None = None
+    wd14_threshold: float = Field(0.35, gt=0, lt=1)
+
+
 class CliSettings(_Section):
     no_worker_timeout_s: float = Field(10.0, gt=0)
     out_dir: Path = Path("out")
@@ -117,6 +155,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     defaults: DefaultSettings = Field(default_factory=DefaultSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     cli: CliSettings = Field(default_factory=CliSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -74,11 +74,20 @@ def generator(model_cache: Path) -> Any:
     return Generator(load_model("tiny", ModelSettings(cache_dir=model_cache), resolve_device("cpu")))
 
 
+@pytest.fixture(scope="session")
+def classifier() -> Any:
+    """The real default image classifier (open_nsfw, offline, from its wheel)."""
+    from ponybot.settings import SafetySettings
+    from worker.safety import load_classifier
+
+    return load_classifier(SafetySettings())
+
+
 @pytest.fixture
-def runtime(settings: Settings, conn: redis.Redis, generator: Any) -> Any:
+def runtime(settings: Settings, conn: redis.Redis, generator: Any, classifier: Any) -> Any:
     from worker.runner import WorkerRuntime
 
-    return WorkerRuntime(settings, conn, generator, "test-worker")
+    return WorkerRuntime(settings, conn, generator, "test-worker", classifier)
 
 
 def cli_env(redis_url: str | None, model_cache: Path, **extra: str) -> dict[str, str]:

@@ -50,7 +50,7 @@ class PromptEncoder:
         for text, weight in parse_emphasis(prompt):
             if not text:
                 continue
-            tokens = self.tokenizer(text, add_special_tokens=False, truncation=False).input_ids
+            tokens = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
             ids += tokens
             weights += [weight] * len(tokens)
         chunks: list[TokenChunk] = []

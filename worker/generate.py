@@ -29,7 +29,7 @@ class GenerationOutput:
 
     images: list[Image.Image]
     seeds: list[int]
-    nsfw: list[bool] = field(default_factory=list)
+    nsfw: list[bool | None] = field(default_factory=list)  #: None: the classifier could not tell
     seconds: float = 0.0
 
 
@@ -92,4 +92,4 @@ class Generator:
                 output_type="pil",
             )
         images: list[Image.Image] = list(result.images)
-        return GenerationOutput(images, seeds, [False] * len(images), time.perf_counter() - started)
+        return GenerationOutput(images, seeds, [None] * len(images), time.perf_counter() - started)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import redis
 import torch
+from PIL import Image
 from rq import SimpleWorker
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
@@ -24,13 +25,15 @@ from rq.serializers import JSONSerializer
 from ponybot import keys
 from ponybot.errors import ForgedJobError, GenerationError
 from ponybot.parameters import format_parameters
-from ponybot.prompts import compose_prompts
+from ponybot.policy import EffectivePolicy, FlaggedAction, Mode, apply, resolve
+from ponybot.policy_store import PolicyStore
 from ponybot.queue import generation_queue, publish_event, publish_progress
 from ponybot.schemas import ImageResult, Job, JobEvent, ProgressEvent, utcnow
 from ponybot.settings import Settings
 from worker.generate import GenerationOutput, Generator
 from worker.loading import load_model, resolve_device
 from worker.png import encode_png
+from worker.safety import ImageClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +70,34 @@ class SafeJob(RQJob):
 class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str) -> None:
+    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
+                 classifier: ImageClassifier | None = None) -> None:
         self.settings = settings
         self.conn = conn
         self.generator = generator
         self.name = name
+        self.classifier = classifier
+        self.policies = PolicyStore(conn)
+
+    def policy_for(self, job: Job) -> EffectivePolicy | None:
+        """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
+        if job.origin is None:
+            return None
+        rules = self.policies.rules_for(job.origin.guild_id, job.origin.channel_id)
+        return resolve(rules, age_restricted=job.origin.channel_nsfw, settings=self.settings.policy)
+
+    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[bool | None]:
+        """The classifier's flags; None where it could not tell (then SFW withholds: fail closed)."""
+        if self.classifier is None:
+            if policy is not None and policy.mode is Mode.SFW:
+                log.error("job=%s no image classifier is loaded: withholding its images in an SFW channel", job.id)
+            return [None] * len(images)
+        try:
+            return list(self.classifier.classify(images))
+        except Exception:  # any failure of the classifier must withhold, never post
+            log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
+                          self.classifier.name)
+            return [None] * len(images)
 
     def run(self, payload: str) -> dict[str, Any]:
         """Run one job from its JSON payload and publish its ``done`` or ``failed`` event."""
@@ -80,13 +106,18 @@ class WorkerRuntime:
         queued_s = (started - job.created_at).total_seconds()
         log.info("job=%s started: %dx%d x%d, %d steps, %s", job.id, job.request.width, job.request.height,
                  job.request.count, job.request.steps, job.request.sampler)
-        prompt, negative = compose_prompts(job)
+        policy = self.policy_for(job)
+        decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
+        prompt, negative = decision.prompt, decision.negative_prompt
         try:
+            if not decision.allowed:
+                raise GenerationError("policy", decision.reason or "refused by the channel's policy")
             output = self.generator.generate(
                 job.request, seed=job.seed, prompt=prompt, negative_prompt=negative,
                 on_step=lambda step, total, _latents: self._progress(job, step, total),
             )
-            event = self._store(job, output, prompt, negative, queued_s)
+            output.nsfw = self.screen(job, policy, output.images)
+            event = self._store(job, policy, output, prompt, negative, queued_s)
         except GenerationError as error:
             event = self._failed(job, error.code, str(error), queued_s)
         except torch.OutOfMemoryError:
@@ -102,17 +133,26 @@ class WorkerRuntime:
         except redis.RedisError as error:  # progress is lossy by design
             log.warning("job=%s progress not sent: %s", job.id, error)
 
-    def _store(self, job: Job, output: GenerationOutput, prompt: str, negative: str, queued_s: float) -> JobEvent:
+    def _store(self, job: Job, policy: EffectivePolicy | None, output: GenerationOutput, prompt: str,
+               negative: str, queued_s: float) -> JobEvent:
         ttl = self.settings.worker.result_ttl_s
         images = []
         with self.conn.pipeline() as pipe:
-            for index, (image, seed) in enumerate(zip(output.images, output.seeds, strict=True)):
-                key = keys.image(job.id, index)
-                text = format_parameters(job, index, prompt, negative, self.generator.model.name)
-                pipe.set(key, encode_png(image, text), ex=ttl)
+            for index, (image, seed, flag) in enumerate(zip(output.images, output.seeds, output.nsfw, strict=True)):
+                flagged = flag is not False
+                withheld = flagged and policy is not None and policy.mode is Mode.SFW
+                spoiler = flagged and policy is not None and policy.flagged is FlaggedAction.SPOILER
+                key = None
+                if not withheld:
+                    key = keys.image(job.id, index)
+                    text = format_parameters(job, index, prompt, negative, self.generator.model.name)
+                    pipe.set(key, encode_png(image, text), ex=ttl)
                 images.append(ImageResult(index=index, seed=seed, key=key, width=image.width, height=image.height,
-                                          flagged=output.nsfw[index]))
+                                          flagged=flagged, withheld=withheld, spoiler=spoiler and not withheld))
             pipe.execute()
+        if any(image.withheld for image in images):
+            log.info("job=%s %d of %d image(s) withheld by the SFW policy", job.id,
+                     sum(i.withheld for i in images), len(images))
         return JobEvent(kind="done", job=job, images=images, prompt=prompt, negative_prompt=negative,
                         queued_s=queued_s, generation_s=output.seconds, worker=self.name)
 
@@ -176,7 +216,12 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
     model = load_model(model_source or settings.model.source, settings.model, device)
-    return WorkerRuntime(settings, conn, Generator(model), default_worker_name(device))
+    classifier: ImageClassifier | None = None
+    try:
+        classifier = load_classifier(settings.safety)
+    except ImportError as error:
+        log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
+    return WorkerRuntime(settings, conn, Generator(model), default_worker_name(device), classifier)
 
 
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:

@@ -1,0 +1,137 @@
+"""Channel policy: what moderators set, how it resolves for a channel, and what it does to a prompt.
+
+The effective mode is SFW unless the channel is age-restricted *and* its policy
+says NSFW. Rules come from the operator's settings, the server's default and the
+channel's override, the most specific winning field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ponybot.prompt_filter import check_prompt
+from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG, join_tags
+from ponybot.schemas import GenerationRequest, utcnow
+
+if TYPE_CHECKING:
+    from ponybot.settings import PolicySettings
+
+
+class Mode(StrEnum):
+    SFW = "sfw"
+    NSFW = "nsfw"
+
+
+class FlaggedAction(StrEnum):
+    """What an NSFW channel does with an image the classifier flags."""
+
+    POST = "post"
+    SPOILER = "spoiler"
+
+
+class PolicyRules(BaseModel):
+    """What a moderator set for a server or a channel; ``None`` inherits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode | None = None
+    flagged: FlaggedAction | None = None
+    forbidden_terms: list[str] | None = None
+    negative_prompt: str | None = Field(None, max_length=500)
+    max_steps: int | None = Field(None, ge=1, le=150)
+    max_count: int | None = Field(None, ge=1, le=4)
+    max_pixels: int | None = Field(None, ge=256 * 256, le=1024 * 1024)
+    cooldown_s: int | None = Field(None, ge=0, le=3600)
+
+    def over(self, base: PolicyRules) -> PolicyRules:
+        """These rules on top of ``base``: every field set here wins."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+    def changes(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, mode="json")
+
+
+def effective_mode(configured: Mode, age_restricted: bool) -> Mode:
+    """NSFW only where Discord allows it (an age-restricted channel) and the policy asks for it."""
+    return Mode.NSFW if configured is Mode.NSFW and age_restricted else Mode.SFW
+
+
+class EffectivePolicy(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    mode: Mode
+    configured_mode: Mode
+    age_restricted: bool
+    flagged: FlaggedAction
+    forbidden_terms: list[str]
+    negative_prompt: str
+    max_steps: int | None
+    max_count: int | None
+    max_pixels: int | None
+    cooldown_s: int
+
+
+def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySettings) -> EffectivePolicy:
+    configured = rules.mode or Mode.SFW
+    mode = effective_mode(configured, age_restricted)
+    terms = list(settings.always_forbidden_terms)
+    terms += settings.sfw_forbidden_terms if mode is Mode.SFW else settings.nsfw_forbidden_terms
+    terms += rules.forbidden_terms or []
+    negative = join_tags(settings.sfw_negative if mode is Mode.SFW else "", rules.negative_prompt or "")
+    return EffectivePolicy(
+        mode=mode, configured_mode=configured, age_restricted=age_restricted,
+        flagged=rules.flagged or FlaggedAction.SPOILER, forbidden_terms=terms, negative_prompt=negative,
+        max_steps=rules.max_steps, max_count=rules.max_count, max_pixels=rules.max_pixels,
+        cooldown_s=rules.cooldown_s or 0,
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a policy does with a request: refuse it (``reason``), or the prompts to generate."""
+
+    allowed: bool
+    reason: str | None
+    prompt: str
+    negative_prompt: str
+    field: str | None = None
+
+
+def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality: bool, safe_tag: str = "safe"
+          ) -> Decision:
+    """Check the request against the policy and compose the prompts (``policy=None``: no channel, as given)."""
+    prompt = join_tags(QUALITY_TAG if quality else "", request.prompt)
+    negative = join_tags(request.negative_prompt, QUALITY_NEGATIVE if quality else "")
+    if policy is None:
+        return Decision(True, None, prompt, negative)
+    refusal = check_prompt(request.prompt, policy.forbidden_terms)
+    if not refusal.allowed:
+        return Decision(False, refusal.reason, prompt, negative, "prompt")
+    for field, value, cap in (
+        ("steps", request.steps, policy.max_steps),
+        ("count", request.count, policy.max_count),
+        ("size", request.width * request.height, policy.max_pixels),
+    ):
+        if cap is not None and value > cap:
+            shown = f"{request.width}x{request.height}" if field == "size" else value
+            limit = f"{cap:,} pixels" if field == "size" else cap
+            return Decision(False, f"this channel allows {field} up to {limit} (you asked for {shown})", prompt,
+                            negative, field)
+    if policy.mode is Mode.SFW:
+        prompt = join_tags(safe_tag, prompt)
+    return Decision(True, None, prompt, join_tags(negative, policy.negative_prompt))
+
+
+class AuditEntry(BaseModel):
+    """One policy change: who, when, where, before and after."""
+
+    at: datetime = Field(default_factory=utcnow)
+    user_id: int
+    scope: str
+    before: dict[str, Any]
+    after: dict[str, Any]
