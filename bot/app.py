@@ -25,7 +25,7 @@ from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("bot.features.generate", "bot.features.info")
+FEATURES = ("bot.features.generate", "bot.features.policy", "bot.features.info")
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -98,7 +98,8 @@ class PonyBot(commands.Bot):
         self.settings = settings
         self.redis_url = redis_url
         self.redis: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self.sync_redis: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+        # short timeouts: these calls run before the interaction is acknowledged (3 s)
+        self.sync_redis: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
 
     async def setup_hook(self) -> None:

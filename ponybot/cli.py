@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
 import sys
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from ponybot import __version__
 from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
+from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
 from ponybot.schemas import GenerationRequest, Job, Sampler, build_request, parse_size
@@ -57,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--local", action="store_true", help="run a worker in this process")
 
     commands.add_parser("bot", help="run the Discord bot")
+
+    policy = commands.add_parser("policy", help="try the channel policy's rules")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    check = policy_commands.add_parser("check", help="what the policy does with a prompt (JSON; exit 1 if refused)")
+    check.add_argument("prompt")
+    check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
+                       help="nsfw: as in an age-restricted channel whose policy allows NSFW")
+    check.add_argument("--negative", default="", help="the member's negative prompt")
     return parser
 
 
@@ -147,7 +157,18 @@ def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot}
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    policy = resolve(PolicyRules(mode=Mode(args.mode)), age_restricted=args.mode == "nsfw", settings=settings.policy)
+    request = build_request(settings.limits, prompt=args.prompt, negative_prompt=args.negative,
+                            steps=settings.defaults.steps, count=settings.defaults.count)
+    decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
+    say(json.dumps({"allowed": decision.allowed, "mode": policy.mode.value, "reason": decision.reason,
+                    "prompt": decision.prompt, "negative_prompt": decision.negative_prompt}, indent=2,
+                   ensure_ascii=False))
+    return 0 if decision.allowed else EXIT_FAILED
+
+
+COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -103,3 +103,22 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 18
     return subprocess.run(
         [sys.executable, "-m", "ponybot", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+async def fake() -> Any:
+    """The Discord on loopback; every request the bot sent must pass Discord's OpenAPI description."""
+    from tests.discord_fake.server import FakeDiscord
+
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.stop()
+    assert server.rejected == [], "requests Discord's OpenAPI description rejects"
+
+
+@pytest.fixture
+def discord_settings(settings: Settings, fake: Any) -> Settings:
+    from tests.bot_harness import bot_settings
+
+    return bot_settings(settings, fake)

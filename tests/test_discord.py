@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +18,6 @@ from ponybot.settings import Settings
 from tests.bot_harness import bot_settings, drain, ephemeral_reply, running_bot
 from tests.discord_fake.server import MEMBER, FakeDiscord
 from worker.png import read_parameters
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeDiscord]:
-    server = FakeDiscord()
-    await server.start()
-    yield server
-    await server.stop()
-    assert server.rejected == [], "requests Discord's OpenAPI description rejects"
-
-
-@pytest.fixture
-def discord_settings(settings: Settings, fake: FakeDiscord) -> Settings:
-    return bot_settings(settings, fake)
 
 
 def result_message(fake: FakeDiscord) -> dict[str, Any] | None:

@@ -1,0 +1,223 @@
+"""``/policy``: moderators decide per channel what may be generated.
+
+Manage Channels is needed for a channel's rules and Manage Server for the server's
+default, checked when the command runs: server admins can change who sees a
+command, so ``default_permissions`` alone is no guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.features.generate import SizeTransformer, make_request, origin_of
+from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, apply, resolve
+from ponybot.policy_store import PolicyStore
+from ponybot.settings import PolicySettings
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def can_manage_channels() -> Callable[[T], T]:
+    """Run-time check: the member has Manage Channels here."""
+
+    async def predicate(interaction: discord.Interaction[Any]) -> bool:
+        if interaction.permissions.manage_channels:
+            return True
+        raise app_commands.MissingPermissions(["manage_channels"])
+
+    return app_commands.check(predicate)
+
+
+def can_manage_server() -> Callable[[T], T]:
+    """Run-time check: the member has Manage Server."""
+
+    async def predicate(interaction: discord.Interaction[Any]) -> bool:
+        if interaction.permissions.manage_guild:
+            return True
+        raise app_commands.MissingPermissions(["manage_guild"])
+
+    return app_commands.check(predicate)
+
+
+def parse_terms(text: str | None) -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; ``"none"`` clears; None leaves the list as it is."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("none", "-", ""):
+        return []
+    return [term.strip() for term in text.split(",") if term.strip()]
+
+
+def rules_from(mode: Mode | None, flagged: FlaggedAction | None, forbidden_terms: str | None,
+               negative_prompt: str | None, max_steps: int | None, max_count: int | None,
+               max_size: tuple[int, int] | None, cooldown: int | None) -> PolicyRules:
+    return PolicyRules(
+        mode=mode, flagged=flagged, forbidden_terms=parse_terms(forbidden_terms), negative_prompt=negative_prompt,
+        max_steps=max_steps, max_count=max_count, max_pixels=max_size[0] * max_size[1] if max_size else None,
+        cooldown_s=cooldown,
+    )
+
+
+def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
+    if policy.mode is Mode.NSFW:
+        mode = "**NSFW**: this channel is age-restricted and its policy allows NSFW."
+    elif policy.configured_mode is Mode.NSFW:
+        mode = "**SFW**: the policy allows NSFW, but the channel is not age-restricted, so Discord's rules keep it SFW."
+    else:
+        mode = "**SFW**" + (" (kept SFW although the channel is age-restricted)." if policy.age_restricted else ".")
+    lines = [mode]
+    if policy.mode is Mode.SFW:
+        lines.append(f"Prompts get `{settings.safe_tag}`; flagged images are never posted.")
+    else:
+        shown = "posted" if policy.flagged is FlaggedAction.POST else "posted behind a spoiler"
+        lines.append(f"Images the classifier flags are {shown}.")
+    base = set(settings.always_forbidden_terms) | set(
+        settings.sfw_forbidden_terms if policy.mode is Mode.SFW else settings.nsfw_forbidden_terms)
+    extra = [term for term in policy.forbidden_terms if term not in base]
+    lines.append(f"Extra forbidden terms: {', '.join(f'`{t}`' for t in extra) if extra else 'none'}")
+    if policy.negative_prompt:
+        lines.append(f"Negative prompt added: `{policy.negative_prompt}`")
+    caps = [f"{name} ≤ {value:,}" for name, value in (("steps", policy.max_steps), ("count", policy.max_count),
+                                                        ("pixels", policy.max_pixels)) if value]
+    lines.append(f"Caps: {', '.join(caps) if caps else 'the bot defaults'}")
+    lines.append(f"Cooldown per member: {policy.cooldown_s} s" if policy.cooldown_s else "No cooldown.")
+    return "\n".join(lines)
+
+
+def describe_change(entry: AuditEntry) -> str:
+    where = "server default" if entry.scope == "server" else f"<#{entry.scope.split(':', 1)[1]}>"
+    keys = sorted(set(entry.before) | set(entry.after))
+    changes = [f"{key}: `{entry.before.get(key, '—')}` → `{entry.after.get(key, '—')}`" for key in keys
+               if entry.before.get(key) != entry.after.get(key)]
+    when = f"<t:{int(entry.at.timestamp())}:R>"
+    return f"{when} <@{entry.user_id}> {where}: " + ("; ".join(changes) or "reset (no rules)")
+
+
+class Policy(commands.GroupCog, group_name="policy", group_description="Channel rules for image generation"):
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+        super().__init__()
+
+    @property
+    def store(self) -> PolicyStore:
+        return PolicyStore(self.bot.sync_redis)
+
+    async def effective(self, interaction: discord.Interaction[PonyBot]) -> EffectivePolicy:
+        origin = origin_of(interaction)
+        rules = await asyncio.to_thread(self.store.rules_for, origin.guild_id, origin.channel_id)
+        return resolve(rules, age_restricted=origin.channel_nsfw, settings=self.bot.settings.policy)
+
+    async def answer(self, interaction: discord.Interaction[PonyBot], title: str, text: str) -> None:
+        embed = discord.Embed(title=title, description=text[:4000], colour=0xE39BD9)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="show", description="This channel's rules")
+    @app_commands.guild_only()
+    async def show(self, interaction: discord.Interaction[PonyBot]) -> None:
+        policy = await self.effective(interaction)
+        await self.answer(interaction, f"Policy in #{getattr(interaction.channel, 'name', 'this channel')}",
+                          describe(policy, self.bot.settings.policy))
+
+    @app_commands.command(name="set", description="Change this channel's rules (Manage Channels)")
+    @app_commands.describe(
+        mode="sfw, or nsfw (only takes effect in age-restricted channels)",
+        flagged="In NSFW mode: post images the classifier flags, or put them behind a spoiler",
+        forbidden_terms="Extra terms to refuse here, comma-separated ('none' clears)",
+        negative_prompt="Added to every negative prompt here",
+        max_steps="Most steps allowed here", max_count="Most images per job here",
+        max_size="Largest size allowed here", cooldown="Seconds a member waits between jobs here",
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_channels=True)
+    @can_manage_channels()
+    async def set(self, interaction: discord.Interaction[PonyBot], mode: Mode | None = None,
+                  flagged: FlaggedAction | None = None, forbidden_terms: str | None = None,
+                  negative_prompt: app_commands.Range[str, 0, 500] | None = None,
+                  max_steps: app_commands.Range[int, 1, 150] | None = None,
+                  max_count: app_commands.Range[int, 1, 4] | None = None,
+                  max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
+                  cooldown: app_commands.Range[int, 0, 3600] | None = None) -> None:
+        rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown)
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        entry = await asyncio.to_thread(self.store.set_channel, interaction.guild_id, interaction.channel_id, rules,
+                                        by=interaction.user.id)
+        log.info("policy of channel %s changed by %s: %s", interaction.channel_id, interaction.user.id, entry.after)
+        policy = await self.effective(interaction)
+        await self.answer(interaction, "Channel policy updated", describe(policy, self.bot.settings.policy))
+
+    @app_commands.command(name="reset", description="Remove this channel's rules: the server default applies")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_channels=True)
+    @can_manage_channels()
+    async def reset(self, interaction: discord.Interaction[PonyBot]) -> None:
+        assert interaction.guild_id is not None and interaction.channel_id is not None
+        await asyncio.to_thread(self.store.reset_channel, interaction.guild_id, interaction.channel_id,
+                                by=interaction.user.id)
+        policy = await self.effective(interaction)
+        await self.answer(interaction, "Channel policy reset", describe(policy, self.bot.settings.policy))
+
+    @app_commands.command(name="default", description="Change the server's default rules (Manage Server)")
+    @app_commands.describe(
+        mode="sfw, or nsfw (only takes effect in age-restricted channels)",
+        flagged="In NSFW mode: post flagged images, or put them behind a spoiler",
+        forbidden_terms="Extra terms to refuse, comma-separated ('none' clears)",
+        negative_prompt="Added to every negative prompt", max_steps="Most steps", max_count="Most images per job",
+        max_size="Largest size", cooldown="Seconds a member waits between jobs",
+    )
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_guild=True)
+    @can_manage_server()
+    async def default(self, interaction: discord.Interaction[PonyBot], mode: Mode | None = None,
+                      flagged: FlaggedAction | None = None, forbidden_terms: str | None = None,
+                      negative_prompt: app_commands.Range[str, 0, 500] | None = None,
+                      max_steps: app_commands.Range[int, 1, 150] | None = None,
+                      max_count: app_commands.Range[int, 1, 4] | None = None,
+                      max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
+                      cooldown: app_commands.Range[int, 0, 3600] | None = None) -> None:
+        rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown)
+        assert interaction.guild_id is not None
+        await asyncio.to_thread(self.store.set_guild, interaction.guild_id, rules, by=interaction.user.id)
+        policy = await self.effective(interaction)
+        await self.answer(interaction, "Server default updated (as it applies here)",
+                          describe(policy, self.bot.settings.policy))
+
+    @app_commands.command(name="history", description="Who changed the rules, when, and how")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_channels=True)
+    @can_manage_channels()
+    async def history(self, interaction: discord.Interaction[PonyBot]) -> None:
+        assert interaction.guild_id is not None
+        entries = await asyncio.to_thread(self.store.history, interaction.guild_id, 10)
+        text = "\n".join(describe_change(entry) for entry in entries) or "No changes yet."
+        await self.answer(interaction, "Policy history", text)
+
+    @app_commands.command(name="test", description="What this channel's rules would do with a prompt")
+    @app_commands.describe(prompt="The prompt to try (nothing is generated)")
+    @app_commands.guild_only()
+    @app_commands.default_permissions(manage_channels=True)
+    @can_manage_channels()
+    async def test(self, interaction: discord.Interaction[PonyBot], prompt: app_commands.Range[str, 1, 1000]) -> None:
+        policy = await self.effective(interaction)
+        settings = self.bot.settings
+        request = make_request(settings, {"prompt": prompt})
+        decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
+        if decision.allowed:
+            text = f"**Allowed.**\nPrompt: `{decision.prompt}`\nNegative prompt: `{decision.negative_prompt}`"
+        else:
+            text = f"**Refused**: {decision.reason}."
+        await self.answer(interaction, f"Policy test ({policy.mode.value.upper()})", text)
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(Policy(bot))
