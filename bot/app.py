@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -16,45 +15,24 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
-from bot import messages
 from bot.delivery import Delivery
-from ponybot.errors import InvalidRequestError, PolicyRefusal, PonybotError, QueueFullError, RedisUnavailableError
+from bot.features.results import CancelButton, ResultButton
+from bot.replies import describe_error, reply_ephemeral, unwrap
+from bot.tracker import Tracker
+from ponybot.errors import RedisUnavailableError
 from ponybot.queue import resolve_redis_url
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("bot.features.generate", "bot.features.policy", "bot.features.info")
+FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.info")
 
 
 def configure_endpoints(settings: Settings) -> None:
     """Point discord.py at ``discord.api_base`` and ``discord.gateway_url`` (a proxy, or a fake in tests)."""
     discord.http.Route.BASE = settings.discord.api_base.rstrip("/")
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord.gateway_url)
-
-
-def unwrap(error: BaseException) -> BaseException:
-    """The exception a command really raised, under discord.py's wrappers."""
-    while isinstance(error, (app_commands.CommandInvokeError, app_commands.TransformerError)):
-        inner = error.original if isinstance(error, app_commands.CommandInvokeError) else error.__cause__
-        if inner is None:
-            break
-        error = inner
-    return error
-
-
-def describe_error(error: BaseException) -> str | None:
-    """A member-facing message for an expected error, or None for a bug."""
-    if isinstance(error, InvalidRequestError):
-        return f"**{error.field}**: {error.reason}"
-    if isinstance(error, RedisUnavailableError):
-        return messages.REDIS_DOWN
-    if isinstance(error, (QueueFullError, PolicyRefusal, PonybotError)):
-        return str(error)
-    if isinstance(error, app_commands.CheckFailure):
-        return str(error) or "You are not allowed to use this command here."
-    return None
 
 
 class PonyTree(app_commands.CommandTree["PonyBot"]):
@@ -67,19 +45,6 @@ class PonyTree(app_commands.CommandTree["PonyBot"]):
             log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
             text = "Something went wrong on our side; it has been logged. Please try again."
         await reply_ephemeral(interaction, text)
-
-
-async def reply_ephemeral(interaction: discord.Interaction[Any], text: str) -> None:
-    """Answer ephemerally whether or not the interaction was already deferred (publicly)."""
-    try:
-        if interaction.response.is_done():
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.delete_original_response()
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as failure:
-        log.warning("could not tell the member %r: %s", text, failure)
 
 
 class PonyBot(commands.Bot):
@@ -101,12 +66,15 @@ class PonyBot(commands.Bot):
         # short timeouts: these calls run before the interaction is acknowledged (3 s)
         self.sync_redis: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
+        self.tracker = Tracker(self)
 
     async def setup_hook(self) -> None:
         for feature in FEATURES:
             await self.load_extension(feature)
+        self.add_dynamic_items(ResultButton, CancelButton)
         await self.sync_commands()
         self.delivery.start()
+        self.tracker.start()
 
     async def sync_commands(self) -> None:
         guild_ids = self.settings.discord.sync_guilds
@@ -120,6 +88,7 @@ class PonyBot(commands.Bot):
         log.info("commands synced %s", f"to guilds {guild_ids}" if guild_ids else "globally")
 
     async def close(self) -> None:
+        await self.tracker.stop()
         await self.delivery.stop()
         await super().close()
         await self.redis.aclose()

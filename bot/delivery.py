@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from bot import messages
+from bot.features.results import result_view
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
 from ponybot.queue import StreamRead
@@ -127,6 +128,7 @@ class Delivery:
             return
         job = event.job
         if job.origin is not None and not await conn.exists(keys.delivered(job.id)):
+            await self.bot.tracker.finish(job.id)
             await self.post(event)
             await conn.set(keys.delivered(job.id), entry_id, ex=self.bot.settings.worker.result_ttl_s * 24)
             log.info("job=%s delivered (%s)", job.id, event.kind)
@@ -178,6 +180,7 @@ class Delivery:
             content = messages.done(event, mention=mention)
             if skipped:
                 content += "\n" + messages.too_large(len(skipped))
+        view = result_view(event) if not expired else discord.ui.View()
         batches = [[discord.File(io.BytesIO(files[i][1]), filename=files[i][0]) for i in group] for group in groups]
         first = batches[0] if batches else []
         origin = event.job.origin
@@ -187,11 +190,12 @@ class Delivery:
             ref = event.job.interaction
             assert ref is not None and ref.message_id is not None
             hook = discord.Webhook.partial(ref.application_id, ref.token, client=self.bot)
-            await hook.edit_message(ref.message_id, content=content, attachments=first, allowed_mentions=allowed)
+            await hook.edit_message(ref.message_id, content=content, attachments=first, allowed_mentions=allowed,
+                                    view=view)
             for batch in batches[1:]:
                 await hook.send(files=batch, wait=True)
             return
         channel: Any = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
-        await channel.send(content, files=first, allowed_mentions=allowed)
+        await channel.send(content, files=first, allowed_mentions=allowed, view=view)
         for batch in batches[1:]:
             await channel.send(files=batch)

@@ -16,7 +16,7 @@ EVENTS_STREAM = f"{PREFIX}:events"
 DELIVERY_GROUP = "delivery"
 #: Lossy pub/sub channel carrying progress events of every job.
 PROGRESS_CHANNEL = f"{PREFIX}:progress"
-#: Sorted set of recent generation durations, for the ETA shown to members.
+#: List of recent generation durations (seconds), for the ETA shown to members.
 RECENT_DURATIONS = f"{PREFIX}:recent-durations"
 
 

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from ponybot.schemas import Job
+from ponybot.schemas import STRENGTH, Job, JobKind
 
 
-def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str) -> str:
+def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
+                      size: tuple[int, int] | None = None) -> str:
     """The text A1111 writes into its PNGs, so the image can be reproduced there too."""
     request = job.request
-    fields = {
+    fields: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler.label,
         "CFG scale": f"{request.cfg:g}",
         "Seed": job.image_seed(index),
-        "Size": f"{request.width}x{request.height}",
+        "Size": "{}x{}".format(*(size or (request.width, request.height))),
         "Model": model,
         "Clip skip": request.clip_skip,
         "Job": job.id,
     }
+    if job.kind is not JobKind.TXT2IMG:
+        fields["Denoising strength"] = STRENGTH[job.kind]
+        if job.source:
+            fields["Source"] = f"{job.source.job_id}:{job.source.index}"
     settings = ", ".join(f"{key}: {value}" for key, value in fields.items())
     return f"{prompt}\nNegative prompt: {negative_prompt}\n{settings}"
 

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from ponybot.settings import Settings
 
 EVENTS_MAXLEN = 10_000
+#: A job counts against its member's share until its event, or this long at most.
+OWNERSHIP_S = 6 * 3600
+RECENT_DURATIONS_KEPT = 50
 
 #: What ``XREAD`` answers on a client without ``decode_responses``.
 StreamRead = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
@@ -57,8 +60,36 @@ def generation_queue(conn: redis.Redis) -> Queue:
     return Queue(keys.GENERATE_QUEUE, connection=conn, serializer=JSONSerializer)
 
 
+def active_jobs(conn: redis.Redis, key: str) -> list[str]:
+    """Job ids in a member's or server's set that are still queued or running."""
+    conn.zremrangebyscore(key, "-inf", time.time())
+    return [item.decode() for item in conn.zrange(key, 0, -1)]  # type: ignore[union-attr]
+
+
+def _owner_keys(job: Job) -> list[str]:
+    if job.origin is None:
+        return []
+    return [keys.member_jobs(job.origin.guild_id, job.origin.user_id), keys.guild_jobs(job.origin.guild_id)]
+
+
+def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild: int) -> None:
+    """QueueFullError when the member or their server already has its share queued or running."""
+    if job.origin is None:
+        return
+    member_key, guild_key = _owner_keys(job)
+    mine = active_jobs(conn, member_key)
+    if len(mine) >= per_member:
+        raise QueueFullError(
+            f"you already have {len(mine)} job(s) queued or running (the limit is {per_member}): "
+            "try again when one finishes, or /cancel one"
+        )
+    if len(active_jobs(conn, guild_key)) >= per_guild:
+        raise QueueFullError(f"this server already has {per_guild} jobs queued or running: try again in a minute")
+
+
 def enqueue(
-    conn: redis.Redis, job: Job, *, max_queue: int, job_timeout_s: int, result_ttl_s: int, max_attempts: int = 1
+    conn: redis.Redis, job: Job, *, max_queue: int, job_timeout_s: int, result_ttl_s: int, max_attempts: int = 1,
+    per_member: int | None = None, per_guild: int | None = None,
 ) -> int:
     """Put ``job`` on the queue and return its 1-based position; QueueFullError if full."""
     queue = generation_queue(conn)
@@ -66,6 +97,11 @@ def enqueue(
         depth = queue.count
         if depth >= max_queue:
             raise QueueFullError(f"the queue is full ({depth} jobs waiting): try again in a few minutes")
+        if per_member is not None and per_guild is not None:
+            check_fair_share(conn, job, per_member=per_member, per_guild=per_guild)
+        expires = time.time() + OWNERSHIP_S
+        for key in _owner_keys(job):
+            conn.zadd(key, {job.id: expires})
 
         queue.enqueue(
             keys.GENERATE_FUNC,
@@ -88,8 +124,33 @@ def cancel_job(conn: redis.Redis, job_id: str) -> bool:
     queue = generation_queue(conn)
     removed = bool(queue.remove(job_id))
     if removed:
+        raw = conn.get(keys.job_record(job_id))
+        if raw:
+            release(conn, Job.model_validate_json(raw))
         conn.delete(keys.job_record(job_id))
     return removed
+
+
+def release(conn: redis.Redis, job: Job) -> None:
+    """The job no longer counts against its member's and server's share."""
+    for key in _owner_keys(job):
+        conn.zrem(key, job.id)
+
+
+def load_job(conn: redis.Redis, job_id: str) -> Job | None:
+    """The job as it was queued (kept for follow-up buttons), or None once expired."""
+    raw = conn.get(keys.job_record(job_id))
+    return Job.model_validate_json(raw) if raw else None
+
+
+def estimate_wait(conn: redis.Redis, position: int) -> float | None:
+    """Seconds until a job at ``position`` is done, from recent generation times and workers online."""
+    recent = [float(value) for value in conn.lrange(keys.RECENT_DURATIONS, 0, -1)]
+    if not recent:
+        return None
+    per_job = sum(recent) / len(recent)
+    workers = max(1, workers_online(conn))
+    return (-(-position // workers)) * per_job
 
 
 def queue_position(conn: redis.Redis, job_id: str) -> int | None:
@@ -109,9 +170,15 @@ def last_event_id(conn: redis.Redis) -> str:
 
 
 def publish_event(conn: redis.Redis, event: JobEvent) -> str:
-    entry_id = conn.xadd(
-        keys.EVENTS_STREAM, {"data": event.model_dump_json()}, maxlen=EVENTS_MAXLEN, approximate=True
-    )
+    """Append a finished job's event; it stops counting against its member's share."""
+    with conn.pipeline() as pipe:
+        pipe.xadd(keys.EVENTS_STREAM, {"data": event.model_dump_json()}, maxlen=EVENTS_MAXLEN, approximate=True)
+        for key in _owner_keys(event.job):
+            pipe.zrem(key, event.job.id)
+        if event.kind == "done" and event.generation_s > 0:
+            pipe.lpush(keys.RECENT_DURATIONS, f"{event.generation_s:.3f}")
+            pipe.ltrim(keys.RECENT_DURATIONS, 0, RECENT_DURATIONS_KEPT - 1)
+        entry_id = pipe.execute()[0]
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 

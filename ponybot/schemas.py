@@ -7,13 +7,14 @@ of different versions refuse each other's messages with a SchemaVersionError.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Base64Bytes, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ponybot.errors import InvalidRequestError, SchemaVersionError
 
@@ -168,6 +169,33 @@ class InteractionRef(BaseModel):
         return (self.expires_at - utcnow()).total_seconds() > seconds
 
 
+class JobKind(StrEnum):
+    TXT2IMG = "txt2img"
+    UPSCALE = "upscale"  #: twice the size: image upscale, then img2img at low strength
+    VARY = "vary"  #: img2img from an image at moderate strength, new seed
+
+
+#: img2img strength of each follow-up kind.
+STRENGTH = {JobKind.UPSCALE: 0.35, JobKind.VARY: 0.6}
+
+
+class SourceImage(BaseModel):
+    """The earlier image a follow-up job starts from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    index: int
+    seed: int
+    key: str
+
+
+def upscale_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """Twice the size, or the largest multiple of 64 under ``max_pixels`` at the same aspect."""
+    factor = min(2.0, (max_pixels / (width * height)) ** 0.5)
+    return max(64, int(width * factor) // 64 * 64), max(64, int(height * factor) // 64 * 64)
+
+
 class Job(Versioned):
     """One generation job as it sits on the queue."""
 
@@ -175,6 +203,8 @@ class Job(Versioned):
     request: GenerationRequest
     seed: int = Field(ge=0, le=MAX_SEED)
     quality_tags: bool = False
+    kind: JobKind = JobKind.TXT2IMG
+    source: SourceImage | None = None
     origin: Origin | None = None
     interaction: InteractionRef | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -196,7 +226,16 @@ class ProgressEvent(Versioned):
     job_id: str
     step: int
     total: int
-    preview: Base64Bytes | None = None
+    preview_jpeg: str | None = None  #: base64
+
+    @classmethod
+    def create(cls, job_id: str, step: int, total: int, preview: bytes | None = None) -> ProgressEvent:
+        encoded = base64.b64encode(preview).decode() if preview else None
+        return cls(job_id=job_id, step=step, total=total, preview_jpeg=encoded)
+
+    @property
+    def preview(self) -> bytes | None:
+        return base64.b64decode(self.preview_jpeg) if self.preview_jpeg else None
 
 
 class ImageResult(BaseModel):

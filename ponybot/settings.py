@@ -61,6 +61,7 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(2, ge=1, le=10)
     max_batch: int = Field(1, ge=1, le=16)
     batch_window_ms: int = Field(50, ge=0, le=5000)
+    preview_every: int = Field(5, ge=0, le=150)
 
     @field_validator("device")
     @classmethod
@@ -77,6 +78,7 @@ class LimitSettings(_Section):
     max_queue: int = Field(200, ge=1)
     max_queued_per_member: int = Field(2, ge=1)
     max_queued_per_guild: int = Field(20, ge=1)
+    max_upscale_pixels: int = Field(1024 * 1024, ge=256 * 256, le=2048 * 2048)
 
 
 class DefaultSettings(_Section):
@@ -104,6 +106,7 @@ class DiscordSettings(_Section):
     sync_guilds: list[int] = Field(default_factory=list)
     extra_sizes: list[str] = Field(default_factory=list)
     progress_edit_interval_s: float = Field(1.5, ge=1.0)
+    progress_previews: bool = True
 
     @field_validator("extra_sizes")
     @classmethod

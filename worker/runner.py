@@ -8,6 +8,7 @@ pipeline; RQ callbacks are refused, so writing to Redis cannot run code here.
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import time
@@ -28,11 +29,21 @@ from ponybot.parameters import format_parameters
 from ponybot.policy import EffectivePolicy, FlaggedAction, Mode, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import generation_queue, publish_event, publish_progress
-from ponybot.schemas import ImageResult, Job, JobEvent, ProgressEvent, utcnow
+from ponybot.schemas import (
+    STRENGTH,
+    GenerationRequest,
+    ImageResult,
+    Job,
+    JobEvent,
+    JobKind,
+    ProgressEvent,
+    upscale_size,
+    utcnow,
+)
 from ponybot.settings import Settings
 from worker.generate import GenerationOutput, Generator
 from worker.loading import load_model, resolve_device
-from worker.png import encode_png
+from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
 
 log = logging.getLogger(__name__)
@@ -112,9 +123,11 @@ class WorkerRuntime:
         try:
             if not decision.allowed:
                 raise GenerationError("policy", decision.reason or "refused by the channel's policy")
+            request, init_image = self.follow_up(job)
             output = self.generator.generate(
-                job.request, seed=job.seed, prompt=prompt, negative_prompt=negative,
-                on_step=lambda step, total, _latents: self._progress(job, step, total),
+                request, seed=job.seed, prompt=prompt, negative_prompt=negative,
+                on_step=lambda step, total, latents: self._progress(job, step, total, latents),
+                init_image=init_image, strength=STRENGTH.get(job.kind, 1.0),
             )
             output.nsfw = self.screen(job, policy, output.images)
             event = self._store(job, policy, output, prompt, negative, queued_s)
@@ -127,9 +140,27 @@ class WorkerRuntime:
         log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued_s)
         return {"kind": event.kind, "images": len(event.images)}
 
-    def _progress(self, job: Job, step: int, total: int) -> None:
+    def follow_up(self, job: Job) -> tuple[GenerationRequest, Image.Image | None]:
+        """The request as generated, and the source image of an upscale or variation."""
+        if job.kind is JobKind.TXT2IMG or job.source is None:
+            return job.request, None
+        data = self.conn.get(job.source.key)
+        if data is None:
+            raise GenerationError("expired", "the image it starts from has expired")
+        source = Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+        width, height = source.size
+        if job.kind is JobKind.UPSCALE:
+            width, height = upscale_size(width, height, self.settings.limits.max_upscale_pixels)
+            source = source.resize((width, height), Image.Resampling.LANCZOS)
+        return job.request.model_copy(update={"width": width, "height": height, "count": 1}), source
+
+    def _progress(self, job: Job, step: int, total: int, latents: torch.Tensor) -> None:
+        every = self.settings.worker.preview_every
+        preview = None
+        if every and step % every == 0 and step < total:
+            preview = latent_preview(latents[0])
         try:
-            publish_progress(self.conn, ProgressEvent(job_id=job.id, step=step, total=total))
+            publish_progress(self.conn, ProgressEvent.create(job.id, step, total, preview))
         except redis.RedisError as error:  # progress is lossy by design
             log.warning("job=%s progress not sent: %s", job.id, error)
 
@@ -145,7 +176,8 @@ class WorkerRuntime:
                 key = None
                 if not withheld:
                     key = keys.image(job.id, index)
-                    text = format_parameters(job, index, prompt, negative, self.generator.model.name)
+                    text = format_parameters(job, index, prompt, negative, self.generator.model.name,
+                                             size=image.size)
                     pipe.set(key, encode_png(image, text), ex=ttl)
                 images.append(ImageResult(index=index, seed=seed, key=key, width=image.width, height=image.height,
                                           flagged=flagged, withheld=withheld, spoiler=spoiler and not withheld))

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import discord
-import redis
 from discord import app_commands
 from discord.ext import commands
 
-from bot import messages
-from ponybot import keys
-from ponybot.errors import InvalidRequestError, PolicyRefusal, RedisUnavailableError
-from ponybot.policy import Decision, apply, resolve
-from ponybot.policy_store import PolicyStore
-from ponybot.queue import enqueue
-from ponybot.schemas import MAX_SEED, GenerationRequest, InteractionRef, Job, Origin, Sampler, build_request, parse_size
+from bot.jobs import queue_job
+from ponybot.errors import InvalidRequestError
+from ponybot.schemas import MAX_SEED, GenerationRequest, Sampler, build_request, parse_size
 from ponybot.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,7 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TOKEN_LIFE = timedelta(minutes=15)
 STANDARD_SIZES = {"square": "512x512", "portrait": "512x768", "landscape": "768x512"}
 
 
@@ -67,49 +59,6 @@ def make_request(settings: Settings, options: dict[str, Any]) -> GenerationReque
     return build_request(settings.limits, **values)
 
 
-def origin_of(interaction: discord.Interaction[Any]) -> Origin:
-    channel = interaction.channel
-    nsfw = bool(channel is not None and hasattr(channel, "is_nsfw") and channel.is_nsfw())
-    return Origin(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0, channel_nsfw=nsfw,
-                  user_id=interaction.user.id)
-
-
-def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None) -> InteractionRef:
-    return InteractionRef(
-        id=interaction.id, application_id=interaction.application_id, token=interaction.token,
-        expires_at=interaction.created_at + TOKEN_LIFE, message_id=message_id,
-        attachment_size_limit=interaction.filesize_limit,
-    )
-
-
-def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> Decision:
-    """The channel's policy and the member's cooldown, before anything is queued (runs in a thread)."""
-    store = PolicyStore(bot.sync_redis)
-    try:
-        rules = store.rules_for(origin.guild_id, origin.channel_id)
-        policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=bot.settings.policy)
-        decision = apply(policy, request, quality=quality, safe_tag=bot.settings.policy.safe_tag)
-        if not decision.allowed:
-            raise PolicyRefusal(f"Not queued: {decision.reason}.")
-        if policy.cooldown_s:
-            key = keys.cooldown(origin.guild_id, origin.channel_id, origin.user_id)
-            if not bot.sync_redis.set(key, 1, nx=True, ex=policy.cooldown_s):
-                wait = bot.sync_redis.ttl(key)
-                raise PolicyRefusal(f"This channel has a cooldown: you can generate again in {max(1, int(wait))} s.")
-    except redis.RedisError as error:
-        raise RedisUnavailableError(str(error)) from None
-    return decision
-
-
-async def submit(bot: PonyBot, job: Job) -> int:
-    """Enqueue (RQ is synchronous: off the event loop) and return the 1-based position."""
-    worker = bot.settings.worker
-    return await asyncio.to_thread(
-        enqueue, bot.sync_redis, job, max_queue=bot.settings.limits.max_queue, job_timeout_s=worker.job_timeout_s,
-        result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts,
-    )
-
-
 class Generate(commands.Cog):
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
@@ -146,17 +95,8 @@ class Generate(commands.Cog):
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
             "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip,
         })
-        origin = origin_of(interaction)
-        use_quality = settings.defaults.quality if quality is None else quality
-        await asyncio.to_thread(admit, self.bot, origin, request, use_quality)
-        callback = await interaction.response.defer(thinking=True)
-        message_id = callback.message_id if callback is not None else None
-        job = Job.create(request, quality_tags=use_quality, origin=origin,
-                         interaction=interaction_ref(interaction, message_id))
-        position = await submit(self.bot, job)
-        log.info("job=%s queued by %s in %s at position %d", job.id, interaction.user.id, interaction.channel_id,
-                 position)
-        await interaction.edit_original_response(content=messages.queued(position, None))
+        await queue_job(self.bot, interaction, request, quality=settings.defaults.quality if quality is None
+                        else quality)
 
 
 async def setup(bot: PonyBot) -> None:

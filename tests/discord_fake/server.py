@@ -65,6 +65,7 @@ class Request:
     body: Any
     files: list[tuple[str, bytes]]
     status: int = 200
+    at: float = field(default_factory=time.monotonic)
 
 
 class FakeDiscord:

@@ -1,0 +1,88 @@
+"""``/queue`` and ``/cancel``: a member's own jobs."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.replies import is_moderator
+from ponybot import keys
+from ponybot.errors import PonybotError
+from ponybot.queue import active_jobs, cancel_job, load_job, queue_position
+from ponybot.schemas import Job, JobStatus
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+
+def member_jobs(bot: PonyBot, guild_id: int | None, user_id: int) -> list[tuple[Job, JobStatus, int | None]]:
+    """The member's queued or running jobs, oldest first, with their status and position (in a thread)."""
+    listed = []
+    for job_id in active_jobs(bot.sync_redis, keys.member_jobs(guild_id, user_id)):
+        job = load_job(bot.sync_redis, job_id)
+        if job is not None:
+            position = queue_position(bot.sync_redis, job_id)
+            listed.append((job, JobStatus.QUEUED if position else JobStatus.RUNNING, position))
+    return sorted(listed, key=lambda item: item[0].created_at)
+
+
+def snippet(text: str, size: int = 60) -> str:
+    return text if len(text) <= size else text[: size - 1] + "…"
+
+
+async def cancel_for_member(bot: PonyBot, interaction: discord.Interaction[Any], job_id: str) -> None:
+    job = await asyncio.to_thread(load_job, bot.sync_redis, job_id)
+    if job is None:
+        raise PonybotError("That job is already finished.")
+    if (job.origin is None or job.origin.user_id != interaction.user.id) and not is_moderator(interaction):
+        raise PonybotError("Only the member who asked for it, or a moderator, can cancel it.")
+    if not await asyncio.to_thread(cancel_job, bot.sync_redis, job_id):
+        raise PonybotError("It is already being generated, so it can no longer be cancelled.")
+    await bot.tracker.finish(job_id)
+    ref = job.interaction
+    if ref is not None and ref.message_id is not None and ref.alive_for(5):
+        hook = discord.Webhook.partial(ref.application_id, ref.token, client=bot)
+        await hook.edit_message(ref.message_id, content=f"Cancelled: {snippet(job.request.prompt)}", view=None)
+    await interaction.response.send_message("Cancelled. It will not be generated.", ephemeral=True)
+
+
+class Queue(commands.Cog):
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="Your jobs waiting or being generated")
+    async def queue(self, interaction: discord.Interaction[PonyBot]) -> None:
+        jobs = await asyncio.to_thread(member_jobs, self.bot, interaction.guild_id, interaction.user.id)
+        if not jobs:
+            await interaction.response.send_message("You have no jobs waiting.", ephemeral=True)
+            return
+        lines = [f"**{'generating now' if status is JobStatus.RUNNING else f'position {position}'}**: "
+                 f"{snippet(job.request.prompt)} (`{job.id[:8]}`)" for job, status, position in jobs]
+        await interaction.response.send_message("\n".join(lines), ephemeral=True)
+
+    @app_commands.command(name="cancel", description="Cancel one of your queued jobs (default: the newest)")
+    @app_commands.describe(job="Which job (default: your newest one still waiting)")
+    async def cancel(self, interaction: discord.Interaction[PonyBot], job: str | None = None) -> None:
+        jobs = await asyncio.to_thread(member_jobs, self.bot, interaction.guild_id, interaction.user.id)
+        waiting = [item for item, status, _position in jobs if status is JobStatus.QUEUED]
+        chosen = next((item for item in waiting if item.id.startswith(job)), None) if job else (
+            waiting[-1] if waiting else None)
+        if chosen is None:
+            raise PonybotError("You have no job waiting that could be cancelled." if not job else
+                               "No job of yours with that id is waiting.")
+        await cancel_for_member(self.bot, interaction, chosen.id)
+
+    @cancel.autocomplete("job")
+    async def cancel_choices(self, interaction: discord.Interaction[PonyBot], value: str
+                             ) -> list[app_commands.Choice[str]]:
+        jobs = await asyncio.to_thread(member_jobs, self.bot, interaction.guild_id, interaction.user.id)
+        return [app_commands.Choice(name=f"{position}. {snippet(job.request.prompt, 80)}", value=job.id)
+                for job, status, position in jobs if status is JobStatus.QUEUED and value in job.request.prompt][:25]
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(Queue(bot))

@@ -1,0 +1,97 @@
+"""Queueing a job for a member: shared by /generate and the result buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import discord
+import redis
+
+from bot import messages
+from ponybot import keys
+from ponybot.errors import PolicyRefusal, RedisUnavailableError
+from ponybot.policy import Decision, apply, resolve
+from ponybot.policy_store import PolicyStore
+from ponybot.queue import check_fair_share, enqueue, estimate_wait
+from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+TOKEN_LIFE = timedelta(minutes=15)
+
+
+def origin_of(interaction: discord.Interaction[Any]) -> Origin:
+    channel = interaction.channel
+    nsfw = bool(channel is not None and hasattr(channel, "is_nsfw") and channel.is_nsfw())
+    return Origin(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0, channel_nsfw=nsfw,
+                  user_id=interaction.user.id)
+
+
+def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None) -> InteractionRef:
+    return InteractionRef(
+        id=interaction.id, application_id=interaction.application_id, token=interaction.token,
+        expires_at=interaction.created_at + TOKEN_LIFE, message_id=message_id,
+        attachment_size_limit=interaction.filesize_limit,
+    )
+
+
+def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> Decision:
+    """The channel's policy, the member's share and cooldown, before anything is queued (runs in a thread)."""
+    store = PolicyStore(bot.sync_redis)
+    limits = bot.settings.limits
+    try:
+        probe = Job.create(request, origin=origin)
+        check_fair_share(bot.sync_redis, probe, per_member=limits.max_queued_per_member,
+                         per_guild=limits.max_queued_per_guild)
+        rules = store.rules_for(origin.guild_id, origin.channel_id)
+        policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=bot.settings.policy)
+        decision = apply(policy, request, quality=quality, safe_tag=bot.settings.policy.safe_tag)
+        if not decision.allowed:
+            raise PolicyRefusal(f"Not queued: {decision.reason}.")
+        if policy.cooldown_s:
+            key = keys.cooldown(origin.guild_id, origin.channel_id, origin.user_id)
+            if not bot.sync_redis.set(key, 1, nx=True, ex=policy.cooldown_s):
+                wait = bot.sync_redis.ttl(key)
+                raise PolicyRefusal(f"This channel has a cooldown: you can generate again in {max(1, int(wait))} s.")
+    except redis.RedisError as error:
+        raise RedisUnavailableError(str(error)) from None
+    return decision
+
+
+async def submit(bot: PonyBot, job: Job) -> int:
+    """Enqueue (RQ is synchronous: off the event loop) and return the 1-based position."""
+    worker = bot.settings.worker
+    return await asyncio.to_thread(
+        enqueue, bot.sync_redis, job, max_queue=bot.settings.limits.max_queue, job_timeout_s=worker.job_timeout_s,
+        result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts,
+        per_member=bot.settings.limits.max_queued_per_member, per_guild=bot.settings.limits.max_queued_per_guild,
+    )
+
+
+async def queue_job(
+    bot: PonyBot, interaction: discord.Interaction[Any], request: GenerationRequest, *, quality: bool,
+    kind: JobKind = JobKind.TXT2IMG, source: SourceImage | None = None, seed: int | None = None,
+) -> Job:
+    """Check, acknowledge, enqueue, and show the member where the job is."""
+    origin = origin_of(interaction)
+    await asyncio.to_thread(admit, bot, origin, request, quality)
+    callback = await interaction.response.defer(thinking=True)
+    message_id = callback.message_id if callback is not None else None
+    fields: dict[str, Any] = {"quality_tags": quality, "origin": origin, "kind": kind, "source": source,
+                              "interaction": interaction_ref(interaction, message_id)}
+    job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
+    position = await submit(bot, job)
+    eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position)
+    log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,
+             interaction.channel_id, position)
+    from bot.features.results import queued_view
+
+    await interaction.edit_original_response(content=messages.queued(position, eta), view=queued_view(job.id))
+    bot.tracker.track(job)
+    return job

@@ -1,0 +1,139 @@
+"""The queued message while a job waits and runs: position and ETA, then step i of n with a preview.
+
+Edits are throttled to one per ``discord.progress_edit_interval_s`` per message and
+skipped when nothing changed; discord.py waits out any 429 Discord answers. The
+delivery loop calls :meth:`Tracker.finish` before it posts the result, so a late
+progress edit can never overwrite it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import discord
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from bot import messages
+from ponybot import keys
+from ponybot.errors import SchemaVersionError
+from ponybot.queue import estimate_wait, queue_position
+from ponybot.schemas import Job, ProgressEvent
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+BAR = 12
+
+
+@dataclass
+class Tracked:
+    job: Job
+    progress: ProgressEvent | None = None
+    preview: bytes | None = None
+    shown: str = ""
+    last_edit: float = 0.0
+    finished: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def progress_text(event: ProgressEvent) -> str:
+    done = round(BAR * event.step / max(1, event.total))
+    return f"Generating: step {event.step} of {event.total}  {'▰' * done}{'▱' * (BAR - done)}"
+
+
+class Tracker:
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+        self.jobs: dict[str, Tracked] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def track(self, job: Job) -> None:
+        if job.interaction is not None and job.interaction.message_id is not None:
+            self.jobs[job.id] = Tracked(job, last_edit=time.monotonic())
+
+    async def finish(self, job_id: str) -> None:
+        """Stop editing this job's message (waits for an edit in flight)."""
+        tracked = self.jobs.pop(job_id, None)
+        if tracked is not None:
+            async with tracked.lock:
+                tracked.finished = True
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self.listen(), name="ponybot-progress"),
+                      asyncio.create_task(self.tick(), name="ponybot-tracker")]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def listen(self) -> None:
+        """Progress events from the workers (lossy pub/sub: a missed one is replaced by the next)."""
+        while True:
+            try:
+                async with self.bot.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(keys.PROGRESS_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message["type"] != "message":
+                            continue
+                        try:
+                            event = ProgressEvent.model_validate_json(message["data"])
+                        except (ValidationError, SchemaVersionError):
+                            continue
+                        tracked = self.jobs.get(event.job_id)
+                        if tracked is not None:
+                            tracked.progress = event
+                            tracked.preview = event.preview or tracked.preview
+            except (RedisError, OSError) as error:
+                log.warning("progress feed lost (%s): reconnecting", error)
+                await asyncio.sleep(2)
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            for tracked in list(self.jobs.values()):
+                try:
+                    await self.refresh(tracked)
+                except (RedisError, OSError, discord.HTTPException) as error:
+                    log.warning("job=%s progress edit failed: %s", tracked.job.id, error)
+                    tracked.last_edit = time.monotonic() + 5  # back off
+
+    async def refresh(self, tracked: Tracked) -> None:
+        ref = tracked.job.interaction
+        interval = self.bot.settings.discord.progress_edit_interval_s
+        if ref is None or ref.message_id is None or not ref.alive_for(60):
+            self.jobs.pop(tracked.job.id, None)
+            return
+        if time.monotonic() - tracked.last_edit < interval:
+            return
+        preview = None
+        if tracked.progress is not None:
+            text = progress_text(tracked.progress)
+            preview = tracked.preview if self.bot.settings.discord.progress_previews else None
+        else:
+            position = await asyncio.to_thread(queue_position, self.bot.sync_redis, tracked.job.id)
+            if position is None:
+                return  # taken by a worker: its first progress event comes next
+            eta = await asyncio.to_thread(estimate_wait, self.bot.sync_redis, position)
+            text = messages.queued(position, eta)
+        if text == tracked.shown:
+            return
+        async with tracked.lock:
+            if tracked.finished:
+                return
+            hook = discord.Webhook.partial(ref.application_id, ref.token, client=self.bot)
+            files = [discord.File(io.BytesIO(preview), filename="preview.jpg")] if preview else []
+            await hook.edit_message(ref.message_id, content=text, attachments=files)
+            tracked.shown, tracked.last_edit = text, time.monotonic()
