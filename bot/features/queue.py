@@ -27,7 +27,7 @@ def member_jobs(bot: PonyBot, guild_id: int | None, user_id: int) -> list[tuple[
         if job is not None:
             position = queue_position(bot.sync_redis, job_id)
             listed.append((job, JobStatus.QUEUED if position else JobStatus.RUNNING, position))
-    return sorted(listed, key=lambda item: item[0].created_at)
+    return sorted(listed, key=lambda item: (item[2] or 0, item[0].created_at))  # running first, then by place
 
 
 def snippet(text: str, size: int = 60) -> str:

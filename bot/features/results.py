@@ -135,15 +135,16 @@ async def on_result_action(bot: PonyBot, interaction: discord.Interaction[Any], 
         if interaction.message is not None:
             await interaction.message.delete()
         await interaction.response.send_message("Deleted.", ephemeral=True)
-    elif action in ("reroll", "retry"):
-        await queue_job(bot, interaction, job.request, quality=job.quality_tags,
-                        seed=job.seed if action == "retry" else None)
+    elif action == "retry":
+        await queue_job(bot, interaction, job.request, quality=job.quality_tags, seed=job.seed)
+    elif action == "reroll":
+        await queue_job(bot, interaction, job.request.model_copy(update={"seed": None}), quality=job.quality_tags)
     elif action in ("upscale", "vary") and index is not None:
         key = keys.image(job.id, index)
         if not await bot.redis.exists(key):
             raise PonybotError("That image has expired, so it cannot be used any more. Use /generate again.")
         kind = JobKind.UPSCALE if action == "upscale" else JobKind.VARY
-        request = job.request.model_copy(update={"count": 1})
+        request = job.request.model_copy(update={"count": 1, "seed": None})
         if kind is JobKind.UPSCALE:
             target = upscale_size(request.width, request.height, bot.settings.limits.max_upscale_pixels)
             if target[0] <= request.width:

@@ -1,0 +1,140 @@
+"""What members see after /generate: position, progress, buttons (also after a restart), limits, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from typing import Any
+
+import redis
+from PIL import Image
+
+from ponybot.queue import enqueue, generation_queue
+from ponybot.schemas import Job, Origin, build_request
+from ponybot.settings import Settings
+from tests.bot_harness import ThreadWorker, drain, ephemeral_reply, running_bot
+from tests.discord_fake.server import MEMBER, OTHER_MEMBER, FakeDiscord, Interaction
+
+
+def content(fake: FakeDiscord, interaction: Interaction) -> str:
+    return str((fake.original(interaction) or {}).get("content", ""))
+
+
+def buttons(message: dict[str, Any]) -> dict[str, str]:
+    """Button label -> custom_id."""
+    return {b["label"]: b["custom_id"] for row in message["components"] for b in row["components"]}
+
+
+async def generated(fake: FakeDiscord, interaction: Interaction) -> dict[str, Any]:
+    return await fake.wait_for(lambda: (m := fake.original(interaction)) and m["attachments"]
+                               and not m["attachments"][0]["filename"].startswith("preview") and m)
+
+
+def queue_for_someone_else(conn: redis.Redis, settings: Settings, fake: FakeDiscord, prompt: str) -> Job:
+    origin = Origin(guild_id=fake.guild_id, channel_id=fake.default_channel, channel_nsfw=False, user_id=99)
+    job = Job.create(build_request(settings.limits, prompt=prompt, steps=2, width=256, height=256), origin=origin)
+    enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=600)
+    return job
+
+
+async def test_position_counts_down(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
+                                    conn: redis.Redis, runtime: Any) -> None:
+    for prompt in ("first", "second"):
+        queue_for_someone_else(conn, discord_settings, fake, prompt)
+    async with running_bot(discord_settings, redis_url):
+        interaction = await fake.slash("generate", {"prompt": "third"})
+        await fake.wait_for(lambda: "position 3" in content(fake, interaction))
+        await asyncio.to_thread(ThreadWorker(runtime).work, burst=True, max_jobs=1)
+        await fake.wait_for(lambda: "position 2" in content(fake, interaction))
+        await asyncio.to_thread(ThreadWorker(runtime).work, burst=True, max_jobs=1)
+        await fake.wait_for(lambda: "next in line" in content(fake, interaction))
+    assert "about" in content(fake, interaction)  # an ETA from the jobs measured so far
+
+
+async def test_progress_edits_throttled(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
+                                        conn: redis.Redis, runtime: Any) -> None:
+    async with running_bot(discord_settings, redis_url):
+        interaction = await fake.slash("generate", {"prompt": "slow", "steps": 40, "size": "512x512"})
+        await fake.wait_for(lambda: "Queued" in content(fake, interaction))
+        await drain(runtime)
+        await generated(fake, interaction)
+    edits = [r for r in fake.requests if r.method == "PATCH" and r.path.endswith(str(interaction.original_id))
+             and (r.body or {}).get("content", "").startswith(("Generating", "Queued"))]
+    progress = [r for r in edits if r.body["content"].startswith("Generating")]
+    assert len(progress) >= 2, [r.body["content"] for r in edits]
+    assert any(r.files for r in progress)  # a preview image rode along
+    gaps = [b.at - a.at for a, b in zip(edits, edits[1:], strict=False)]
+    assert min(gaps) >= discord_settings.discord.progress_edit_interval_s - 0.05, gaps
+
+
+async def test_buttons_work_after_restart(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
+                                          conn: redis.Redis, runtime: Any) -> None:
+    async with running_bot(discord_settings, redis_url):
+        interaction = await fake.slash("generate", {"prompt": "pinkie pie", "seed": 11, "count": 2})
+        await fake.wait_for(lambda: "Queued" in content(fake, interaction))
+        await drain(runtime)
+        result = await generated(fake, interaction)
+    ids = buttons(result)
+    assert {"Re-roll", "Details", "Delete", "Upscale 1", "Upscale 2", "Vary 1", "Vary 2"} <= set(ids)
+    assert all(custom.startswith("ponybot:result:") and len(custom) <= 100 for custom in ids.values())
+
+    async with running_bot(discord_settings, redis_url):  # a new process: only Redis remembers the job
+        details = await fake.click(int(result["id"]), ids["Details"])
+        text = await fake.wait_for(lambda: ephemeral_reply(fake, details))
+        assert "seed:11" in text and "/generate prompt:pinkie pie" in text and "Seeds 11, 12" in text
+
+        upscale = await fake.click(int(result["id"]), ids["Upscale 2"])
+        vary = await fake.click(int(result["id"]), ids["Vary 1"])
+        reroll = await fake.click(int(result["id"]), ids["Re-roll"])
+        await fake.wait_for(lambda: all("Queued" in content(fake, i) for i in (upscale, vary, reroll)))
+        await drain(runtime)
+        upscaled = await generated(fake, upscale)
+        varied = await generated(fake, vary)
+        rerolled = await generated(fake, reroll)
+
+        refused = await fake.click(int(result["id"]), ids["Delete"], user=OTHER_MEMBER)
+        assert "Only the member who asked" in await fake.wait_for(lambda: ephemeral_reply(fake, refused))
+        assert int(result["id"]) in fake.messages
+        deleted = await fake.click(int(result["id"]), ids["Delete"], user=MEMBER)
+        await fake.wait_for(lambda: ephemeral_reply(fake, deleted))
+    assert int(result["id"]) not in fake.messages
+
+    size = Image.open(io.BytesIO(fake.attachment_bytes(upscaled)[0])).size
+    assert size == (512, 512)  # twice 256x256
+    assert "seed 12" in upscaled["content"]  # image 2 keeps its seed
+    assert Image.open(io.BytesIO(fake.attachment_bytes(varied)[0])).size == (256, 256)
+    assert len(fake.attachment_bytes(rerolled)) == 2
+    assert "seed 11" not in rerolled["content"]
+
+
+async def test_member_limit_and_cancel(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
+                                       conn: redis.Redis, runtime: Any) -> None:
+    async with running_bot(discord_settings, redis_url):
+        first = await fake.slash("generate", {"prompt": "one"})
+        await fake.wait_for(lambda: "Queued" in content(fake, first))
+        second = await fake.slash("generate", {"prompt": "two"})
+        await fake.wait_for(lambda: "Queued" in content(fake, second))
+        third = await fake.slash("generate", {"prompt": "three"})
+        limit = await fake.wait_for(lambda: ephemeral_reply(fake, third))
+        assert "you already have 2 job(s) queued or running" in limit
+        assert generation_queue(conn).count == 2
+
+        listing = await fake.slash("queue")
+        text = await fake.wait_for(lambda: ephemeral_reply(fake, listing))
+        assert "position 1**: one" in text and "position 2**: two" in text
+
+        cancel = await fake.slash("cancel")  # the newest waiting job: "two"
+        await fake.wait_for(lambda: ephemeral_reply(fake, cancel))
+        assert "Cancelled" in content(fake, second)
+        assert generation_queue(conn).count == 1
+
+        button = buttons(fake.original(first) or {})["Cancel"]
+        other = await fake.click(first.original_id or 0, button, user=OTHER_MEMBER)
+        assert "Only the member" in await fake.wait_for(lambda: ephemeral_reply(fake, other))
+
+        await drain(runtime)
+        await generated(fake, first)
+        fourth = await fake.slash("generate", {"prompt": "four"})  # a finished job frees a place
+        await fake.wait_for(lambda: "Queued" in content(fake, fourth))
+    assert "Cancelled" in content(fake, second)
+    assert not (fake.original(second) or {}).get("attachments")  # never generated
