@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from itertools import pairwise
 from typing import Any
 
 import redis
@@ -63,7 +64,7 @@ async def test_progress_edits_throttled(fake: FakeDiscord, discord_settings: Set
     progress = [r for r in edits if r.body["content"].startswith("Generating")]
     assert len(progress) >= 2, [r.body["content"] for r in edits]
     assert any(r.files for r in progress)  # a preview image rode along
-    gaps = [b.at - a.at for a, b in zip(edits, edits[1:], strict=False)]
+    gaps = [b.at - a.at for a, b in pairwise(edits)]
     assert min(gaps) >= discord_settings.discord.progress_edit_interval_s - 0.05, gaps
 
 
