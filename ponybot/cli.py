@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--device", help="cpu, cuda, cuda:N (overrides worker.device)")
     worker.add_argument("--model", help="model source (overrides model.source)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    worker.add_argument("--name", help="worker name shown in status and logs (default: host, device, random)")
 
     generate = commands.add_parser("generate", help="generate images through the queue, without Discord")
     generate.add_argument("prompt")
@@ -114,7 +115,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         conn = connect(url or resolve_redis_url(settings))
         after = last_event_id(conn)
         worker = settings.worker
-        position = enqueue(conn, job, max_queue=settings.limits.max_queue, job_timeout_s=worker.job_timeout_s,
+        position = enqueue(conn, job, max_queue=settings.limits.max_queue, job_timeout_s=worker.timeout_for(job),
                            result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts)
         log.info("job %s queued at position %d (seed %d)", job.id, position, job.seed)
         if args.local:
@@ -146,7 +147,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.device:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
     conn = connect(resolve_redis_url(settings))
-    run_worker(build_runtime(settings, conn, model_source=args.model), burst=args.burst)
+    run_worker(build_runtime(settings, conn, model_source=args.model, name=args.name), burst=args.burst)
     return 0
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ponybot.errors import ConfigError
-from ponybot.schemas import Sampler, parse_size
+from ponybot.schemas import Job, JobKind, Sampler, parse_size
 
 DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
 #: Refused in SFW channels (whole words; ``*`` matches every word it begins).
@@ -62,6 +62,16 @@ class WorkerSettings(_Section):
     max_batch: int = Field(1, ge=1, le=16)
     batch_window_ms: int = Field(50, ge=0, le=5000)
     preview_every: int = Field(5, ge=0, le=150)
+    step_budget_s: float = Field(1.0, gt=0)
+    heartbeat_s: int = Field(10, ge=1, le=300)
+    maintenance_s: int = Field(30, ge=1)
+
+    def timeout_for(self, job: Job) -> int:
+        """A job's time limit: a minute plus ``step_budget_s`` per 512x512 step, at most ``job_timeout_s``."""
+        request = job.request
+        pixels = request.width * request.height * (4 if job.kind is JobKind.UPSCALE else 1)
+        work = request.steps * request.count * pixels / (512 * 512)
+        return int(min(self.job_timeout_s, 60 + self.step_budget_s * work))
 
     @field_validator("device")
     @classmethod
@@ -138,6 +148,11 @@ class SafetySettings(_Section):
     wd14_threshold: float = Field(0.35, gt=0, lt=1)
 
 
+class MetricsSettings(_Section):
+    bot_port: int = Field(0, ge=0, le=65535)
+    worker_port: int = Field(0, ge=0, le=65535)
+
+
 class CliSettings(_Section):
     no_worker_timeout_s: float = Field(10.0, gt=0)
     out_dir: Path = Path("out")
@@ -160,6 +175,7 @@ class Settings(BaseSettings):
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     cli: CliSettings = Field(default_factory=CliSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import io
 import logging
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import redis
 import torch
@@ -47,6 +48,7 @@ from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class SafeJob(RQJob):
@@ -136,7 +138,7 @@ class WorkerRuntime:
         except torch.OutOfMemoryError:
             event = self._failed(job, "out_of_memory", "the GPU ran out of memory: try a smaller size or count",
                                  queued_s)
-        publish_event(self.conn, event)
+        with_redis_retry(job.id, lambda: publish_event(self.conn, event))
         log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued_s)
         return {"kind": event.kind, "images": len(event.images)}
 
@@ -181,7 +183,7 @@ class WorkerRuntime:
                     pipe.set(key, encode_png(image, text), ex=ttl)
                 images.append(ImageResult(index=index, seed=seed, key=key, width=image.width, height=image.height,
                                           flagged=flagged, withheld=withheld, spoiler=spoiler and not withheld))
-            pipe.execute()
+            with_redis_retry(job.id, pipe.execute)
         if any(image.withheld for image in images):
             log.info("job=%s %d of %d image(s) withheld by the SFW policy", job.id,
                      sum(i.withheld for i in images), len(images))
@@ -192,6 +194,21 @@ class WorkerRuntime:
         log.error("job=%s failed (%s): %s", job.id, code, message)
         return JobEvent(kind="failed", job=job, error_code=code, error_message=message, queued_s=queued_s,
                         worker=self.name)
+
+
+def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 120.0) -> T:
+    """Run a Redis write, retrying with backoff while Redis restarts, so a finished job is not lost."""
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            if waited >= give_up_s:
+                raise
+            log.warning("job=%s Redis unavailable (%s): retrying in %.1f s", job_id, error, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 10)
 
 
 #: RQ's exception names -> the failure codes members are told about.
@@ -210,9 +227,36 @@ class GenerationWorker(SimpleWorker):
             job_class=job_class,
             serializer=JSONSerializer,
             exception_handlers=[self._report_failure],
+            worker_ttl=max(20, runtime.settings.worker.heartbeat_s * 3),
+            maintenance_interval=runtime.settings.worker.maintenance_s,
             **kwargs,
         )
         self.runtime = runtime
+        self.heartbeat_s = runtime.settings.worker.heartbeat_s
+
+    def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
+        """Short: a heartbeat thread renews it, so a killed worker's job is found and retried soon."""
+        return self.heartbeat_s * 3
+
+    def execute_job(self, job: RQJob, queue: Any) -> None:
+        """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none)."""
+        execution = self.prepare_execution(job)
+        done = threading.Event()
+        beats = threading.Thread(target=self._beat, args=(job, execution, done), daemon=True)
+        beats.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            done.set()
+            beats.join()
+        self.set_state("idle")
+
+    def _beat(self, job: RQJob, execution: Any, done: threading.Event) -> None:
+        while not done.wait(self.heartbeat_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as error:
+                log.warning("job=%s heartbeat failed: %s", job.id, error)
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                         _traceback: Any) -> bool:
@@ -242,7 +286,8 @@ def default_worker_name(device: torch.device) -> str:
     return f"ponybot-{socket.gethostname()}-{device}-{uuid.uuid4().hex[:6]}"
 
 
-def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None) -> WorkerRuntime:
+def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
+                  name: str | None = None) -> WorkerRuntime:
     """Load the model (once, before any job is taken) and bind it to Redis."""
     device = resolve_device(settings.worker.device)
     if device.type == "cpu":
@@ -253,7 +298,7 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
         classifier = load_classifier(settings.safety)
     except ImportError as error:
         log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
-    return WorkerRuntime(settings, conn, Generator(model), default_worker_name(device), classifier)
+    return WorkerRuntime(settings, conn, Generator(model), name or default_worker_name(device), classifier)
 
 
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:

@@ -1,0 +1,116 @@
+"""Nothing lost: killed workers, jobs that always die, Redis restarting, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+from rq.job import Job as RQJob
+
+from ponybot import keys
+from ponybot.queue import enqueue, generation_queue
+from ponybot.redis_server import EmbeddedRedis, free_port
+from ponybot.schemas import Job, JobEvent, build_request
+from ponybot.settings import Settings
+from tests.conftest import cli_env
+
+FAST_RECOVERY = {"PONYBOT_WORKER__HEARTBEAT_S": "1", "PONYBOT_WORKER__MAINTENANCE_S": "1"}
+
+
+@contextmanager
+def workers(redis_url: str, model_cache: Path, cwd: Path, *names: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    env = cli_env(redis_url, model_cache, **FAST_RECOVERY)
+    started = {name: subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu", "--name", name],
+                                      env=env, cwd=cwd, text=True, stderr=subprocess.DEVNULL) for name in names}
+    try:
+        yield started
+    finally:
+        for process in started.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+def events_for(conn: redis.Redis, job_id: str) -> list[JobEvent]:
+    found = [JobEvent.model_validate_json(f[b"data"]) for _id, f in conn.xrange(keys.EVENTS_STREAM)]
+    return [event for event in found if event.job.id == job_id]
+
+
+def wait_until(condition: object, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.2)
+    raise TimeoutError("condition never held")
+
+
+def long_job(conn: redis.Redis, settings: Settings, attempts: int, steps: int = 60) -> Job:
+    job = Job.create(build_request(settings.limits, prompt="long", steps=min(steps, 50), width=512, height=512))
+    enqueue(conn, job, max_queue=10, job_timeout_s=300, result_ttl_s=600, max_attempts=attempts)
+    return job
+
+
+def running_on(conn: redis.Redis, job_id: str) -> str | None:
+    job = RQJob.fetch(job_id, connection=conn)
+    return job.worker_name if job.get_status() == "started" else None
+
+
+def test_sigkill_mid_job_is_retried_once(conn: redis.Redis, settings: Settings, model_cache: Path, redis_url: str,
+                                         tmp_path: Path) -> None:
+    with workers(redis_url, model_cache, tmp_path, "w-a", "w-b") as procs:
+        job = long_job(conn, settings, attempts=2)
+        wait_until(lambda: running_on(conn, job.id))
+        victim = running_on(conn, job.id)
+        assert victim in procs
+        procs[victim].send_signal(signal.SIGKILL)
+        wait_until(lambda: events_for(conn, job.id), timeout=150)
+        time.sleep(2)
+    [event] = events_for(conn, job.id)
+    assert event.kind == "done"
+    assert event.worker != victim
+
+
+def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: Settings, model_cache: Path,
+                                                  redis_url: str, tmp_path: Path) -> None:
+    job = long_job(conn, settings, attempts=1)
+    with workers(redis_url, model_cache, tmp_path, "w-doomed") as procs:
+        wait_until(lambda: running_on(conn, job.id))
+        procs["w-doomed"].send_signal(signal.SIGKILL)
+    with workers(redis_url, model_cache, tmp_path, "w-next"):
+        wait_until(lambda: events_for(conn, job.id), timeout=120)
+    [event] = events_for(conn, job.id)
+    assert event.kind == "failed" and event.error_code == "worker_died"
+    from bot import messages
+
+    assert "stopped while making it" in messages.failed(event, mention=False)
+
+
+def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_path: Path) -> None:
+    data, port = tmp_path / "redis", free_port()
+    server = EmbeddedRedis(data, port=port, persistent=True)
+    server.start()
+    conn = redis.Redis(port=port)
+    jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}", steps=8, width=256, height=256))
+            for i in range(6)]
+    for job in jobs:
+        enqueue(conn, job, max_queue=10, job_timeout_s=120, result_ttl_s=600)
+    try:
+        with workers(server.url, model_cache, tmp_path, "w-steady"):
+            wait_until(lambda: conn.xlen(keys.EVENTS_STREAM) >= 1)
+            server.stop()
+            time.sleep(2)
+            server = EmbeddedRedis(data, port=port, persistent=True)
+            server.start()
+            conn = redis.Redis(port=port)
+            wait_until(lambda: all(events_for(conn, job.id) for job in jobs), timeout=120)
+        assert all(events_for(conn, job.id)[0].kind == "done" for job in jobs)
+        assert generation_queue(conn).count == 0
+    finally:
+        server.stop()
