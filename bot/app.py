@@ -20,13 +20,16 @@ from bot.features.results import CancelButton, ResultButton
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
 from ponybot.errors import RedisUnavailableError
+from ponybot.metrics import BotMetrics
+from ponybot.metrics import serve as serve_metrics
 from ponybot.queue import resolve_redis_url
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.info")
+FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.status",
+            "bot.features.info")
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -67,6 +70,10 @@ class PonyBot(commands.Bot):
         self.sync_redis: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
         self.tracker = Tracker(self)
+        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis))
+
+    async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
+        self.metrics.commands.labels(command.qualified_name).inc()
 
     async def setup_hook(self) -> None:
         for feature in FEATURES:

@@ -166,6 +166,7 @@ class Delivery:
             log.error("job=%s cannot be posted in channel %s, dropped: %s", event.job.id,
                       event.job.origin and event.job.origin.channel_id, error)
         except (discord.DiscordServerError, discord.RateLimited, OSError, TimeoutError) as error:
+            self.bot.metrics.delivery_errors.inc()
             raise RetryLater(f"job={event.job.id}: {error}") from error
 
     async def send(self, event: JobEvent, files: list[tuple[str, bytes]], groups: list[list[int]],
@@ -194,8 +195,10 @@ class Delivery:
                                     view=view)
             for batch in batches[1:]:
                 await hook.send(files=batch, wait=True)
+            self.bot.metrics.deliveries.labels(event.kind, "interaction").inc()
             return
         channel: Any = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         await channel.send(content, files=first, allowed_mentions=allowed, view=view)
         for batch in batches[1:]:
             await channel.send(files=batch)
+        self.bot.metrics.deliveries.labels(event.kind, "channel").inc()

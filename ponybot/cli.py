@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--model", help="model source (overrides model.source)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--name", help="worker name shown in status and logs (default: host, device, random)")
+    worker.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.worker_port)")
 
     generate = commands.add_parser("generate", help="generate images through the queue, without Discord")
     generate.add_argument("prompt")
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--local", action="store_true", help="run a worker in this process")
 
     commands.add_parser("bot", help="run the Discord bot")
+
+    up = commands.add_parser("up", help="one machine: embedded Redis, a worker per GPU, and the bot")
+    up.add_argument("--workers", type=int, help="how many workers (default: one per visible GPU, else one on CPU)")
+
+    commands.add_parser("status", help="workers, queue depth, throughput and current wait")
 
     policy = commands.add_parser("policy", help="try the channel policy's rules")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
@@ -147,7 +153,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.device:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
     conn = connect(resolve_redis_url(settings))
-    run_worker(build_runtime(settings, conn, model_source=args.model, name=args.name), burst=args.burst)
+    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name,
+                            metrics_port=args.metrics_port if args.metrics_port is not None
+                            else settings.metrics.worker_port)
+    run_worker(runtime, burst=args.burst)
     return 0
 
 
@@ -155,6 +164,19 @@ def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import run_bot
 
     run_bot(settings)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from ponybot.up import Supervisor
+
+    return Supervisor(settings, config=args.config, workers=args.workers).run()
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from ponybot.status import collect_status, describe_status
+
+    say(describe_status(collect_status(connect(resolve_redis_url(settings)))))
     return 0
 
 
@@ -169,7 +191,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if decision.allowed else EXIT_FAILED
 
 
-COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy}
+COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
+            "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,12 +20,15 @@ from typing import Any, ClassVar, TypeVar
 import redis
 import torch
 from PIL import Image
+from prometheus_client import CollectorRegistry
 from rq import SimpleWorker
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
 from ponybot import keys
 from ponybot.errors import ForgedJobError, GenerationError
+from ponybot.metrics import WorkerMetrics
+from ponybot.metrics import serve as serve_metrics
 from ponybot.parameters import format_parameters
 from ponybot.policy import EffectivePolicy, FlaggedAction, Mode, apply, resolve
 from ponybot.policy_store import PolicyStore
@@ -84,7 +87,8 @@ class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
     def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
-                 classifier: ImageClassifier | None = None) -> None:
+                 classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None) -> None:
+        self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
         self.generator = generator
@@ -139,8 +143,21 @@ class WorkerRuntime:
             event = self._failed(job, "out_of_memory", "the GPU ran out of memory: try a smaller size or count",
                                  queued_s)
         with_redis_retry(job.id, lambda: publish_event(self.conn, event))
+        self.record(event)
         log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued_s)
         return {"kind": event.kind, "images": len(event.images)}
+
+    def record(self, event: JobEvent) -> None:
+        metrics = self.metrics
+        metrics.wait.observe(max(0.0, event.queued_s))
+        if event.kind == "failed":
+            metrics.failures.labels(event.error_code or "internal").inc()
+            return
+        metrics.generation.observe(event.generation_s)
+        metrics.images.inc(len(event.images))
+        metrics.withheld.inc(event.withheld)
+        if self.generator.model.device.type == "cuda":
+            metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
 
     def follow_up(self, job: Job) -> tuple[GenerationRequest, Image.Image | None]:
         """The request as generated, and the source image of an upscale or variation."""
@@ -278,7 +295,8 @@ class GenerationWorker(SimpleWorker):
             return True
         code = FAILURE_CODES.get(exc_type.__name__ if exc_type else "", "internal")
         event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value}", 0.0)
-        publish_event(self.runtime.conn, event)
+        with_redis_retry(job.id, lambda: publish_event(self.runtime.conn, event))
+        self.runtime.record(event)
         return True
 
 
@@ -287,7 +305,7 @@ def default_worker_name(device: torch.device) -> str:
 
 
 def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
-                  name: str | None = None) -> WorkerRuntime:
+                  name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
     """Load the model (once, before any job is taken) and bind it to Redis."""
     device = resolve_device(settings.worker.device)
     if device.type == "cpu":
@@ -298,7 +316,8 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
         classifier = load_classifier(settings.safety)
     except ImportError as error:
         log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
-    return WorkerRuntime(settings, conn, Generator(model), name or default_worker_name(device), classifier)
+    registry = serve_metrics(metrics_port, conn)
+    return WorkerRuntime(settings, conn, Generator(model), name or default_worker_name(device), classifier, registry)
 
 
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:

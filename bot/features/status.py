@@ -1,0 +1,30 @@
+"""``/status``: workers online, queue depth, recent throughput and the current wait."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from ponybot.status import collect_status, describe_status
+
+if TYPE_CHECKING:
+    from bot.app import PonyBot
+
+
+class Status(commands.Cog):
+    def __init__(self, bot: PonyBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="status", description="How busy the image workers are")
+    async def status(self, interaction: discord.Interaction[PonyBot]) -> None:
+        status = await asyncio.to_thread(collect_status, self.bot.sync_redis)
+        embed = discord.Embed(title="ponybot status", description=describe_status(status), colour=0xE39BD9)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def setup(bot: PonyBot) -> None:
+    await bot.add_cog(Status(bot))
