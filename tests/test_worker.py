@@ -90,7 +90,7 @@ def test_out_of_memory_becomes_failed_event(conn: redis.Redis, settings: Setting
     class OutOfMemory:  # a GPU's OOM cannot happen on this CPU: raise it where the pipeline would
         model = runtime.generator.model
 
-        def generate(self, *args: Any, **kwargs: Any) -> Any:
+        def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
     job = queue_job(conn, settings)

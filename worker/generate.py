@@ -23,6 +23,16 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
+@dataclass(frozen=True)
+class BatchItem:
+    """One job's part of a batch."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    count: int
+
+
 @dataclass
 class GenerationOutput:
     """The images of one job, their seeds, and the image classifier's NSFW flags."""
@@ -65,6 +75,23 @@ class Generator:
         strength: float = 1.0,
     ) -> GenerationOutput:
         """Images for ``request`` (txt2img), or from ``init_image`` at ``strength`` (img2img, its size)."""
+        item = BatchItem(prompt, negative_prompt, seed, request.count)
+        return self.generate_batch(request, [item], on_step=on_step, init_image=init_image, strength=strength)[0]
+
+    def generate_batch(
+        self,
+        request: GenerationRequest,
+        items: list[BatchItem],
+        *,
+        on_step: StepCallback | None = None,
+        init_image: Image.Image | None = None,
+        strength: float = 1.0,
+    ) -> list[GenerationOutput]:
+        """Several jobs of the same shape (size, steps, sampler, CFG, CLIP skip) as one batch.
+
+        ``request`` gives the shape; each item its own prompts, seed and count. Every image keeps
+        its own CPU generator (seed + i), so its starting noise is what it would be alone.
+        """
         started = time.perf_counter()
 
         # 1. Check inputs: the contract validated them; the model adds its own constraint.
@@ -72,23 +99,28 @@ class Generator:
         for name, value in (("width", request.width), ("height", request.height)):
             if value % factor:
                 raise GenerationError("invalid_request", f"{name} must be a multiple of {factor} for this model")
-        if init_image is not None and not 0 < strength <= 1:
-            raise GenerationError("invalid_request", f"strength must be in (0, 1], got {strength}")
+        if init_image is not None and (not 0 < strength <= 1 or len(items) != 1):
+            raise GenerationError("invalid_request", f"img2img takes one job and a strength in (0, 1], got {strength}")
 
-        # 2. Encode prompt and negative prompt the same way (CLIP skip, chunks, emphasis).
-        positive, negative = self.encoder.encode_pair(prompt, negative_prompt, request.clip_skip)
-        positive = positive.to(self.model.device, self.model.dtype)
-        negative = negative.to(self.model.device, self.model.dtype)
+        # 2. Encode prompts and negative prompts the same way (CLIP skip, chunks, emphasis), one length for all.
+        chunked = [(self.encoder.chunks(i.prompt), self.encoder.chunks(i.negative_prompt)) for i in items]
+        length = max(max(len(pos), len(neg)) for pos, neg in chunked)
+        def embed(side: int) -> torch.Tensor:
+            rows = [self.encoder.encode_chunks(pair[side], request.clip_skip, min_chunks=length).repeat(i.count, 1, 1)
+                    for pair, i in zip(chunked, items, strict=True)]
+            return torch.cat(rows).to(self.model.device, self.model.dtype)
 
-        # 3. A fresh scheduler for the chosen sampler, on the pipeline this job runs.
+        positive, negative = embed(0), embed(1)
+
+        # 3. A fresh scheduler for the chosen sampler, on the pipeline this batch runs.
         pipeline = self.pipeline if init_image is None else self.img2img
         pipeline.scheduler = make_scheduler(request.sampler, self.base_scheduler_config)
 
-        # 4. One CPU generator per image: image i gets seed + i, the same on every device.
-        seeds = [seed + index for index in range(request.count)]
-        generators = [torch.Generator("cpu").manual_seed(image_seed) for image_seed in seeds]
+        # 4. One CPU generator per image: image i of a job gets seed + i, the same on every device.
+        seeds = [[item.seed + index for index in range(item.count)] for item in items]
+        generators = [torch.Generator("cpu").manual_seed(seed) for job_seeds in seeds for seed in job_seeds]
 
-        # 5. Denoise and decode.
+        # 5. Denoise and decode (the VAE decodes in slices when batched, to bound its memory).
         def step_end(pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step + 1, pipe.num_timesteps, tensors["latents"])
@@ -98,13 +130,17 @@ class Generator:
             {"width": request.width, "height": request.height} if init_image is None
             else {"image": init_image, "strength": strength}
         )
+        if len(generators) > 1:
+            pipeline.vae.enable_slicing()
+        else:
+            pipeline.vae.disable_slicing()
         with torch.inference_mode():
             result = pipeline(
                 prompt_embeds=positive,
                 negative_prompt_embeds=negative,
                 num_inference_steps=request.steps,
                 guidance_scale=request.cfg,
-                num_images_per_prompt=request.count,
+                num_images_per_prompt=1,
                 generator=generators,
                 callback_on_step_end=step_end,
                 callback_on_step_end_tensor_inputs=["latents"],
@@ -112,4 +148,12 @@ class Generator:
                 **size,
             )
         images: list[Image.Image] = list(result.images)
-        return GenerationOutput(images, seeds, [None] * len(images), time.perf_counter() - started)
+
+        # 6. Back to one output per job.
+        seconds = time.perf_counter() - started
+        outputs, offset = [], 0
+        for job_seeds in seeds:
+            mine = images[offset : offset + len(job_seeds)]
+            outputs.append(GenerationOutput(mine, job_seeds, [None] * len(mine), seconds))
+            offset += len(job_seeds)
+        return outputs

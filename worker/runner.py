@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from prometheus_client import CollectorRegistry
 from rq import SimpleWorker
+from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
@@ -30,7 +31,7 @@ from ponybot.errors import ForgedJobError, GenerationError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
 from ponybot.parameters import format_parameters
-from ponybot.policy import EffectivePolicy, FlaggedAction, Mode, apply, resolve
+from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import generation_queue, publish_event, publish_progress
 from ponybot.schemas import (
@@ -45,7 +46,7 @@ from ponybot.schemas import (
     utcnow,
 )
 from ponybot.settings import Settings
-from worker.generate import GenerationOutput, Generator
+from worker.generate import BatchItem, GenerationOutput, Generator
 from worker.loading import load_model, resolve_device
 from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
@@ -95,6 +96,8 @@ class WorkerRuntime:
         self.name = name
         self.classifier = classifier
         self.policies = PolicyStore(conn)
+        #: jobs the worker claimed to run in one batch with the job being run
+        self.batched: list[Job] = []
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -117,35 +120,65 @@ class WorkerRuntime:
             return [None] * len(images)
 
     def run(self, payload: str) -> dict[str, Any]:
-        """Run one job from its JSON payload and publish its ``done`` or ``failed`` event."""
-        job = Job.model_validate_json(payload)
-        started = utcnow()
-        queued_s = (started - job.created_at).total_seconds()
-        log.info("job=%s started: %dx%d x%d, %d steps, %s", job.id, job.request.width, job.request.height,
-                 job.request.count, job.request.steps, job.request.sampler)
-        policy = self.policy_for(job)
-        decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
-        prompt, negative = decision.prompt, decision.negative_prompt
+        """Run the job in ``payload`` (with any jobs batched beside it) and publish each one's event."""
+        jobs = [Job.model_validate_json(payload), *self.batched]
+        events = self.run_batch(jobs)
+        return {"events": {event.job.id: event.kind for event in events}}
+
+    def run_batch(self, jobs: list[Job]) -> list[JobEvent]:
+        """Jobs of one shape as one batch; each gets its own ``done`` or ``failed`` event."""
+        now = utcnow()
+        queued = {job.id: (now - job.created_at).total_seconds() for job in jobs}
+        events: dict[str, JobEvent] = {}
+        planned: list[tuple[Job, EffectivePolicy | None, Decision]] = []
+        for job in jobs:
+            log.info("job=%s started: %s %dx%d x%d, %d steps, %s (batch of %d)", job.id, job.kind.value,
+                     job.request.width, job.request.height, job.request.count, job.request.steps,
+                     job.request.sampler.value, len(jobs))
+            policy = self.policy_for(job)
+            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
+            if decision.allowed:
+                planned.append((job, policy, decision))
+            else:
+                events[job.id] = self._failed(job, "policy", decision.reason or "refused", queued[job.id])
+        if planned:
+            events.update(self._generate(planned, queued))
+        for job in jobs:
+            event = events[job.id]
+            with_redis_retry(job.id, lambda event=event: publish_event(self.conn, event))  # type: ignore[misc]
+            self.record(event)
+            log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued[job.id])
+        return [events[job.id] for job in jobs]
+
+    def _generate(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], queued: dict[str, float]
+                  ) -> dict[str, JobEvent]:
+        leader = planned[0][0]
+        offsets, total_images = [], 0
+        for job, _policy, _decision in planned:
+            offsets.append(total_images)
+            total_images += job.request.count
+
+        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            for (job, _policy, _decision), offset in zip(planned, offsets, strict=True):
+                self._progress(job, step, total, latents[offset : offset + 1])
+
         try:
-            if not decision.allowed:
-                raise GenerationError("policy", decision.reason or "refused by the channel's policy")
-            request, init_image = self.follow_up(job)
-            output = self.generator.generate(
-                request, seed=job.seed, prompt=prompt, negative_prompt=negative,
-                on_step=lambda step, total, latents: self._progress(job, step, total, latents),
-                init_image=init_image, strength=STRENGTH.get(job.kind, 1.0),
-            )
-            output.nsfw = self.screen(job, policy, output.images)
-            event = self._store(job, policy, output, prompt, negative, queued_s)
+            request, init_image = self.follow_up(leader)
+            items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
+                               if init_image is not None else job.request.count) for job, _p, decision in planned]
+            outputs = self.generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
+                                                    strength=STRENGTH.get(leader.kind, 1.0))
         except GenerationError as error:
-            event = self._failed(job, error.code, str(error), queued_s)
+            return {job.id: self._failed(job, error.code, str(error), queued[job.id]) for job, _p, _d in planned}
         except torch.OutOfMemoryError:
-            event = self._failed(job, "out_of_memory", "the GPU ran out of memory: try a smaller size or count",
-                                 queued_s)
-        with_redis_retry(job.id, lambda: publish_event(self.conn, event))
-        self.record(event)
-        log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued_s)
-        return {"kind": event.kind, "images": len(event.images)}
+            message = "the GPU ran out of memory: try a smaller size or count"
+            return {job.id: self._failed(job, "out_of_memory", message, queued[job.id]) for job, _p, _d in planned}
+        events = {}
+        for (job, policy, decision), output in zip(planned, outputs, strict=True):
+            output.nsfw = self.screen(job, policy, output.images)
+            events[job.id] = self._store(job, policy, output, decision.prompt, decision.negative_prompt,
+                                         queued[job.id])
+        return events
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
@@ -256,24 +289,79 @@ class GenerationWorker(SimpleWorker):
         return self.heartbeat_s * 3
 
     def execute_job(self, job: RQJob, queue: Any) -> None:
-        """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none)."""
+        """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none) and batching."""
         execution = self.prepare_execution(job)
+        claimed = self.claim_batch(job, queue)
+        running = [(job, execution)]
+        for other, _payload in claimed:
+            running.append((other, self.prepare_execution(other)))
+            self.prepare_job_execution(other)
+        self.runtime.batched = [payload for _other, payload in claimed]
         done = threading.Event()
-        beats = threading.Thread(target=self._beat, args=(job, execution, done), daemon=True)
+        beats = threading.Thread(target=self._beat, args=(running, done), daemon=True)
         beats.start()
         try:
-            self.perform_job(job, queue, execution)
+            succeeded = self.perform_job(job, queue, execution)
         finally:
             done.set()
             beats.join()
+            self.runtime.batched = []
+        for other, other_execution in running[1:]:
+            if succeeded:
+                self._finalize_success(other, queue, other_execution, None)
+            else:
+                failure = RuntimeError(f"the batch led by job {job.id} failed")
+                self._finalize_failure(other, queue, other_execution, (RuntimeError, failure, None))
         self.set_state("idle")
 
-    def _beat(self, job: RQJob, execution: Any, done: threading.Event) -> None:
+    def claim_batch(self, leader: RQJob, queue: Any) -> list[tuple[RQJob, Job]]:
+        """Up to ``worker.max_batch - 1`` queued jobs of the leader's shape, waiting ``batch_window_ms`` at most."""
+        settings = self.runtime.settings.worker
+        if settings.max_batch <= 1 or leader.func_name != keys.GENERATE_FUNC:
+            return []
+        try:
+            lead = Job.model_validate_json(leader.args[0])
+        except (ValueError, IndexError, TypeError):
+            return []
+        if lead.kind is not JobKind.TXT2IMG:
+            return []
+        claimed: list[tuple[RQJob, Job]] = []
+        deadline = time.monotonic() + settings.batch_window_ms / 1000
+        while len(claimed) < settings.max_batch - 1:
+            waiting: list[bytes] = self.connection.lrange(queue.key, 0, 100)  # type: ignore[assignment]
+            for raw_id in waiting:
+                other = self._compatible(raw_id.decode(), lead)
+                if other is not None and self.connection.lrem(queue.key, 1, raw_id.decode()):
+                    claimed.append(other)
+                    if len(claimed) == settings.max_batch - 1:
+                        break
+            if len(claimed) == settings.max_batch - 1 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)
+        if claimed:
+            log.info("job=%s batched with %s", leader.id, ", ".join(f"job={o.id}" for o, _ in claimed))
+        return claimed
+
+    def _compatible(self, job_id: str, lead: Job) -> tuple[RQJob, Job] | None:
+        try:
+            other = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            if other.func_name != keys.GENERATE_FUNC:
+                return None
+            payload = Job.model_validate_json(other.args[0])
+        except (NoSuchJobError, ValueError, IndexError, TypeError):
+            return None
+        a, b = lead.request, payload.request
+        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip) == (
+            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip)
+        return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
+
+    def _beat(self, running: list[tuple[RQJob, Any]], done: threading.Event) -> None:
         while not done.wait(self.heartbeat_s):
-            try:
-                self.maintain_heartbeats(job, execution)
-            except redis.RedisError as error:
-                log.warning("job=%s heartbeat failed: %s", job.id, error)
+            for job, execution in running:
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except redis.RedisError as error:
+                    log.warning("job=%s heartbeat failed: %s", job.id, error)
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                         _traceback: Any) -> bool:

@@ -1,0 +1,60 @@
+"""Batching across members: compatible queued jobs run as one batch, each with its own seeds and event."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import redis
+from PIL import Image
+from rq.job import Job as RQJob
+
+from ponybot import keys
+from ponybot.queue import enqueue, generation_queue
+from ponybot.schemas import Job, JobEvent, build_request
+from ponybot.settings import Settings
+from worker.runner import GenerationWorker, WorkerRuntime
+
+
+def queue(conn: redis.Redis, settings: Settings, prompt: str, seed: int, **options: Any) -> Job:
+    shape = {"steps": 4, "width": 256, "height": 256, **options}
+    job = Job.create(build_request(settings.limits, prompt=prompt, seed=seed, **shape))
+    enqueue(conn, job, max_queue=20, job_timeout_s=120, result_ttl_s=600)
+    return job
+
+
+def pixels(conn: redis.Redis, key: str | None) -> np.ndarray[Any, Any]:
+    assert key is not None
+    return np.asarray(Image.open(io.BytesIO(conn.get(key) or b"")), dtype=np.int16)
+
+
+def test_compatible_jobs_share_a_batch(conn: redis.Redis, settings: Settings, runtime: WorkerRuntime) -> None:
+    batched_settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+        update={"max_batch": 4, "batch_window_ms": 100})})
+    runtime.settings = batched_settings
+    jobs = [queue(conn, settings, f"pony {i}", seed=10 * i, count=1 + i % 2) for i in range(4)]
+    odd = queue(conn, settings, "other shape", seed=1, steps=3)
+    GenerationWorker(runtime).work(burst=True)
+
+    events = {e.job.id: e for e in (JobEvent.model_validate_json(f[b"data"])
+                                   for _id, f in conn.xrange(keys.EVENTS_STREAM))}
+    assert set(events) == {job.id for job in [*jobs, odd]}
+    assert all(event.kind == "done" for event in events.values())
+    for job in jobs:
+        assert [image.seed for image in events[job.id].images] == [job.seed + i for i in range(job.request.count)]
+    assert len({events[job.id].generation_s for job in jobs}) == 1  # one batch: one timing
+    assert events[odd.id].generation_s != events[jobs[0].id].generation_s
+    for job in [*jobs, odd]:
+        assert RQJob.fetch(job.id, connection=conn).get_status() == "finished"
+    assert generation_queue(conn).started_job_registry.count == 0
+
+    # the same job alone: the same starting noise; batched kernels may round differently
+    runtime.settings = settings
+    conn.delete(keys.EVENTS_STREAM)
+    alone = queue(conn, settings, "pony 1", seed=10, count=2)
+    GenerationWorker(runtime).work(burst=True)
+    [single] = [JobEvent.model_validate_json(f[b"data"]) for _id, f in conn.xrange(keys.EVENTS_STREAM)]
+    assert single.job.id == alone.id
+    difference = np.abs(pixels(conn, single.images[1].key) - pixels(conn, events[jobs[1].id].images[1].key))
+    assert difference.max() <= 3
