@@ -32,7 +32,7 @@ unit: install
 test: lint types unit
 
 bench: install
-	$(PY) bench/queue.py
+	$(PY) bench/queue_throughput.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/gpu.py
 

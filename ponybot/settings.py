@@ -63,6 +63,10 @@ class WorkerSettings(_Section):
     batch_window_ms: int = Field(50, ge=0, le=5000)
     preview_every: int = Field(5, ge=0, le=150)
     step_budget_s: float = Field(1.0, gt=0)
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "max-autotune-no-cudagraphs"
+    )
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
 

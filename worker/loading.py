@@ -54,6 +54,7 @@ def load_model(source: str, settings: ModelSettings, device: torch.device) -> Lo
     pipeline = pipeline.to(device)
     if device.type == "cuda":
         pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
     log.info("loaded model %s on %s (%s) in %.1f s", source, device, dtype, time.perf_counter() - started)
     return LoadedModel(pipeline, model_name(source, settings), device, dtype)
 
@@ -114,3 +115,10 @@ def _guarded(source: str, load: Any) -> Any:
         raise
     except Exception as error:  # diffusers raises many types; the operator needs one message
         raise ModelLoadError(f"could not load model {source}: {type(error).__name__}: {error}") from error
+
+
+def compile_unet(model: LoadedModel, cache_dir: Path, mode: str) -> None:
+    """torch.compile the UNet, its compiled kernels cached on disk across restarts."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / "inductor").resolve()))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    model.pipeline.unet = torch.compile(model.pipeline.unet, mode=mode, fullgraph=True)

@@ -42,12 +42,13 @@ from ponybot.schemas import (
     JobEvent,
     JobKind,
     ProgressEvent,
+    parse_size,
     upscale_size,
     utcnow,
 )
 from ponybot.settings import Settings
 from worker.generate import BatchItem, GenerationOutput, Generator
-from worker.loading import load_model, resolve_device
+from worker.loading import compile_unet, load_model, resolve_device
 from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
 
@@ -399,13 +400,28 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
     model = load_model(model_source or settings.model.source, settings.model, device)
+    generator = Generator(model)
+    if settings.worker.compile and device.type == "cuda":
+        compile_unet(model, settings.model.cache_dir, settings.worker.compile_mode)
+        warm_up(generator, settings)
     classifier: ImageClassifier | None = None
     try:
         classifier = load_classifier(settings.safety)
     except ImportError as error:
         log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
     registry = serve_metrics(metrics_port, conn)
-    return WorkerRuntime(settings, conn, Generator(model), name or default_worker_name(device), classifier, registry)
+    return WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry)
+
+
+def warm_up(generator: Generator, settings: Settings) -> None:
+    """Compile for every batch size this worker will run, before taking the first job."""
+    width, height = parse_size(settings.defaults.size)
+    request = GenerationRequest(prompt="warm-up", width=width, height=height, steps=2)
+    sizes = sorted({1, *(2**i for i in range(1, 5) if 2**i <= settings.worker.max_batch), settings.worker.max_batch})
+    for size in sizes:
+        started = time.perf_counter()
+        generator.generate_batch(request, [BatchItem("warm-up", "", 0, 1)] * size)
+        log.info("compiled and warmed up batch size %d in %.1f s", size, time.perf_counter() - started)
 
 
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
@@ -413,7 +429,8 @@ def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
     worker = GenerationWorker(runtime)
     started = time.perf_counter()
     log.info("worker %s listening on %s", runtime.name, keys.GENERATE_QUEUE)
-    result = worker.work(burst=burst, logging_level=logging.getLevelName(log.getEffectiveLevel()),
-                         with_scheduler=False)
+    # RQ's own per-job lines repeat ours (job=<id> ... started/done); keep its warnings and errors
+    rq_level = "DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
+    result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
     log.info("worker %s stopped after %.1f s", runtime.name, time.perf_counter() - started)
     return bool(result)

@@ -1,0 +1,90 @@
+"""The whole path on the ``tiny`` model, on this machine's CPU.
+
+1. Time per image through ponybot (enqueue -> worker -> PNG in Redis -> event) against a plain
+   diffusers loop over the same model and requests (goal: ratio at most 1.10).
+2. Batching: the same 16 jobs with ``worker.max_batch`` 4 against 1.
+Run: ``.venv/bin/python bench/pipeline.py``
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import machine, table  # type: ignore[import-not-found]
+
+from ponybot import keys
+from ponybot.queue import connect, enqueue
+from ponybot.redis_server import EmbeddedRedis
+from ponybot.schemas import Job, build_request
+from ponybot.settings import ModelSettings, SafetySettings, Settings
+from worker.generate import Generator
+from worker.loading import load_model, resolve_device
+from worker.runner import GenerationWorker, WorkerRuntime
+from worker.safety import load_classifier
+from worker.schedulers import CARD_DDIM
+from worker.tiny import ensure_tiny_pipeline
+
+PROMPTS = ["pinkie pie, balloons", "twilight sparkle reading", "rainbow dash flying", "rarity sewing"]
+
+
+def through_ponybot(runtime: WorkerRuntime, conn, settings: Settings, jobs: list[Job]) -> float:  # type: ignore[no-untyped-def]
+    conn.delete(keys.EVENTS_STREAM)
+    started = time.perf_counter()
+    for job in jobs:
+        enqueue(conn, job, max_queue=1000, job_timeout_s=600, result_ttl_s=600)
+    GenerationWorker(runtime).work(burst=True, logging_level="WARNING")
+    elapsed = time.perf_counter() - started
+    assert conn.xlen(keys.EVENTS_STREAM) == len(jobs)
+    return elapsed
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch) / "redis", persistent=False) as redis:
+        cache = Path(scratch) / "models"
+        folder = ensure_tiny_pipeline(cache)
+        conn = connect(redis.url)
+        settings = Settings(model=ModelSettings(source="tiny", cache_dir=cache))
+        generator = Generator(load_model("tiny", settings.model, resolve_device("cpu")))
+        runtime = WorkerRuntime(settings, conn, generator, "bench", load_classifier(SafetySettings()))
+        requests = [build_request(settings.limits, prompt=PROMPTS[i % 4], negative_prompt="blurry", steps=10,
+                                  width=512, height=512, seed=i, clip_skip=1) for i in range(8)]
+
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        plain = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False,
+                                                        low_cpu_mem_usage=False)
+        plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config, **CARD_DDIM)
+        plain.set_progress_bar_config(disable=True)
+        for warm in (True, False):  # the first round warms both up
+            started = time.perf_counter()
+            for request in requests[: 2 if warm else None]:
+                plain(request.prompt, negative_prompt=request.negative_prompt, num_inference_steps=request.steps,
+                      guidance_scale=request.cfg, width=request.width, height=request.height,
+                      generator=torch.Generator("cpu").manual_seed(request.seed or 0))
+            plain_s = time.perf_counter() - started
+            ours_s = through_ponybot(runtime, conn, settings,
+                                     [Job.create(r) for r in requests[: 2 if warm else None]])
+        rows = [[len(requests), f"{plain_s / len(requests) * 1000:.0f}", f"{ours_s / len(requests) * 1000:.0f}",
+                 f"{ours_s / plain_s:.3f}"]]
+
+        batch_rows = []
+        shapes = [build_request(settings.limits, prompt=PROMPTS[i % 4], steps=10, width=256, height=256, seed=i)
+                  for i in range(16)]
+        for max_batch in (1, 4):
+            runtime.settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+                update={"max_batch": max_batch, "batch_window_ms": 0})})
+            elapsed = through_ponybot(runtime, conn, settings, [Job.create(r) for r in shapes])
+            batch_rows.append([max_batch, len(shapes), f"{elapsed:.2f}", f"{len(shapes) / elapsed:.2f}"])
+    print(machine())
+    print(table("tiny model, 512x512, 10 DDIM steps, CFG 7.5: per image", ["images", "plain diffusers ms",
+                "ponybot ms (queue, PNG, classifier, event)", "ratio"], rows))
+    print(table("batching across jobs: 16 jobs of 256x256, 10 steps", ["max_batch", "jobs", "seconds",
+                "images/s"], batch_rows))
+
+
+if __name__ == "__main__":
+    main()
