@@ -122,6 +122,8 @@ class Tracker:
         if tracked.progress is not None:
             text = progress_text(tracked.progress)
             preview = tracked.preview if self.bot.settings.discord.progress_previews else None
+            if preview is not None and len(preview) > ref.attachment_size_limit:
+                preview = None  # this server's upload limit is smaller than a preview
         else:
             position = await asyncio.to_thread(queue_position, self.bot.sync_redis, tracked.job.id)
             if position is None:

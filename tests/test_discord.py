@@ -155,6 +155,9 @@ async def test_failed_job_is_explained(fake: FakeDiscord, discord_settings: Sett
         message = await fake.wait_for(lambda: "failed" in (fake.original(interaction) or {}).get("content", "")
                                       and fake.original(interaction))
     assert "GPU ran out of memory" in message["content"]
+    retry = [b for row in message["components"] for b in row["components"]]
+    assert [b["label"] for b in retry] == ["Retry"]
+    assert retry[0]["custom_id"].startswith("ponybot:result:retry:")
 
 
 async def test_license_and_help_are_ephemeral(fake: FakeDiscord, discord_settings: Settings,
@@ -183,3 +186,45 @@ async def test_commands_synced_with_described_options(fake: FakeDiscord, discord
     assert names[:1] == ["prompt"] and {"size", "sampler", "clip_skip", "quality", "count", "seed"} <= set(names)
     sampler = next(o for o in generate["options"] if o["name"] == "sampler")
     assert [c["value"] for c in sampler["choices"]] == ["ddim", "euler_a", "dpmpp_2m_karras"]
+
+
+async def test_rate_limited_edit_is_retried(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
+                                            runtime: Any, conn: redis.Redis) -> None:
+    async with running_bot(discord_settings, redis_url):
+        interaction = await fake.slash("generate", {"prompt": "derpy", "seed": 4})
+        await fake.wait_for(lambda: "Queued" in (fake.original(interaction) or {}).get("content", ""))
+        fake.rate_limit("PATCH", r"^/webhooks/", times=2, retry_after=0.2)
+        await drain(runtime)
+        message = await fake.wait_for(lambda: result_message(fake))
+    statuses = [r.status for r in fake.requests if r.method == "PATCH" and r.path.startswith("/webhooks/")]
+    assert statuses.count(429) == 2 and statuses[-1] == 200  # discord.py waited retry_after and tried again
+    assert len(fake.attachment_bytes(message)) == 1
+
+
+async def test_images_over_the_upload_limit_are_explained(settings: Settings, redis_url: str, runtime: Any,
+                                                          conn: redis.Redis) -> None:
+    small = FakeDiscord(attachment_limit=1000)  # this server takes files of at most 1,000 bytes
+    await small.start()
+    try:
+        async with running_bot(bot_settings(settings, small), redis_url):
+            interaction = await small.slash("generate", {"prompt": "big", "count": 2})
+            await small.wait_for(lambda: "Queued" in (small.original(interaction) or {}).get("content", ""))
+            await drain(runtime)
+            message = await small.wait_for(
+                lambda: "upload limit" in (small.original(interaction) or {}).get("content", "")
+                and small.original(interaction))
+        assert "2 image(s) were larger than this server's upload limit" in message["content"]
+        assert not any(r.status == 413 for r in small.requests)
+        assert small.rejected == []
+    finally:
+        await small.stop()
+
+
+def test_attachments_grouped_as_discord_allows() -> None:
+    from bot.delivery import group_attachments
+
+    groups, skipped = group_attachments([100] * 23, per_file=1000)
+    assert [len(group) for group in groups] == [10, 10, 3] and skipped == []
+    mib = 1024 * 1024
+    groups, skipped = group_attachments([9 * mib, 9 * mib, 9 * mib, 11 * mib], per_file=10 * mib)
+    assert groups == [[0, 1], [2]] and skipped == [3]  # 25 MiB per request, 10 MiB per file

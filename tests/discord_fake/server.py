@@ -243,16 +243,21 @@ class FakeDiscord:
                 self.requests[-1].status = 429
                 return _json({"message": "You are being rate limited.", "retry_after": limit[3], "global": False},
                              429, {"Via": "1.1 google", "X-RateLimit-Scope": "user"})
+        response = await self._answer(request, path, body, files)
+        self.requests[-1].status = response.status
+        self.changed.set()
+        return response
+
+    async def _answer(self, request: web.Request, path: str, body: Any, files: list[tuple[str, bytes]]
+                      ) -> web.Response:
         if len(files) > 10:
             return _error(400, 30015, "Maximum number of attachments in a message reached (10)")
         if any(len(data) > self.attachment_limit for _name, data in files):
             return _error(413, 40005, "Request entity too large")
         for pattern, handler in self.routes():
             if request.method == pattern[0] and (match := re.fullmatch(pattern[1], path)):
-                try:
-                    return await handler(request, body or {}, files, *match.groups())
-                finally:
-                    self.changed.set()
+                response: web.Response = await handler(request, body or {}, files, *match.groups())
+                return response
         return _error(404, 0, f"fake Discord has no route {request.method} {path}")
 
     def rate_limit(self, method: str, path_regex: str, times: int = 1, retry_after: float = 0.3) -> None:
