@@ -22,7 +22,8 @@ from ponybot.schemas import Job, build_request
 from ponybot.settings import ModelSettings, SafetySettings, Settings
 from worker.generate import Generator
 from worker.loading import load_model, resolve_device
-from worker.runner import GenerationWorker, WorkerRuntime
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
 from worker.safety import load_classifier
 from worker.schedulers import CARD_DDIM
 from worker.tiny import ensure_tiny_pipeline

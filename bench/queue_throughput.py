@@ -26,7 +26,8 @@ from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings
 from worker.generate import GenerationOutput
-from worker.runner import GenerationWorker, WorkerRuntime
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
 
 
 class NoModel:

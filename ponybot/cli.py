@@ -125,7 +125,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                            result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts)
         log.info("job %s queued at position %d (seed %d)", job.id, position, job.seed)
         if args.local:
-            from worker.runner import build_runtime, run_worker
+            from worker.runner import run_worker
+            from worker.runtime import build_runtime
 
             run_worker(build_runtime(settings, conn, model_source=model), burst=True)
         try:
@@ -148,7 +149,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.runner import build_runtime, run_worker
+    from worker.runner import run_worker
+    from worker.runtime import build_runtime
 
     if args.device:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})

@@ -12,7 +12,8 @@ from rq.timeouts import TimerDeathPenalty
 from bot.app import PonyBot, configure_endpoints
 from ponybot.settings import Settings
 from tests.discord_fake.server import FakeDiscord, Interaction
-from worker.runner import GenerationWorker, WorkerRuntime
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
 
 
 def bot_settings(settings: Settings, fake: FakeDiscord, **discord_options: Any) -> Settings:

@@ -85,7 +85,7 @@ def classifier() -> Any:
 
 @pytest.fixture
 def runtime(settings: Settings, conn: redis.Redis, generator: Any, classifier: Any) -> Any:
-    from worker.runner import WorkerRuntime
+    from worker.runtime import WorkerRuntime
 
     return WorkerRuntime(settings, conn, generator, "test-worker", classifier)
 

@@ -14,7 +14,8 @@ from ponybot import keys
 from ponybot.queue import enqueue, generation_queue
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings
-from worker.runner import GenerationWorker, WorkerRuntime
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
 
 
 def queue(conn: redis.Redis, settings: Settings, prompt: str, seed: int, **options: Any) -> Job:

@@ -25,7 +25,7 @@ from ponybot.settings import Settings
 from tests.bot_harness import drain, running_bot
 from tests.conftest import ROOT, cli_env, run_cli
 from tests.discord_fake.server import FakeDiscord
-from worker.runner import WorkerRuntime
+from worker.runtime import WorkerRuntime
 
 
 def start_up(cwd: Path, model_cache: Path, *args: str) -> subprocess.Popen[str]:

@@ -19,7 +19,8 @@ from ponybot.queue import enqueue
 from ponybot.schemas import Job, JobEvent, Origin, build_request
 from ponybot.settings import LimitSettings, PolicySettings, SafetySettings, Settings
 from tests.conftest import cli_env, run_cli
-from worker.runner import GenerationWorker, WorkerRuntime
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
 
 POLICY = PolicySettings()
 SFW_TERMS = POLICY.always_forbidden_terms + POLICY.sfw_forbidden_terms

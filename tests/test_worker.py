@@ -22,7 +22,8 @@ from ponybot.schemas import Job, JobEvent, ProgressEvent, build_request
 from ponybot.settings import Settings
 from tests.conftest import cli_env
 from worker.png import read_parameters
-from worker.runner import GenerationWorker, WorkerRuntime
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
 
 
 def queue_job(conn: redis.Redis, settings: Settings, **options: Any) -> Job:

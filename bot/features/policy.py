@@ -51,6 +51,19 @@ def can_manage_server() -> Callable[[T], T]:
     return app_commands.check(predicate)
 
 
+#: The options of /policy set and /policy default (one set of rules, two scopes).
+RULE_OPTIONS = {
+    "mode": "sfw, or nsfw (only takes effect in age-restricted channels)",
+    "flagged": "In NSFW mode: post images the classifier flags, or put them behind a spoiler",
+    "forbidden_terms": "Extra terms to refuse, comma-separated ('none' clears)",
+    "negative_prompt": "Added to every negative prompt",
+    "max_steps": "Most steps allowed",
+    "max_count": "Most images per job",
+    "max_size": "Largest size allowed",
+    "cooldown": "Seconds a member waits between jobs",
+}
+
+
 def parse_terms(text: str | None) -> list[str] | None:
     """``"a, b"`` -> ``["a", "b"]``; ``"none"`` clears; None leaves the list as it is."""
     if text is None:
@@ -131,14 +144,7 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                           describe(policy, self.bot.settings.policy))
 
     @app_commands.command(name="set", description="Change this channel's rules (Manage Channels)")
-    @app_commands.describe(
-        mode="sfw, or nsfw (only takes effect in age-restricted channels)",
-        flagged="In NSFW mode: post images the classifier flags, or put them behind a spoiler",
-        forbidden_terms="Extra terms to refuse here, comma-separated ('none' clears)",
-        negative_prompt="Added to every negative prompt here",
-        max_steps="Most steps allowed here", max_count="Most images per job here",
-        max_size="Largest size allowed here", cooldown="Seconds a member waits between jobs here",
-    )
+    @app_commands.describe(**RULE_OPTIONS)
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_channels=True)
     @can_manage_channels()
@@ -169,13 +175,7 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         await self.answer(interaction, "Channel policy reset", describe(policy, self.bot.settings.policy))
 
     @app_commands.command(name="default", description="Change the server's default rules (Manage Server)")
-    @app_commands.describe(
-        mode="sfw, or nsfw (only takes effect in age-restricted channels)",
-        flagged="In NSFW mode: post flagged images, or put them behind a spoiler",
-        forbidden_terms="Extra terms to refuse, comma-separated ('none' clears)",
-        negative_prompt="Added to every negative prompt", max_steps="Most steps", max_count="Most images per job",
-        max_size="Largest size", cooldown="Seconds a member waits between jobs",
-    )
+    @app_commands.describe(**RULE_OPTIONS)
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @can_manage_server()
