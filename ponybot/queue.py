@@ -72,18 +72,40 @@ def _owner_keys(job: Job) -> list[str]:
     return [keys.member_jobs(job.origin.guild_id, job.origin.user_id), keys.guild_jobs(job.origin.guild_id)]
 
 
-def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild: int) -> None:
-    """QueueFullError when the member or their server already has its share queued or running."""
+#: Count and reserve a member's and a server's share in one step, so simultaneous requests cannot overrun it.
+#: KEYS: member set, server set. ARGV: now, expiry, job id, member limit, server limit, reserve (1) or check (0).
+RESERVE_SHARE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+local mine = redis.call('ZCARD', KEYS[1])
+if mine >= tonumber(ARGV[4]) then return {1, mine} end
+local server = redis.call('ZCARD', KEYS[2])
+if server >= tonumber(ARGV[5]) then return {2, server} end
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+end
+return {0, mine}
+"""
+
+
+def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild: int, reserve: bool = False) -> None:
+    """QueueFullError when the member or their server already has its share queued or running;
+    with ``reserve``, atomically count the job against both when it fits."""
     if job.origin is None:
         return
-    member_key, guild_key = _owner_keys(job)
-    mine = active_jobs(conn, member_key)
-    if len(mine) >= per_member:
+    now = time.time()
+    answer: list[int] = conn.eval(
+        RESERVE_SHARE, 2, *_owner_keys(job), now, now + OWNERSHIP_S, job.id, per_member, per_guild,
+        "1" if reserve else "0",
+    )
+    verdict, count = int(answer[0]), int(answer[1])
+    if verdict == 1:
         raise QueueFullError(
-            f"you already have {len(mine)} job(s) queued or running (the limit is {per_member}): "
+            f"you already have {count} job(s) queued or running (the limit is {per_member}): "
             "try again when one finishes, or /cancel one"
         )
-    if len(active_jobs(conn, guild_key)) >= per_guild:
+    if verdict == 2:
         raise QueueFullError(f"this server already has {per_guild} jobs queued or running: try again in a minute")
 
 
@@ -98,11 +120,11 @@ def enqueue(
         if depth >= max_queue:
             raise QueueFullError(f"the queue is full ({depth} jobs waiting): try again in a few minutes")
         if per_member is not None and per_guild is not None:
-            check_fair_share(conn, job, per_member=per_member, per_guild=per_guild)
-        expires = time.time() + OWNERSHIP_S
-        for key in _owner_keys(job):
-            conn.zadd(key, {job.id: expires})
-
+            check_fair_share(conn, job, per_member=per_member, per_guild=per_guild, reserve=True)
+        else:
+            expires = time.time() + OWNERSHIP_S
+            for key in _owner_keys(job):
+                conn.zadd(key, {job.id: expires})
         queue.enqueue(
             keys.GENERATE_FUNC,
             job.model_dump_json(),

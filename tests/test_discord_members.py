@@ -85,12 +85,17 @@ async def test_buttons_work_after_restart(fake: FakeDiscord, discord_settings: S
         assert "seed:11" in text and "/generate prompt:pinkie pie" in text and "Seeds 11, 12" in text
 
         upscale = await fake.click(int(result["id"]), ids["Upscale 2"])
+        await fake.wait_for(lambda: "Queued" in content(fake, upscale))
         vary = await fake.click(int(result["id"]), ids["Vary 1"])
-        reroll = await fake.click(int(result["id"]), ids["Re-roll"])
-        await fake.wait_for(lambda: all("Queued" in content(fake, i) for i in (upscale, vary, reroll)))
+        await fake.wait_for(lambda: "Queued" in content(fake, vary))
+        reroll = await fake.click(int(result["id"]), ids["Re-roll"])  # a third job: over the member's limit
+        assert "you already have 2 job(s)" in await fake.wait_for(lambda: ephemeral_reply(fake, reroll))
         await drain(runtime)
         upscaled = await generated(fake, upscale)
         varied = await generated(fake, vary)
+        reroll = await fake.click(int(result["id"]), ids["Re-roll"])
+        await fake.wait_for(lambda: "Queued" in content(fake, reroll))
+        await drain(runtime)
         rerolled = await generated(fake, reroll)
 
         refused = await fake.click(int(result["id"]), ids["Delete"], user=OTHER_MEMBER)
@@ -139,3 +144,27 @@ async def test_member_limit_and_cancel(fake: FakeDiscord, discord_settings: Sett
         await fake.wait_for(lambda: "Queued" in content(fake, fourth))
     assert "Cancelled" in content(fake, second)
     assert not (fake.original(second) or {}).get("attachments")  # never generated
+
+
+def test_share_is_reserved_atomically(conn: redis.Redis, settings: Settings) -> None:
+    """Ten simultaneous requests from one member: exactly the limit get in."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ponybot.errors import QueueFullError
+
+    origin = Origin(guild_id=1, channel_id=2, channel_nsfw=False, user_id=3)
+
+    def attempt(i: int) -> bool:
+        job = Job.create(build_request(settings.limits, prompt=f"p{i}", steps=2, width=256, height=256),
+                         origin=origin)
+        try:
+            enqueue(redis.Redis(connection_pool=conn.connection_pool), job, max_queue=100, job_timeout_s=60,
+                    result_ttl_s=60, per_member=2, per_guild=20)
+        except QueueFullError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(10) as pool:
+        admitted = list(pool.map(attempt, range(10)))
+    assert admitted.count(True) == 2
+    assert generation_queue(conn).count == 2
