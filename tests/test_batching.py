@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from worker.runtime import WorkerRuntime
 def queue(conn: redis.Redis, settings: Settings, prompt: str, seed: int, **options: Any) -> Job:
     shape = {"steps": 4, "width": 256, "height": 256, **options}
     job = Job.create(build_request(settings.limits, prompt=prompt, seed=seed, **shape))
-    enqueue(conn, job, max_queue=20, job_timeout_s=120, result_ttl_s=600)
+    enqueue(conn, job, max_queue=20, job_timeout_s=120, result_ttl_s=600, max_attempts=settings.worker.max_attempts)
     return job
 
 
@@ -59,3 +60,32 @@ def test_compatible_jobs_share_a_batch(conn: redis.Redis, settings: Settings, ru
     assert single.job.id == alone.id
     difference = np.abs(pixels(conn, single.images[1].key) - pixels(conn, events[jobs[1].id].images[1].key))
     assert difference.max() <= 3
+
+
+def test_claimed_jobs_wait_where_rq_recovers_them(conn: redis.Redis, settings: Settings,
+                                                  runtime: WorkerRuntime) -> None:
+    """A worker that dies between claiming jobs for a batch and starting them loses none of them."""
+    runtime.settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+        update={"max_batch": 3, "batch_window_ms": 0})})
+    rq_queue = generation_queue(conn)
+    leader, first, second = (queue(conn, settings, f"pony {i}", seed=i) for i in range(3))
+    conn.hset("rq:job:broken", mapping={"data": b"neither zlib nor json", "status": "queued"})
+    conn.lpush(rq_queue.key, "broken")  # an unreadable job in the way is skipped, not fatal
+    conn.lrem(rq_queue.key, 1, leader.id)  # as RQ's dequeue took the leader
+    worker = GenerationWorker(runtime)
+    lead = worker.job_class.fetch(leader.id, connection=conn, serializer=worker.serializer)
+
+    claimed = worker.claim_batch(lead, rq_queue)
+
+    assert [job.id for job, _payload in claimed] == [first.id, second.id]
+    assert [payload.request.prompt for _job, payload in claimed] == ["pony 1", "pony 2"]
+    assert conn.lrange(rq_queue.key, 0, -1) == [b"broken"]
+    assert sorted(conn.lrange(rq_queue.intermediate_queue_key, 0, -1)) == sorted([first.id.encode(),
+                                                                                   second.id.encode()])
+    # the worker dies here; RQ's maintenance finds the claimed jobs a minute later and retries them
+    stuck = rq_queue.intermediate_queue
+    for job in (first, second):
+        conn.set(stuck.get_first_seen_key(job.id), time.time() - 120)
+    stuck.cleanup(worker, rq_queue)
+    assert set(conn.lrange(rq_queue.key, 0, -1)) == {b"broken", first.id.encode(), second.id.encode()}
+    assert conn.llen(rq_queue.intermediate_queue_key) == 0

@@ -138,3 +138,25 @@ def test_timeout_after_last_attempt_becomes_failed_event(conn: redis.Redis, sett
     [event] = events(conn)  # one event, after the second attempt
     assert event.kind == "failed" and event.job.id == job.id
     assert event.error_code == "timeout"
+
+
+def test_worker_writes_its_own_key_sparingly(conn: redis.Redis, runtime: WorkerRuntime,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """RQ beats the worker key three times a job; ours keeps one a second and skips unchanged states."""
+    worker = GenerationWorker(runtime)
+    worker.register_birth()
+    hsets = lambda: conn.info("commandstats")["cmdstat_hset"]["calls"]  # noqa: E731
+    worker.heartbeat()
+    first = conn.hget(worker.key, "last_heartbeat")
+    before = hsets()
+    worker.heartbeat()
+    worker.set_state("idle")
+    worker.set_state("idle")
+    assert hsets() - before == 1  # the second beat is skipped, one state write
+    assert conn.hget(worker.key, "state") == b"idle"
+    assert conn.ttl(worker.key) > 0
+    monkeypatch.setattr(GenerationWorker, "WORKER_BEAT_EVERY_S", 0.0)
+    time.sleep(0.01)
+    worker.heartbeat()
+    assert conn.hget(worker.key, "last_heartbeat") != first
+    worker.register_death()

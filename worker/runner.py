@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import redis
 from rq import SimpleWorker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 
@@ -61,6 +62,18 @@ class SafeJob(RQJob):
         return None
 
 
+#: Claim a queued job for a batch: LREM from the queue and LPUSH to RQ's intermediate list, atomically.
+CLAIM = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+#: What reading a malformed job out of Redis raises (RQ's restore, its JSON, our schema).
+UNREADABLE = (NoSuchJobError, DeserializationError, ValueError, IndexError, TypeError, KeyError, zlib.error)
+
 #: RQ's exception names -> the failure codes members are told about.
 FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
 
@@ -69,6 +82,7 @@ class GenerationWorker(SimpleWorker):
     """RQ's in-process worker bound to one runtime; JSON only, SafeJob only."""
 
     def __init__(self, runtime: WorkerRuntime, **kwargs: Any) -> None:
+        self._last_worker_beat = float("-inf")
         job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
         super().__init__(
             [generation_queue(runtime.conn)],
@@ -84,6 +98,24 @@ class GenerationWorker(SimpleWorker):
         self.runtime = runtime
         self.heartbeat_s = runtime.settings.worker.heartbeat_s
 
+    #: RQ renews the worker's own key before and after every dequeue and after every job: three
+    #: round trips of three commands per job. The key lives ``worker_ttl + 60`` s, so once a second is plenty.
+    WORKER_BEAT_EVERY_S: ClassVar[float] = 1.0
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        """RQ's worker heartbeat, sent at most once a second outside a pipeline (job heartbeats are untouched)."""
+        if pipeline is None and timeout is None:
+            if time.monotonic() - self._last_worker_beat < self.WORKER_BEAT_EVERY_S:
+                return
+            self._last_worker_beat = time.monotonic()
+        super().heartbeat(timeout, pipeline)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        """Write the worker's state only when it changes (RQ sets ``idle`` twice between jobs)."""
+        if pipeline is None and state == self.get_state():
+            return
+        super().set_state(state, pipeline)
+
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         """Short: a heartbeat thread renews it, so a killed worker's job is found and retried soon."""
         return self.heartbeat_s * 3
@@ -95,7 +127,7 @@ class GenerationWorker(SimpleWorker):
         running = [(job, execution)]
         for other, _payload in claimed:
             running.append((other, self.prepare_execution(other)))
-            self.prepare_job_execution(other)
+            self.prepare_job_execution(other, remove_from_intermediate_queue=True)
         self.runtime.batched = [payload for _other, payload in claimed]
         done = threading.Event()
         beats = threading.Thread(target=self._beat, args=(running, done), daemon=True)
@@ -115,7 +147,12 @@ class GenerationWorker(SimpleWorker):
         self.set_state("idle")
 
     def claim_batch(self, leader: RQJob, queue: Any) -> list[tuple[RQJob, Job]]:
-        """Up to ``worker.max_batch - 1`` queued jobs of the leader's shape, waiting ``batch_window_ms`` at most."""
+        """Up to ``worker.max_batch - 1`` queued jobs of the leader's shape, waiting ``batch_window_ms`` at most.
+
+        Each is moved atomically from the queue to RQ's intermediate list, as RQ's own dequeue does:
+        should this process die before the job is registered as started, RQ's maintenance finds it
+        there and retries it. Each candidate is fetched once per claim, however often it is seen.
+        """
         settings = self.runtime.settings.worker
         if settings.max_batch <= 1 or leader.func_name != keys.GENERATE_FUNC:
             return []
@@ -126,13 +163,18 @@ class GenerationWorker(SimpleWorker):
         if lead.kind is not JobKind.TXT2IMG:
             return []
         claimed: list[tuple[RQJob, Job]] = []
+        seen: dict[str, tuple[RQJob, Job] | None] = {}
         deadline = time.monotonic() + settings.batch_window_ms / 1000
         while len(claimed) < settings.max_batch - 1:
-            waiting: list[bytes] = self.connection.lrange(queue.key, 0, 100)  # type: ignore[assignment]
-            for raw_id in waiting:
-                other = self._compatible(raw_id.decode(), lead)
-                if other is not None and self.connection.lrem(queue.key, 1, raw_id.decode()):
-                    claimed.append(other)
+            waiting = [raw.decode() for raw in self.connection.lrange(queue.key, 0, 100)]  # type: ignore[union-attr]
+            fresh = [job_id for job_id in waiting if job_id not in seen]
+            seen.update((job_id, self._compatible(job, lead)) for job_id, job in zip(fresh, self._fetch(fresh),
+                                                                                     strict=True))
+            for job_id in waiting:
+                candidate = seen[job_id]
+                if candidate is not None and self._claim(queue, job_id):
+                    claimed.append(candidate)
+                    seen[job_id] = None
                     if len(claimed) == settings.max_batch - 1:
                         break
             if len(claimed) == settings.max_batch - 1 or time.monotonic() >= deadline:
@@ -142,13 +184,32 @@ class GenerationWorker(SimpleWorker):
             log.info("job=%s batched with %s", leader.id, ", ".join(f"job={o.id}" for o, _ in claimed))
         return claimed
 
-    def _compatible(self, job_id: str, lead: Job) -> tuple[RQJob, Job] | None:
+    def _claim(self, queue: Any, job_id: str) -> bool:
+        """Move one job from the queue to RQ's intermediate list, unless another worker took it first."""
+        return bool(self.connection.eval(CLAIM, 2, queue.key, queue.intermediate_queue_key, job_id))
+
+    def _fetch(self, job_ids: list[str]) -> list[RQJob | None]:
+        """The jobs in one round trip; one by one if any is unreadable (it is then skipped, not fatal)."""
         try:
-            other = self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            return self.job_class.fetch_many(job_ids, connection=self.connection, serializer=self.serializer)
+        except UNREADABLE:
+            jobs: list[RQJob | None] = []
+            for job_id in job_ids:
+                try:
+                    jobs.append(self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer))
+                except UNREADABLE:
+                    jobs.append(None)
+            return jobs
+
+    @staticmethod
+    def _compatible(other: RQJob | None, lead: Job) -> tuple[RQJob, Job] | None:
+        if other is None:
+            return None
+        try:
             if other.func_name != keys.GENERATE_FUNC:
                 return None
             payload = Job.model_validate_json(other.args[0])
-        except (NoSuchJobError, ValueError, IndexError, TypeError):
+        except UNREADABLE:
             return None
         a, b = lead.request, payload.request
         same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip) == (
