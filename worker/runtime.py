@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
@@ -57,6 +59,8 @@ class WorkerRuntime:
         self.name = name
         self.classifier = classifier
         self.policies = PolicyStore(conn)
+        #: CPU work after the GPU (classifier, PNG encoding), spread over the host's cores
+        self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
 
@@ -134,12 +138,12 @@ class WorkerRuntime:
         except torch.OutOfMemoryError:
             message = "the GPU ran out of memory: try a smaller size or count"
             return {job.id: self._failed(job, "out_of_memory", message, queued[job.id]) for job, _p, _d in planned}
-        events = {}
-        for (job, policy, decision), output in zip(planned, outputs, strict=True):
-            output.nsfw = self.screen(job, policy, output.images)
-            events[job.id] = self._store(job, policy, output, decision.prompt, decision.negative_prompt,
-                                         queued[job.id])
-        return events
+        # After the GPU: the classifier per job and the PNG per image run side by side on the CPU
+        # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
+        screened = self.pool.map(lambda plan, output: self.screen(plan[0], plan[1], output.images), planned, outputs)
+        for output, flags in zip(outputs, screened, strict=True):
+            output.nsfw = flags
+        return self._store(planned, outputs, queued)
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
@@ -177,11 +181,14 @@ class WorkerRuntime:
         except redis.RedisError as error:  # progress is lossy by design
             log.warning("job=%s progress not sent: %s", job.id, error)
 
-    def _store(self, job: Job, policy: EffectivePolicy | None, output: GenerationOutput, prompt: str,
-               negative: str, queued_s: float) -> JobEvent:
+    def _store(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], outputs: list[GenerationOutput],
+               queued: dict[str, float]) -> dict[str, JobEvent]:
+        """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
-        images = []
-        with self.conn.pipeline() as pipe:
+        results: dict[str, list[ImageResult]] = {}
+        pngs: dict[str, Future[bytes]] = {}
+        for (job, policy, decision), output in zip(planned, outputs, strict=True):
+            results[job.id] = []
             for index, (image, seed, flag) in enumerate(zip(output.images, output.seeds, output.nsfw, strict=True)):
                 flagged = flag is not False
                 withheld = flagged and policy is not None and policy.mode is Mode.SFW
@@ -189,17 +196,26 @@ class WorkerRuntime:
                 key = None
                 if not withheld:
                     key = keys.image(job.id, index)
-                    text = format_parameters(job, index, prompt, negative, self.generator.model.name,
-                                             size=image.size)
-                    pipe.set(key, encode_png(image, text), ex=ttl)
-                images.append(ImageResult(index=index, seed=seed, key=key, width=image.width, height=image.height,
-                                          flagged=flagged, withheld=withheld, spoiler=spoiler and not withheld))
-            with_redis_retry(job.id, pipe.execute)
-        if any(image.withheld for image in images):
-            log.info("job=%s %d of %d image(s) withheld by the SFW policy", job.id,
-                     sum(i.withheld for i in images), len(images))
-        return JobEvent(kind="done", job=job, images=images, prompt=prompt, negative_prompt=negative,
-                        queued_s=queued_s, generation_s=output.seconds, worker=self.name)
+                    text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
+                                             self.generator.model.name, size=image.size)
+                    pngs[key] = self.pool.submit(encode_png, image, text)
+                results[job.id].append(ImageResult(
+                    index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
+                    withheld=withheld, spoiler=spoiler and not withheld))
+        with self.conn.pipeline(transaction=False) as pipe:
+            for key, png in pngs.items():
+                pipe.set(key, png.result(), ex=ttl)
+            with_redis_retry(planned[0][0].id, pipe.execute)
+        events = {}
+        for (job, _policy, decision), output in zip(planned, outputs, strict=True):
+            images = results[job.id]
+            if any(image.withheld for image in images):
+                log.info("job=%s %d of %d image(s) withheld by the SFW policy", job.id,
+                         sum(i.withheld for i in images), len(images))
+            events[job.id] = JobEvent(kind="done", job=job, images=images, prompt=decision.prompt,
+                                      negative_prompt=decision.negative_prompt, queued_s=queued[job.id],
+                                      generation_s=output.seconds, worker=self.name)
+        return events
 
     def _failed(self, job: Job, code: str, message: str, queued_s: float) -> JobEvent:
         log.error("job=%s failed (%s): %s", job.id, code, message)
