@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,6 @@ def main() -> int:
         return 0
     started = time.perf_counter()
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    batches = [int(b) for b in args.batches.split(",")]
     print(machine())
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}, torch {torch.__version__}, fp16, SDPA")
@@ -122,9 +122,29 @@ def main() -> int:
     print(header)
     print("-" * len(header))
 
+    results: dict[tuple[str, int], float] = {}
+
     def report(path: str, batch: int, per_image: float, memory: float) -> None:
+        results[path, batch] = per_image
         share = f"{FLOP_PER_IMAGE / peak / per_image:.1%}" if peak and not args.tiny else "-"
         print(f"{path:<28} {batch:>5} {per_image:>8.3f} {1 / per_image:>9.2f} {memory:>9.2f} {share:>8}", flush=True)
+
+    def out_of_time(needs_s: float = 0.0) -> bool:
+        if time.perf_counter() - started + needs_s > args.budget_s:
+            print(f"time budget ({args.budget_s:.0f} s) reached: stopping here", flush=True)
+            return True
+        return False
+
+    try:
+        run_all(args, pipeline, device, dtype, size, report, out_of_time)
+    finally:
+        print_goals(results, args.steps)
+    return 0
+
+
+def run_all(args: argparse.Namespace, pipeline: Any, device: torch.device, dtype: torch.dtype, size: int,
+            report: Callable[[str, int, float, float], None], out_of_time: Callable[..., bool]) -> None:
+    batches = [int(b) for b in args.batches.split(",")]
 
     def plain(batch: int) -> None:
         pipeline([PROMPT] * batch, negative_prompt=["blurry"] * batch, num_inference_steps=args.steps,
@@ -132,9 +152,8 @@ def main() -> int:
                  generator=[torch.Generator("cpu").manual_seed(i) for i in range(batch)])
 
     for batch in batches:
-        if time.perf_counter() - started > args.budget_s:
-            print("time budget reached: stopping here")
-            return 0
+        if out_of_time():
+            return
         report("plain diffusers (eager)", batch, *measure(plain, batch, device))
 
     if device.type == "cuda":
@@ -148,24 +167,43 @@ def main() -> int:
         generator.generate_batch(request, [BatchItem(PROMPT, "blurry", i, 1) for i in range(batch)])
 
     for batch in batches:
-        if time.perf_counter() - started > args.budget_s:
-            print("time budget reached: stopping here")
-            return 0
+        if out_of_time():
+            return
         report("ponybot worker (eager)", batch, *measure(ours, batch, device))
 
     if args.no_compile or device.type != "cuda":
-        return 0
+        return
+    # batch 1 and the largest first: the two numbers the goals name, should the budget run out
+    order = sorted(batches, key=lambda b: (b not in (1, max(batches)), b))
+    last_compile_s = 120.0  # a guess until the first compile says how long one takes
     with tempfile.TemporaryDirectory() as cache:
         compile_unet(generator.model, Path(cache), args.compile_mode)
-        for batch in batches:
-            if time.perf_counter() - started > args.budget_s:
-                print("time budget reached: stopping here")
-                return 0
+        for batch in order:
+            if out_of_time(needs_s=last_compile_s * 1.2):
+                return
             compiling = time.perf_counter()
             ours(batch)
-            print(f"  (compiled batch {batch} in {time.perf_counter() - compiling:.0f} s)", flush=True)
+            last_compile_s = time.perf_counter() - compiling
+            print(f"  (compiled batch {batch} in {last_compile_s:.0f} s)", flush=True)
             report("ponybot worker (compiled)", batch, *measure(ours, batch, device))
-    return 0
+
+
+def print_goals(results: dict[tuple[str, int], float], steps: int) -> None:
+    """The issue's goals (H100, 25 steps) against what was measured."""
+    ours = {key: value for key, value in results.items() if key[0].startswith("ponybot")}
+    plain_1 = results.get(("plain diffusers (eager)", 1))
+    if not ours:
+        return
+    batch_1 = min((value for (_path, batch), value in ours.items() if batch == 1), default=None)
+    best = min(ours.values())
+    rows = [("batch 1 s/image", "<= 0.35", f"{batch_1:.3f}" if batch_1 else "-",
+             batch_1 is not None and batch_1 <= 0.35),
+            ("best images/s (batched)", ">= 8", f"{1 / best:.2f}", 1 / best >= 8),
+            ("best images/s / plain diffusers batch 1", ">= 2x", f"{plain_1 / best:.2f}x" if plain_1 else "-",
+             plain_1 is not None and plain_1 / best >= 2)]
+    print(f"goals at {steps} steps (set for an H100 at 25 steps):")
+    for name, goal, value, met in rows:
+        print(f"  {name:<42} {goal:>8} {value:>8}  {'met' if met else 'not met'}")
 
 
 if __name__ == "__main__":

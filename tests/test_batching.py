@@ -13,7 +13,7 @@ from rq.job import Job as RQJob
 
 from ponybot import keys
 from ponybot.queue import enqueue, generation_queue
-from ponybot.schemas import Job, JobEvent, build_request
+from ponybot.schemas import Job, JobEvent, ProgressEvent, build_request
 from ponybot.settings import Settings
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
@@ -33,11 +33,23 @@ def pixels(conn: redis.Redis, key: str | None) -> np.ndarray[Any, Any]:
 
 def test_compatible_jobs_share_a_batch(conn: redis.Redis, settings: Settings, runtime: WorkerRuntime) -> None:
     batched_settings = settings.model_copy(update={"worker": settings.worker.model_copy(
-        update={"max_batch": 4, "batch_window_ms": 100})})
+        update={"max_batch": 4, "batch_window_ms": 100, "preview_every": 2})})
     runtime.settings = batched_settings
+    pubsub = conn.pubsub()
+    pubsub.subscribe(keys.PROGRESS_CHANNEL)
+    pubsub.get_message(timeout=1)
     jobs = [queue(conn, settings, f"pony {i}", seed=10 * i, count=1 + i % 2) for i in range(4)]
     odd = queue(conn, settings, "other shape", seed=1, steps=3)
     GenerationWorker(runtime).work(burst=True)
+
+    previews: dict[str, bytes] = {}  # preview_every 2: one preview each, at step 2
+    while message := pubsub.get_message(timeout=0.2):
+        if message["type"] == "message":
+            progress = ProgressEvent.model_validate_json(message["data"])
+            if progress.preview is not None:
+                previews[progress.job_id] = progress.preview
+    assert set(previews) == {job.id for job in [*jobs, odd]}
+    assert len(set(previews.values())) == len(previews)  # each job's own latents, not its neighbour's
 
     events = {e.job.id: e for e in (JobEvent.model_validate_json(f[b"data"])
                                    for _id, f in conn.xrange(keys.EVENTS_STREAM))}

@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import redis
@@ -45,6 +45,7 @@ from worker.safety import ImageClassifier, load_classifier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class WorkerRuntime:
@@ -123,9 +124,13 @@ class WorkerRuntime:
             offsets.append(total_images)
             total_images += job.request.count
 
+        every = self.settings.worker.preview_every
+
         def on_step(step: int, total: int, latents: torch.Tensor) -> None:
+            # one copy to the host (a GPU sync) on preview steps only, shared by the batch's jobs
+            host = latents.cpu() if every and step % every == 0 and step < total else None
             for (job, _policy, _decision), offset in zip(planned, offsets, strict=True):
-                self._progress(job, step, total, latents[offset : offset + 1])
+                self._progress(job, step, total, None if host is None else host[offset])
 
         try:
             request, init_image = self.follow_up(leader)
@@ -140,10 +145,17 @@ class WorkerRuntime:
             return {job.id: self._failed(job, "out_of_memory", message, queued[job.id]) for job, _p, _d in planned}
         # After the GPU: the classifier per job and the PNG per image run side by side on the CPU
         # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
-        screened = self.pool.map(lambda plan, output: self.screen(plan[0], plan[1], output.images), planned, outputs)
+        screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
+                                     list(zip(planned, outputs, strict=True)))
         for output, flags in zip(outputs, screened, strict=True):
             output.nsfw = flags
         return self._store(planned, outputs, queued)
+
+    def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
+        """``work`` over ``items`` on the CPU pool (in this thread when there is only one)."""
+        if len(items) <= 1:
+            return [work(item) for item in items]
+        return list(self.pool.map(work, items))
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
@@ -171,11 +183,9 @@ class WorkerRuntime:
             source = source.resize((width, height), Image.Resampling.LANCZOS)
         return job.request.model_copy(update={"width": width, "height": height, "count": 1}), source
 
-    def _progress(self, job: Job, step: int, total: int, latents: torch.Tensor) -> None:
-        every = self.settings.worker.preview_every
-        preview = None
-        if every and step % every == 0 and step < total:
-            preview = latent_preview(latents[0])
+    def _progress(self, job: Job, step: int, total: int, latents: torch.Tensor | None) -> None:
+        """Tell the bot how far the job is, with a preview of its first image when ``latents`` is given."""
+        preview = None if latents is None else latent_preview(latents)
         try:
             publish_progress(self.conn, ProgressEvent.create(job.id, step, total, preview))
         except redis.RedisError as error:  # progress is lossy by design
@@ -186,7 +196,7 @@ class WorkerRuntime:
         """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
         results: dict[str, list[ImageResult]] = {}
-        pngs: dict[str, Future[bytes]] = {}
+        pngs: dict[str, tuple[Image.Image, str]] = {}
         for (job, policy, decision), output in zip(planned, outputs, strict=True):
             results[job.id] = []
             for index, (image, seed, flag) in enumerate(zip(output.images, output.seeds, output.nsfw, strict=True)):
@@ -198,14 +208,16 @@ class WorkerRuntime:
                     key = keys.image(job.id, index)
                     text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
                                              self.generator.model.name, size=image.size)
-                    pngs[key] = self.pool.submit(encode_png, image, text)
+                    pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
                     withheld=withheld, spoiler=spoiler and not withheld))
+        encoded = self.side_by_side(lambda item: encode_png(*item), list(pngs.values()))
         with self.conn.pipeline(transaction=False) as pipe:
-            for key, png in pngs.items():
-                pipe.set(key, png.result(), ex=ttl)
-            with_redis_retry(planned[0][0].id, pipe.execute)
+            for key, png in zip(pngs, encoded, strict=True):
+                pipe.set(key, png, ex=ttl)
+            if pngs:
+                with_redis_retry(planned[0][0].id, pipe.execute)
         events = {}
         for (job, _policy, decision), output in zip(planned, outputs, strict=True):
             images = results[job.id]
