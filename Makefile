@@ -34,6 +34,8 @@ test: lint types unit
 bench: install
 	$(PY) bench/queue_throughput.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/postprocess.py
+	$(PY) bench/interactions.py
 	$(PY) bench/gpu.py
 
 clean:
