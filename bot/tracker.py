@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from bot import messages
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
-from ponybot.queue import estimate_wait, queue_position
+from ponybot.queue import QueueSnapshot, queue_snapshot
 from ponybot.schemas import Job, ProgressEvent
 
 if TYPE_CHECKING:
@@ -103,20 +103,28 @@ class Tracker:
     async def tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            for tracked in list(self.jobs.values()):
+            snapshot: QueueSnapshot | None = None  # read at most once a tick, for all waiting jobs
+            for tracked in [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]:
                 try:
-                    await self.refresh(tracked)
+                    if tracked.progress is None and snapshot is None:
+                        snapshot = await asyncio.to_thread(queue_snapshot, self.bot.sync_redis)
+                    await self.refresh(tracked, snapshot)
                 except (RedisError, OSError, discord.HTTPException) as error:
                     log.warning("job=%s progress edit failed: %s", tracked.job.id, error)
                     tracked.last_edit = time.monotonic() + 5  # back off
 
-    async def refresh(self, tracked: Tracked) -> None:
+    def due(self, tracked: Tracked) -> bool:
+        """Whether this job's message may be edited now (a job whose token is expiring is dropped)."""
         ref = tracked.job.interaction
-        interval = self.bot.settings.discord.progress_edit_interval_s
         if ref is None or ref.message_id is None or not ref.alive_for(60):
             self.jobs.pop(tracked.job.id, None)
-            return
-        if time.monotonic() - tracked.last_edit < interval:
+            return False
+        return time.monotonic() - tracked.last_edit >= self.bot.settings.discord.progress_edit_interval_s
+
+    async def refresh(self, tracked: Tracked, snapshot: QueueSnapshot | None) -> None:
+        """Edit the message to the job's progress, or to its place in ``snapshot`` while it waits."""
+        ref = tracked.job.interaction
+        if ref is None or ref.message_id is None:
             return
         preview = None
         if tracked.progress is not None:
@@ -125,11 +133,10 @@ class Tracker:
             if preview is not None and len(preview) > ref.attachment_size_limit:
                 preview = None  # this server's upload limit is smaller than a preview
         else:
-            position = await asyncio.to_thread(queue_position, self.bot.sync_redis, tracked.job.id)
-            if position is None:
+            position = snapshot.positions.get(tracked.job.id) if snapshot is not None else None
+            if snapshot is None or position is None:
                 return  # taken by a worker: its first progress event comes next
-            eta = await asyncio.to_thread(estimate_wait, self.bot.sync_redis, position)
-            text = messages.queued(position, eta)
+            text = messages.queued(position, snapshot.eta(position))
         if text == tracked.shown:
             return
         async with tracked.lock:

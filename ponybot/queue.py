@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
@@ -165,14 +166,38 @@ def load_job(conn: redis.Redis, job_id: str) -> Job | None:
     return Job.model_validate_json(raw) if raw else None
 
 
+@dataclass(frozen=True)
+class QueueSnapshot:
+    """The queue read once: every waiting job's 1-based position, and what an ETA is made of."""
+
+    positions: dict[str, int]
+    per_job_s: float | None  #: mean of recent generation times; None before the first
+    workers: int
+
+    def eta(self, position: int) -> float | None:
+        """Seconds until a job at ``position`` is done (the workers take jobs side by side)."""
+        if self.per_job_s is None:
+            return None
+        return (-(-position // self.workers)) * self.per_job_s
+
+
+def queue_snapshot(conn: redis.Redis, *, positions: bool = True) -> QueueSnapshot:
+    """One read of the queue, however many jobs wait in it (the progress tracker's tick)."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.lrange(keys.RECENT_DURATIONS, 0, -1)
+        if positions:
+            pipe.lrange(generation_queue(conn).key, 0, -1)
+        replies = pipe.execute()
+    recent = [float(value) for value in replies[0]]
+    waiting: dict[str, int] = {}
+    for index, raw in enumerate(replies[1] if positions else []):
+        waiting.setdefault(raw.decode(), index + 1)
+    return QueueSnapshot(waiting, sum(recent) / len(recent) if recent else None, max(1, workers_online(conn)))
+
+
 def estimate_wait(conn: redis.Redis, position: int) -> float | None:
     """Seconds until a job at ``position`` is done, from recent generation times and workers online."""
-    recent = [float(value) for value in conn.lrange(keys.RECENT_DURATIONS, 0, -1)]
-    if not recent:
-        return None
-    per_job = sum(recent) / len(recent)
-    workers = max(1, workers_online(conn))
-    return (-(-position // workers)) * per_job
+    return queue_snapshot(conn, positions=False).eta(position)
 
 
 def queue_position(conn: redis.Redis, job_id: str) -> int | None:

@@ -1,0 +1,46 @@
+"""The queue as members see it: positions and waits, read once per tick however long the queue is."""
+
+from __future__ import annotations
+
+import redis
+
+from ponybot import keys
+from ponybot.queue import enqueue, estimate_wait, queue_position, queue_snapshot
+from ponybot.schemas import Job, build_request
+from ponybot.settings import Settings
+
+
+def fill(conn: redis.Redis, settings: Settings, count: int) -> list[Job]:
+    jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}")) for i in range(count)]
+    for job in jobs:
+        enqueue(conn, job, max_queue=1000, job_timeout_s=60, result_ttl_s=60)
+    return jobs
+
+
+def commands(conn: redis.Redis) -> int:
+    return int(conn.info("stats")["total_commands_processed"])
+
+
+def test_snapshot_positions_and_eta_agree_with_the_one_job_answers(conn: redis.Redis, settings: Settings) -> None:
+    jobs = fill(conn, settings, 5)
+    assert queue_snapshot(conn).eta(3) is None  # no generation finished yet: no ETA to give
+    conn.lpush(keys.RECENT_DURATIONS, "4.0", "2.0")
+
+    snapshot = queue_snapshot(conn)
+
+    assert snapshot.positions == {job.id: queue_position(conn, job.id) for job in jobs}
+    assert [snapshot.positions[job.id] for job in jobs] == [1, 2, 3, 4, 5]
+    assert snapshot.per_job_s == 3.0 and snapshot.workers == 1  # none online: counted as one
+    assert snapshot.eta(5) == estimate_wait(conn, 5) == 15.0
+
+
+def test_snapshot_costs_the_same_for_a_long_queue(conn: redis.Redis, settings: Settings) -> None:
+    fill(conn, settings, 3)
+    before = commands(conn)
+    queue_snapshot(conn)
+    short = commands(conn) - before - 1  # the INFO call itself counts
+    fill(conn, settings, 200)
+    before = commands(conn)
+    long = queue_snapshot(conn)
+    assert commands(conn) - before - 1 == short
+    assert len(long.positions) == 203
