@@ -3,7 +3,8 @@
 Edits are throttled to one per ``discord.progress_edit_interval_s`` per message and
 skipped when nothing changed; discord.py waits out any 429 Discord answers. The
 delivery loop calls :meth:`Tracker.finish` before it posts the result, so a late
-progress edit can never overwrite it.
+progress edit can never overwrite it. A restarted bot picks up the messages of the
+jobs still queued or running (their interaction tokens outlive the restart).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import contextlib
 import io
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ from redis.exceptions import RedisError
 from bot import messages
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
-from ponybot.queue import QueueSnapshot, queue_snapshot
+from ponybot.queue import QueueSnapshot, queue_snapshot, unfinished_jobs
 from ponybot.schemas import Job, ProgressEvent
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+FINISHED_KEPT = 2048
 BAR = 12
 
 
@@ -55,14 +58,20 @@ class Tracker:
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
         self.jobs: dict[str, Tracked] = {}
+        #: jobs whose result was posted: a worker can finish before queue_job() gets to track()
+        self.finished: deque[str] = deque(maxlen=FINISHED_KEPT)
         self.tasks: list[asyncio.Task[None]] = []
 
     def track(self, job: Job) -> None:
+        """Keep this job's message up to date, unless its result was already posted."""
+        if job.id in self.finished:
+            return
         if job.interaction is not None and job.interaction.message_id is not None:
             self.jobs[job.id] = Tracked(job, last_edit=time.monotonic())
 
     async def finish(self, job_id: str) -> None:
-        """Stop editing this job's message (waits for an edit in flight)."""
+        """Stop editing this job's message (waits for an edit in flight); a later track() is ignored."""
+        self.finished.append(job_id)
         tracked = self.jobs.pop(job_id, None)
         if tracked is not None:
             async with tracked.lock:
@@ -70,7 +79,21 @@ class Tracker:
 
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self.listen(), name="ponybot-progress"),
-                      asyncio.create_task(self.tick(), name="ponybot-tracker")]
+                      asyncio.create_task(self.tick(), name="ponybot-tracker"),
+                      asyncio.create_task(self.resume(), name="ponybot-tracker-resume")]
+
+    async def resume(self) -> None:
+        """After a restart: go on updating the messages of jobs queued or running before it."""
+        try:
+            jobs = await asyncio.to_thread(unfinished_jobs, self.bot.sync_redis)
+        except RedisError as error:
+            log.warning("could not read the jobs queued before this start (%s): their messages stay as they are",
+                        error)
+            return
+        for job in jobs:
+            self.track(job)
+        if jobs:
+            log.info("tracking %d job(s) queued or running before this start", len(jobs))
 
     async def stop(self) -> None:
         for task in self.tasks:

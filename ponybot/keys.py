@@ -40,6 +40,10 @@ def guild_jobs(guild_id: int | None) -> str:
     return f"{PREFIX}:guild-jobs:{guild_id or 0}"
 
 
+#: SCAN pattern matching every :func:`guild_jobs` set.
+GUILD_JOBS_MATCH = f"{PREFIX}:guild-jobs:*"
+
+
 def guild_policy(guild_id: int) -> str:
     """A server's default channel policy (JSON)."""
     return f"{PREFIX}:policy:guild:{guild_id}"

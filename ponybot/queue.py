@@ -67,6 +67,15 @@ def active_jobs(conn: redis.Redis, key: str) -> list[str]:
     return [item.decode() for item in conn.zrange(key, 0, -1)]  # type: ignore[union-attr]
 
 
+def unfinished_jobs(conn: redis.Redis) -> list[Job]:
+    """Every job still queued or running, in every server: what a restarted bot goes on showing."""
+    ids: set[str] = set()
+    for key in conn.scan_iter(match=keys.GUILD_JOBS_MATCH, count=500):
+        ids.update(active_jobs(conn, key.decode()))
+    jobs = [load_job(conn, job_id) for job_id in sorted(ids)]
+    return [job for job in jobs if job is not None]
+
+
 def _owner_keys(job: Job) -> list[str]:
     if job.origin is None:
         return []

@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from PIL import Image
 
-from ponybot.queue import enqueue, generation_queue
+from ponybot.queue import cancel_job, enqueue, generation_queue
 from ponybot.schemas import Job, Origin, build_request
 from ponybot.settings import Settings
 from tests.bot_harness import ThreadWorker, drain, ephemeral_reply, running_bot
@@ -168,3 +168,17 @@ def test_share_is_reserved_atomically(conn: redis.Redis, settings: Settings) -> 
         admitted = list(pool.map(attempt, range(10)))
     assert admitted.count(True) == 2
     assert generation_queue(conn).count == 2
+
+
+async def test_a_restarted_bot_goes_on_counting_down(fake: FakeDiscord, discord_settings: Settings,
+                                                     redis_url: str, conn: redis.Redis, runtime: Any) -> None:
+    ahead = [queue_for_someone_else(conn, discord_settings, fake, prompt) for prompt in ("first", "second")]
+    async with running_bot(discord_settings, redis_url):
+        interaction = await fake.slash("generate", {"prompt": "third"})
+        await fake.wait_for(lambda: "position 3" in content(fake, interaction))
+    # the bot is down; the queue moves on without it
+    assert cancel_job(conn, ahead[0].id)
+    async with running_bot(discord_settings, redis_url):  # only Redis remembers the job and its message
+        await fake.wait_for(lambda: "position 2" in content(fake, interaction))
+        await drain(runtime)
+        await generated(fake, interaction)
