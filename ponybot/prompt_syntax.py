@@ -1,4 +1,4 @@
-"""A1111's prompt emphasis syntax: ``(word)``, ``(word:1.3)``, ``[word]``, ``\\(`` escapes.
+"""A1111's prompt emphasis syntax: ``(word)``, ``(word:1.3)``, ``[word]``, ``\\(`` escapes, ``BREAK``.
 
 Pure text, so the worker's encoder and the policy's term matcher read prompts the same way.
 """
@@ -9,6 +9,9 @@ import re
 
 ROUND_MULTIPLIER = 1.1
 SQUARE_MULTIPLIER = 1 / 1.1
+#: The run ``BREAK`` becomes: the encoder starts a new 75-token chunk there.
+BREAK = ("BREAK", -1.0)
+_BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 _ATTENTION = re.compile(
     r"""
@@ -31,7 +34,8 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
 
     def multiply(start: int, factor: float) -> None:
         for run in runs[start:]:
-            run[1] = float(run[1]) * factor
+            if tuple(run) != BREAK:  # a BREAK inside brackets still breaks
+                run[1] = float(run[1]) * factor
 
     for match in _ATTENTION.finditer(text):
         token, weight = match.group(0), match.group(1)
@@ -48,7 +52,11 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
         elif token == "]" and square_open:
             multiply(square_open.pop(), SQUARE_MULTIPLIER)
         else:
-            runs.append([token, 1.0])
+            for index, part in enumerate(_BREAK.split(token)):
+                if index:
+                    runs.append(list(BREAK))
+                if part:
+                    runs.append([part, 1.0])
     for start in round_open:
         multiply(start, ROUND_MULTIPLIER)
     for start in square_open:
@@ -56,7 +64,7 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
 
     merged: list[tuple[str, float]] = []
     for run_text, run_weight in runs:
-        if merged and merged[-1][1] == run_weight:
+        if merged and merged[-1][1] == run_weight and BREAK not in (merged[-1], (run_text, run_weight)):
             merged[-1] = (merged[-1][0] + str(run_text), float(run_weight))
         else:
             merged.append((str(run_text), float(run_weight)))
@@ -65,4 +73,4 @@ def parse_emphasis(text: str) -> list[tuple[str, float]]:
 
 def strip_emphasis(text: str) -> str:
     """The prompt's words without the emphasis syntax (what the policy matcher reads)."""
-    return "".join(run for run, _weight in parse_emphasis(text))
+    return "".join(" " if run == BREAK else run[0] for run in parse_emphasis(text))

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 import torch
 
-from ponybot.prompt_syntax import parse_emphasis
+from ponybot.prompt_syntax import BREAK, parse_emphasis, strip_emphasis
 
 
 @pytest.fixture
@@ -72,3 +72,18 @@ def test_emphasis_changes_embedding(encoder: Any) -> None:
     plain = encoder.encode("a cat sitting", 2)
     assert torch.equal(encoder.encode("a (cat:1.0) sitting", 2), plain)
     assert not torch.allclose(encoder.encode("a (cat:1.5) sitting", 2), plain)
+
+
+def test_break_starts_a_new_chunk(encoder: Any) -> None:
+    assert parse_emphasis("cat BREAK dog") == [("cat", 1.0), BREAK, ("dog", 1.0)]
+    assert parse_emphasis("(a BREAK b:1.2)") == [("a", 1.2), BREAK, ("b", 1.2)]  # brackets don't weigh BREAK
+    assert parse_emphasis("BREAKFAST, Break") == [("BREAKFAST, Break", 1.0)]  # the word, in capitals, only
+    assert strip_emphasis("pinkie BREAK pie") == "pinkie pie"  # the policy reads the words apart
+
+    chunks = encoder.chunks("pinkie pie BREAK (rainbow dash:1.2) BREAK BREAK")
+    assert len(chunks) == 2
+    assert chunks[0].ids == encoder.chunks("pinkie pie")[0].ids
+    assert chunks[1].ids == encoder.chunks("rainbow dash")[0].ids and set(chunks[1].weights) == {1.2}
+    together, apart = encoder.encode("pinkie pie rainbow dash", 2), encoder.encode("pinkie pie BREAK rainbow dash", 2)
+    assert together.shape[1] == 77 and apart.shape[1] == 2 * 77
+    assert torch.equal(apart[:, :77], encoder.encode("pinkie pie", 2))

@@ -9,6 +9,8 @@
   that would split a phrase breaks at a comma within its last 20 tokens.
 * Emphasis: ``(word:1.3)``, ``(word)``, ``[word]`` scale the token embeddings,
   and the chunk's mean is restored afterwards, as A1111 does.
+* ``BREAK`` (the word, in capitals) ends the current chunk: what follows starts
+  a new one, as in A1111.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ponybot.prompt_syntax import parse_emphasis
+from ponybot.prompt_syntax import BREAK, parse_emphasis
 
 CHUNK_TOKENS = 75
 COMMA_LOOKBACK = 20
@@ -44,15 +46,20 @@ class PromptEncoder:
         self.final_layer_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
 
     def chunks(self, prompt: str) -> list[TokenChunk]:
-        """Tokenize with emphasis into chunks of at most 75 tokens (never truncated)."""
-        ids: list[int] = []
-        weights: list[float] = []
+        """Tokenize with emphasis into chunks of at most 75 tokens (never truncated); BREAK starts a new one."""
+        segments: list[tuple[list[int], list[float]]] = [([], [])]
         for text, weight in parse_emphasis(prompt):
-            if not text:
-                continue
-            tokens = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
-            ids += tokens
-            weights += [weight] * len(tokens)
+            if (text, weight) == BREAK:
+                segments.append(([], []))
+            elif text:
+                tokens = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+                segments[-1][0].extend(tokens)
+                segments[-1][1].extend([weight] * len(tokens))
+        chunks = [chunk for ids, weights in segments if ids for chunk in self._split(ids, weights)]
+        return chunks or [TokenChunk([], [])]
+
+    def _split(self, ids: list[int], weights: list[float]) -> list[TokenChunk]:
+        """At most 75 tokens a chunk, cut after a comma within a chunk's last 20 tokens where there is one."""
         chunks: list[TokenChunk] = []
         while len(ids) > CHUNK_TOKENS:
             cut = CHUNK_TOKENS

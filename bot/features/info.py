@@ -54,7 +54,8 @@ def help_embed() -> discord.Embed:
     ))
     embed.add_field(name="Prompts", inline=False, value=(
         "Comma-separated tags work best, e.g. `pinkie pie, smiling, balloons, outdoors`. "
-        "`(word:1.3)` or `(word)` adds weight, `[word]` lowers it. Quality tags are added for you "
+        "`(word:1.3)` or `(word)` adds weight, `[word]` lowers it, `BREAK` starts a new 75-token chunk. "
+        "Quality tags are added for you "
         "(turn off with `quality: False`)."
     ))
     embed.add_field(name="Options", inline=False, value=(
