@@ -13,6 +13,7 @@ from PIL import Image
 from ponybot.parameters import parse_parameters
 from ponybot.schemas import GenerationRequest, Sampler
 from tests.conftest import cli_env, run_cli
+from tests.ldm_checkpoint import save_single_file
 from worker.png import read_parameters
 from worker.schedulers import CARD_DDIM
 from worker.tiny import TINY_REVISION
@@ -65,3 +66,23 @@ def test_cli_local_is_byte_identical_and_seed_sensitive(tmp_path: Path, model_ca
     assert parameters["prompt"] == "pinkie pie"
     assert parameters["Seed"] == "42"
     assert parameters["Model"] == "tiny"
+
+
+def test_single_file_checkpoint_as_a1111_users_have_it(tmp_path: Path, model_cache: Path, redis_url: str) -> None:
+    """An operator points model.source at one .safetensors (LDM layout) and model.config_dir at the
+    architecture's configs: it loads offline and draws what the diffusers folder draws."""
+    from diffusers import StableDiffusionPipeline
+
+    folder = model_cache / f"tiny-{TINY_REVISION}"
+    pipeline = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    checkpoint = save_single_file(pipeline, tmp_path / "pony-v4-pruned.safetensors")
+    args = ["generate", "pinkie pie", "--local", "--size", "256x256", "--steps", "3", "--seed", "5"]
+    env = cli_env(redis_url, model_cache, PONYBOT_MODEL__CONFIG_DIR=str(folder))
+    single = run_cli([*args, "--model", str(checkpoint), "--out", "single"], env, tmp_path)
+    reference = run_cli([*args, "--model", str(folder), "--out", "folder"], env, tmp_path)
+    for result in (single, reference):
+        assert result.returncode == 0, result.stderr
+    single_png, folder_png = (Path(tmp_path / r.stdout.split("\t")[0]).read_bytes() for r in (single, reference))
+    assert np.asarray(Image.open(io.BytesIO(single_png))).tolist() == \
+        np.asarray(Image.open(io.BytesIO(folder_png))).tolist()
+    assert parse_parameters(read_parameters(single_png) or "")["Model"] == "pony-v4-pruned"
