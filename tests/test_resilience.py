@@ -9,16 +9,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq.job import Job as RQJob
 
 from ponybot import keys
-from ponybot.queue import enqueue, generation_queue
+from ponybot.queue import connect, enqueue, generation_queue
 from ponybot.redis_server import EmbeddedRedis, free_port
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings
 from tests.conftest import cli_env
+from worker.runtime import WorkerRuntime
 
 FAST_RECOVERY = {"PONYBOT_WORKER__HEARTBEAT_S": "1", "PONYBOT_WORKER__MAINTENANCE_S": "1"}
 
@@ -112,5 +114,28 @@ def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_p
             wait_until(lambda: all(events_for(conn, job.id) for job in jobs), timeout=120)
         assert all(events_for(conn, job.id)[0].kind == "done" for job in jobs)
         assert generation_queue(conn).count == 0
+    finally:
+        server.stop()
+
+
+def test_images_are_written_once_redis_answers_again(settings: Settings, generator: Any, tmp_path: Path) -> None:
+    """Redis stops answering while a job's images are being written: the worker writes them all once it does.
+
+    (redis-py empties a pipeline whose execute() failed, so a retry must build the pipeline again.)
+    """
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persistent=False)
+    admin = connect(server.start())
+    try:
+        patient = redis.Redis.from_url(server.url, socket_timeout=0.3)  # a write stuck past it fails mid-execute
+        runtime = WorkerRuntime(settings, patient, generator, "w-patient")
+        job = Job.create(build_request(settings.limits, prompt="pony", steps=2, width=256, height=256, count=2))
+        admin.execute_command("CLIENT", "PAUSE", 2500, "WRITE")  # every write waits 2.5 s: well past 0.3 s
+        started = time.monotonic()
+        [event] = runtime.run_batch([job])
+        assert time.monotonic() - started >= 2.5  # the writes did wait for Redis
+        assert event.kind == "done" and len(event.images) == 2
+        assert all(image.key and admin.exists(image.key) for image in event.images)
+        [published] = [JobEvent.model_validate_json(f[b"data"]) for _id, f in admin.xrange(keys.EVENTS_STREAM)]
+        assert published.job.id == job.id
     finally:
         server.stop()

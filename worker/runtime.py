@@ -212,12 +212,16 @@ class WorkerRuntime:
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
                     withheld=withheld, spoiler=spoiler and not withheld))
-        encoded = self.side_by_side(lambda item: encode_png(*item), list(pngs.values()))
-        with self.conn.pipeline(transaction=False) as pipe:
-            for key, png in zip(pngs, encoded, strict=True):
-                pipe.set(key, png, ex=ttl)
-            if pngs:
-                with_redis_retry(planned[0][0].id, pipe.execute)
+        encoded = dict(zip(pngs, self.side_by_side(lambda item: encode_png(*item), list(pngs.values())), strict=True))
+
+        def write() -> None:  # a fresh pipeline each attempt: a failed execute() empties its commands
+            with self.conn.pipeline(transaction=False) as pipe:
+                for key, png in encoded.items():
+                    pipe.set(key, png, ex=ttl)
+                pipe.execute()
+
+        if encoded:
+            with_redis_retry(planned[0][0].id, write)
         events = {}
         for (job, _policy, decision), output in zip(planned, outputs, strict=True):
             images = results[job.id]
@@ -236,7 +240,11 @@ class WorkerRuntime:
 
 
 def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 120.0) -> T:
-    """Run a Redis write, retrying with backoff while Redis restarts, so a finished job is not lost."""
+    """Run a Redis write, retrying with backoff while Redis restarts, so a finished job is not lost.
+
+    ``action`` must do the whole write each time it is called (a pipeline built inside it, not
+    one built outside: redis-py empties a pipeline whose ``execute()`` failed).
+    """
     delay, waited = 0.5, 0.0
     while True:
         try:
