@@ -26,7 +26,7 @@ from common import machine  # type: ignore[import-not-found]
 
 from ponybot.schemas import GenerationRequest
 from worker.generate import BatchItem, Generator
-from worker.loading import LoadedModel, compile_unet
+from worker.loading import LoadedModel, compile_model
 from worker.tiny import SD15_SCHEDULER, build_tiny_pipeline, write_tokenizer
 
 FLOP_PER_IMAGE = 42.7e12  # 25 CFG steps at 1.6 TFLOP + the VAE decode
@@ -177,7 +177,7 @@ def run_all(args: argparse.Namespace, pipeline: Any, device: torch.device, dtype
     order = sorted(batches, key=lambda b: (b not in (1, max(batches)), b))
     last_compile_s = 120.0  # a guess until the first compile says how long one takes
     with tempfile.TemporaryDirectory() as cache:
-        compile_unet(generator.model, Path(cache), args.compile_mode)
+        compile_model(generator.model, Path(cache), args.compile_mode)
         for batch in order:
             if out_of_time(needs_s=last_compile_s * 1.2):
                 return

@@ -39,7 +39,7 @@ from ponybot.schemas import (
 )
 from ponybot.settings import Settings
 from worker.generate import BatchItem, GenerationOutput, Generator
-from worker.loading import compile_unet, load_model, resolve_device
+from worker.loading import compile_model, load_model, resolve_device
 from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
 
@@ -272,7 +272,7 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
     model = load_model(model_source or settings.model.source, settings.model, device)
     generator = Generator(model)
     if settings.worker.compile and device.type == "cuda":
-        compile_unet(model, settings.model.cache_dir, settings.worker.compile_mode)
+        compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
         warm_up(generator, settings)
     classifier: ImageClassifier | None = None
     try:
