@@ -58,6 +58,10 @@ class Interaction:
     followups: list[int] = field(default_factory=list)
 
 
+#: When a REST request reached the fake (time.time()), before its parsing and validation.
+ARRIVED = web.RequestKey("arrived", float)
+
+
 @dataclass
 class Request:
     method: str
@@ -229,6 +233,7 @@ class FakeDiscord:
 
     # -- REST -------------------------------------------------------------------------------------
     async def _rest(self, request: web.Request) -> web.Response:
+        request[ARRIVED] = time.time()  # before this fake's own parsing and schema validation
         path = "/" + request.match_info["tail"]
         body, files = await self._body(request)
         self.requests.append(Request(request.method, path, body, files))
@@ -314,7 +319,7 @@ class FakeDiscord:
         if interaction.responded:
             return _error(400, 40060, "Interaction has already been acknowledged.")
         interaction.responded, interaction.callback_type = True, body["type"]
-        interaction.responded_at = time.time()
+        interaction.responded_at = request.get(ARRIVED, time.time())
         data = body.get("data") or {}
         interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
         resource = None
