@@ -15,18 +15,20 @@ class PolicyStore:
         self.conn = conn
 
     def guild_rules(self, guild_id: int) -> PolicyRules:
-        raw = self.conn.get(keys.guild_policy(guild_id))
-        return PolicyRules.model_validate_json(raw) if raw else PolicyRules()
+        return _rules(self.conn.get(keys.guild_policy(guild_id)))
 
     def channel_rules(self, guild_id: int, channel_id: int) -> PolicyRules:
-        raw = self.conn.hget(keys.channel_policy(guild_id, channel_id), str(channel_id))
-        return PolicyRules.model_validate_json(raw) if raw else PolicyRules()
+        return _rules(self.conn.hget(keys.channel_policy(guild_id, channel_id), str(channel_id)))
 
     def rules_for(self, guild_id: int | None, channel_id: int) -> PolicyRules:
-        """The server default with the channel's override on top (DMs: nothing set)."""
+        """The server default with the channel's override on top (DMs: nothing set), in one round trip."""
         if guild_id is None:
             return PolicyRules()
-        return self.channel_rules(guild_id, channel_id).over(self.guild_rules(guild_id))
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.channel_policy(guild_id, channel_id), str(channel_id))
+            pipe.get(keys.guild_policy(guild_id))
+            channel, guild = pipe.execute()
+        return _rules(channel).over(_rules(guild))
 
     def set_channel(self, guild_id: int, channel_id: int, rules: PolicyRules, *, by: int) -> AuditEntry:
         before = self.channel_rules(guild_id, channel_id)
@@ -56,3 +58,7 @@ class PolicyStore:
         self.conn.xadd(keys.policy_audit(guild_id), {"data": entry.model_dump_json()}, maxlen=AUDIT_MAXLEN,
                        approximate=True)
         return entry
+
+
+def _rules(raw: bytes | str | None) -> PolicyRules:
+    return PolicyRules.model_validate_json(raw) if raw else PolicyRules()
