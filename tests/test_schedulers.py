@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ponybot.schemas import GenerationRequest, Sampler
 from worker.generate import BatchItem
-from worker.schedulers import CARD_DDIM, HostStepDDIM
+from worker.schedulers import CARD_DDIM, HostDPMSolver, HostEulerAncestral, HostStepDDIM
 
 #: A tensor's value read back by the host: on a GPU, each one waits for all queued work.
 HOST_READS = (torch.ops.aten.item.default, torch.ops.aten._local_scalar_dense.default)
@@ -43,14 +43,40 @@ def test_host_step_ddim_matches_diffusers(begin: int) -> None:
         assert torch.equal(a, b)
 
 
-def test_ddim_denoising_reads_nothing_back_per_step(generator: Any) -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("begin", [None, 3])  # None: txt2img; 3: img2img starting part way
+@pytest.mark.parametrize(("stock_class", "ours_class", "options"), [
+    (EulerAncestralDiscreteScheduler, HostEulerAncestral, {}),
+    (DPMSolverMultistepScheduler, HostDPMSolver,
+     {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+])
+def test_euler_a_and_dpm_match_diffusers(stock_class: Any, ours_class: Any, options: dict[str, Any],
+                                         begin: int | None, dtype: torch.dtype) -> None:
+    betas = {key: CARD_DDIM[key] for key in ("beta_start", "beta_end", "beta_schedule")}
+    stock, ours = stock_class(**betas, **options), ours_class(**betas, **options)
+    for scheduler in (stock, ours):
+        scheduler.set_timesteps(8)
+        if begin is not None:
+            scheduler.set_begin_index(begin)
+    inputs = torch.Generator().manual_seed(5)
+    a = b = torch.randn(2, 4, 8, 8, generator=inputs).to(dtype)
+    noise_a = [torch.Generator().manual_seed(seed) for seed in (11, 12)]  # per image, as generate() passes them
+    noise_b = [torch.Generator().manual_seed(seed) for seed in (11, 12)]
+    for t in stock.timesteps[begin or 0:]:
+        model_output = torch.randn(2, 4, 8, 8, generator=inputs).to(dtype)
+        a = stock.step(model_output, t, stock.scale_model_input(a, t), generator=noise_a).prev_sample
+        b = ours.step(model_output, t, ours.scale_model_input(b, t), generator=noise_b).prev_sample
+        assert torch.equal(a, b)
+
+
+def test_denoising_reads_nothing_back_from_the_device(generator: Any) -> None:
+    """A host read on a GPU waits for all queued work: none in any sampler's loop (diffusers' DDIM does
+    four a step; its Euler a and DPM-Solver one an image)."""
     reads = {}
-    for sampler in (Sampler.DDIM, Sampler.DPMPP_2M_KARRAS):
+    for sampler in Sampler:
         for steps in (2, 6):
             request = GenerationRequest(prompt="pony", width=256, height=256, steps=steps, sampler=sampler)
             with CountHostReads() as counter:
                 generator.generate_batch(request, [BatchItem("pony", "", 1, 1)])
             reads[sampler, steps] = counter.reads
-    assert reads[Sampler.DDIM, 2] == reads[Sampler.DDIM, 6] == 0
-    # DPM-Solver++ finds its first step once per image; no more after that
-    assert reads[Sampler.DPMPP_2M_KARRAS, 2] == reads[Sampler.DPMPP_2M_KARRAS, 6] <= 1
+    assert set(reads.values()) == {0}, reads
