@@ -77,7 +77,7 @@ class HostDPMSolver(KnownStart, DPMSolverMultistepScheduler):  # type: ignore[mi
 class HostEulerAncestral(KnownStart, EulerAncestralDiscreteScheduler):  # type: ignore[misc]
     """Euler a whose per-step noise reaches the GPU without waiting for it.
 
-    Each step's noise comes from the CPU generators (so a seed draws the same image on every
+    Each step's noise comes from the CPU generators (so a seed starts from the same noise on every
     device); diffusers copies it from pageable memory, which waits for the GPU to drain. Here
     the same numbers go through pinned memory with an asynchronous copy. The step is
     diffusers' (epsilon or v prediction), with that one change.
