@@ -26,29 +26,27 @@ def _rename(key: str, table: dict[str, str]) -> str:
     return key
 
 
+def _unet_block(blocks: str, block: int, kind: str, rest: str) -> str:
+    """A resnet (slot 0, renamed) or a transformer (slot 1, same names) inside LDM's numbered blocks."""
+    return f"{blocks}.{block}.0.{_rename(rest, RESNET)}" if kind == "resnets" else f"{blocks}.{block}.1.{rest}"
+
+
 def unet_key(key: str, layers: int, attention_levels: set[int]) -> str:
     """One diffusers UNet key as LDM's ``model.diffusion_model.*`` names it."""
     per_level = layers + 1
     simple = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
               "time_embedding.linear_2": "time_embed.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    for new, old in simple.items():
-        if key.startswith(new + "."):
-            return old + key[len(new):]
+    if (renamed := _rename(key, simple)) != key:
+        return renamed
     if match := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, index, rest = int(match[1]), match[2], int(match[3]), match[4]
-        block = 1 + level * per_level + index
-        return f"input_blocks.{block}.0.{_rename(rest, RESNET)}" if kind == "resnets" else \
-            f"input_blocks.{block}.1.{rest}"
+        return _unet_block("input_blocks", 1 + int(match[1]) * per_level + int(match[3]), match[2], match[4])
     if match := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
         return f"input_blocks.{(int(match[1]) + 1) * per_level}.0.op.{match[2]}"
     if match := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
         kind, index, rest = match[1], int(match[2]), match[3]
         return f"middle_block.{2 * index}.{_rename(rest, RESNET)}" if kind == "resnets" else f"middle_block.1.{rest}"
     if match := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        level, kind, index, rest = int(match[1]), match[2], int(match[3]), match[4]
-        block = level * per_level + index
-        return f"output_blocks.{block}.0.{_rename(rest, RESNET)}" if kind == "resnets" else \
-            f"output_blocks.{block}.1.{rest}"
+        return _unet_block("output_blocks", int(match[1]) * per_level + int(match[3]), match[2], match[4])
     if match := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
         level = int(match[1])
         slot = 2 if level in attention_levels else 1
