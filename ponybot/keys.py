@@ -67,3 +67,16 @@ def cooldown(guild_id: int | None, channel_id: int, user_id: int) -> str:
 def delivered(job_id: str) -> str:
     """Marks a job's result as posted, so a redelivered event is not posted twice."""
     return f"{PREFIX}:delivered:{job_id}"
+
+
+#: Stream of posted images and gallery changes, read by the gallery in :data:`GALLERY_GROUP`.
+GALLERY_STREAM = f"{PREFIX}:gallery:stream"
+#: Consumer group of the gallery's ingest loop on :data:`GALLERY_STREAM`.
+GALLERY_GROUP = "gallery"
+#: Set of guild ids whose moderators turned the gallery on.
+GALLERY_GUILDS = f"{PREFIX}:gallery:guilds"
+
+
+def gallery_image(job_id: str, index: int) -> str:
+    """The gallery's own copy of a posted PNG, kept for ``gallery.handoff_ttl_s`` until the gallery stores it."""
+    return f"{PREFIX}:gallery:image:{job_id}:{index}"

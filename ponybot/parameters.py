@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ponybot.schemas import STRENGTH, Job, JobKind
+from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
@@ -36,3 +36,11 @@ def parse_parameters(text: str) -> dict[str, str]:
         key, _, value = pair.partition(": ")
         parsed[key] = value
     return parsed
+
+
+def generate_line(request: GenerationRequest, seed: int, quality: bool) -> str:
+    """The ``/generate`` command that asks for the same request with the same seed."""
+    negative = f" negative_prompt:{request.negative_prompt}" if request.negative_prompt else ""
+    return (f"/generate prompt:{request.prompt}{negative} seed:{seed} steps:{request.steps} cfg:{request.cfg:g} "
+            f"size:{request.width}x{request.height} sampler:{request.sampler.value} clip_skip:{request.clip_skip} "
+            f"count:{request.count} quality:{quality}")

@@ -47,6 +47,7 @@ class PolicyRules(BaseModel):
     max_count: int | None = Field(None, ge=1, le=4)
     max_pixels: int | None = Field(None, ge=256 * 256, le=1024 * 1024)
     cooldown_s: int | None = Field(None, ge=0, le=3600)
+    gallery: bool | None = None  #: False: this channel's images never go to the gallery
 
     def over(self, base: PolicyRules) -> PolicyRules:
         """These rules on top of ``base``: every field set here wins."""

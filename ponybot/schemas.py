@@ -264,7 +264,51 @@ class JobEvent(Versioned):
     queued_s: float = 0.0
     generation_s: float = 0.0
     worker: str = ""
+    mode: Literal["sfw", "nsfw"] | None = None  #: the effective policy mode the worker applied (None: no channel)
 
     @property
     def withheld(self) -> int:
         return sum(image.withheld for image in self.images)
+
+
+class GalleryImage(BaseModel):
+    """One posted image handed to the gallery; its PNG waits under ``key`` (a gallery-owned copy)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int
+    seed: int
+    key: str
+    width: int
+    height: int
+    flagged: bool = False
+    tags: list[str] = Field(default_factory=list)  #: the rating tagger's tags, when one ran
+
+
+class GalleryPost(Versioned):
+    """The bot posted these images on Discord: keep them in the gallery."""
+
+    kind: Literal["post"] = "post"
+    job: Job
+    mode: Literal["sfw", "nsfw"]
+    prompt: str  #: as generated (after the policy), for search
+    negative_prompt: str = ""
+    images: list[GalleryImage]
+
+
+class GalleryControl(Versioned):
+    """A change the gallery applies: a server turned it on or off, a result deleted, a member forgotten."""
+
+    kind: Literal["guild", "delete_job", "forget_member"]
+    guild_id: int | None = None
+    enabled: bool | None = None
+    job_id: str | None = None
+    user_id: int | None = None
+
+
+class GalleryMessage(BaseModel):
+    """What crosses the gallery stream (one JSON field ``data``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    item: GalleryPost | GalleryControl = Field(discriminator="kind")

@@ -162,6 +162,49 @@ class CliSettings(_Section):
     out_dir: Path = Path("out")
 
 
+class GallerySettings(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    database_url: str = "sqlite:///data/gallery/gallery.db"
+    store: Literal["folder", "s3"] = "folder"
+    store_dir: Path = Path("data/gallery/images")
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+    handoff_ttl_s: int = Field(7 * 24 * 3600, ge=3600)
+    client_id: int | None = None
+    client_secret: SecretStr | None = None
+    session_secret: SecretStr | None = None
+    authorize_url: str = "https://discord.com/oauth2/authorize"
+    session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
+    page_size: int = Field(24, ge=1, le=100)
+    max_search_chars: int = Field(200, ge=10, le=2000)
+    likes_per_minute: int = Field(30, ge=1)
+    reports_per_hour: int = Field(10, ge=1)
+    logins_per_minute: int = Field(10, ge=1)
+
+    @property
+    def sign_in(self) -> bool:
+        """Discord sign-in is offered when an OAuth client is configured; else the site is public-only."""
+        return self.client_id is not None
+
+    def require_secrets(self) -> tuple[str, str]:
+        """The OAuth client secret and the cookie signing secret, or a ConfigError naming what is missing."""
+        missing = [name for name, value in (("client_secret", self.client_secret),
+                                            ("session_secret", self.session_secret))
+                   if value is None or not value.get_secret_value()]
+        if missing:
+            names = " and ".join(f"gallery.{name}" for name in missing)
+            raise ConfigError(f"gallery.client_id is set, so {names} must be set too (config.toml [gallery] or "
+                              "PONYBOT_GALLERY__CLIENT_SECRET / PONYBOT_GALLERY__SESSION_SECRET); "
+                              "remove client_id to run the gallery public-only")
+        assert self.client_secret is not None and self.session_secret is not None
+        return self.client_secret.get_secret_value(), self.session_secret.get_secret_value()
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -181,6 +224,7 @@ class Settings(BaseSettings):
     safety: SafetySettings = Field(default_factory=SafetySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     cli: CliSettings = Field(default_factory=CliSettings)
+    gallery: GallerySettings = Field(default_factory=GallerySettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @classmethod

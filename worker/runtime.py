@@ -223,14 +223,15 @@ class WorkerRuntime:
         if encoded:
             with_redis_retry(planned[0][0].id, write)
         events = {}
-        for (job, _policy, decision), output in zip(planned, outputs, strict=True):
+        for (job, policy, decision), output in zip(planned, outputs, strict=True):
             images = results[job.id]
             if any(image.withheld for image in images):
                 log.info("job=%s %d of %d image(s) withheld by the SFW policy", job.id,
                          sum(i.withheld for i in images), len(images))
             events[job.id] = JobEvent(kind="done", job=job, images=images, prompt=decision.prompt,
                                       negative_prompt=decision.negative_prompt, queued_s=queued[job.id],
-                                      generation_s=output.seconds, worker=self.name)
+                                      generation_s=output.seconds, worker=self.name,
+                                      mode=policy.mode.value if policy is not None else None)
         return events
 
     def _failed(self, job: Job, code: str, message: str, queued_s: float) -> JobEvent:

@@ -17,6 +17,7 @@ from bot.jobs import queue_job
 from bot.replies import guarded, is_moderator
 from ponybot import keys
 from ponybot.errors import PonybotError
+from ponybot.parameters import generate_line
 from ponybot.queue import load_job
 from ponybot.schemas import Job, JobEvent, JobKind, SourceImage, upscale_size
 
@@ -105,10 +106,7 @@ def result_view(event: JobEvent) -> discord.ui.View:
 def details(job: Job) -> str:
     request = job.request
     seeds = ", ".join(str(job.image_seed(i)) for i in range(request.count))
-    command = (f"/generate prompt:{request.prompt}" + (f" negative_prompt:{request.negative_prompt}"
-               if request.negative_prompt else "") + f" seed:{job.seed} steps:{request.steps} cfg:{request.cfg:g} "
-               f"size:{request.width}x{request.height} sampler:{request.sampler.value} clip_skip:{request.clip_skip} "
-               f"count:{request.count} quality:{job.quality_tags}")
+    command = generate_line(request, job.seed, job.quality_tags)
     lines = [
         f"**Prompt**: {request.prompt}",
         f"**Negative prompt**: {request.negative_prompt or '—'}",

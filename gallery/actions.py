@@ -1,0 +1,194 @@
+"""Forms and sign-in: like, delete, hide, report, the settings and reports pages, login and logout.
+
+Every POST needs a signed-in session and its CSRF token (:func:`gallery.auth.checked_form`);
+likes, reports and logins are rate limited. A refused action changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from gallery.auth import checked_form, remember_member, signed_in
+from gallery.db import images, likes, memberships, reports, users
+from gallery.queries import Viewer, get_image, is_moderator
+from gallery.site import gallery_of, render, viewer_of
+from gallery.store import file_names
+
+log = logging.getLogger(__name__)
+MINUTE, HOUR = 60.0, 3600.0
+
+
+def back_to(image_id: int) -> RedirectResponse:
+    return RedirectResponse(f"/i/{image_id}", status_code=303)
+
+
+def toggle_like(db: Connection, image_id: int, user_id: int) -> bool:
+    """Like, or take the like back; returns whether the member now likes it."""
+    gone = db.execute(delete(likes).where(likes.c.image_id == image_id, likes.c.user_id == user_id)).rowcount
+    if gone:
+        db.execute(update(images).where(images.c.id == image_id).values(likes=images.c.likes - 1))
+        return False
+    db.execute(insert(likes).values(image_id=image_id, user_id=user_id, created_at=datetime.now(UTC)))
+    db.execute(update(images).where(images.c.id == image_id).values(likes=images.c.likes + 1))
+    return True
+
+
+async def act(request: Request, action: str) -> Response:
+    gallery = gallery_of(request)
+    user_id, form = await checked_form(request)
+    image_id = int(request.path_params["image_id"])
+    settings = gallery.settings
+    if action == "like":
+        gallery.limiter.check(f"like:{user_id}", settings.likes_per_minute, MINUTE, "likes")
+    elif action == "report":
+        gallery.limiter.check(f"report:{user_id}", settings.reports_per_hour, HOUR, "reports")
+    reason = form.get("reason", "").strip()
+    if action == "report" and not 1 <= len(reason) <= 500:
+        raise HTTPException(400, "Say in 1 to 500 characters what is wrong with this image.")
+
+    def apply() -> str | None:
+        with gallery.engine.begin() as db:
+            viewer = Viewer(user_id, bool(db.scalar(select(users.c.nsfw_opt_in).where(users.c.id == user_id))))
+            row = get_image(db, viewer, image_id)
+            if row is None:
+                raise HTTPException(404, "No such image, or it is not visible to you.")
+            if action == "like":
+                toggle_like(db, image_id, user_id)
+            elif action == "report":
+                db.execute(insert(reports).values(image_id=image_id, user_id=user_id, reason=reason,
+                                                  created_at=datetime.now(UTC)))
+            elif action == "hide":
+                if not is_moderator(db, user_id, row.guild_id):
+                    raise HTTPException(403, "Only moderators of the image's server can hide it.")
+                db.execute(update(images).where(images.c.id == image_id).values(hidden=True))
+            elif action == "delete":
+                if row.user_id != user_id:
+                    raise HTTPException(403, "Only the member who made this image can delete it.")
+                db.execute(delete(images).where(images.c.id == image_id))
+                return f"{row.job_id}:{row.idx}"
+        return None
+
+    removed = await run_in_threadpool(apply)
+    if removed:
+        job_id, index = removed.rsplit(":", 1)
+        for name in file_names(job_id, int(index)):
+            with contextlib.suppress(FileNotFoundError):
+                await run_in_threadpool(gallery.store.delete, name)
+        log.info("image %s deleted by its member", image_id)
+        return RedirectResponse(f"/u/{user_id}", status_code=303)
+    if action in ("hide", "report"):
+        log.info("image %s %s by %s", image_id, "hidden" if action == "hide" else "reported", user_id)
+    return RedirectResponse("/" if action == "hide" else f"/i/{image_id}", status_code=303)
+
+
+async def like(request: Request) -> Response:
+    return await act(request, "like")
+
+
+async def delete_image(request: Request) -> Response:
+    return await act(request, "delete")
+
+
+async def hide(request: Request) -> Response:
+    return await act(request, "hide")
+
+
+async def report(request: Request) -> Response:
+    return await act(request, "report")
+
+
+async def settings_page(request: Request) -> Response:
+    gallery = gallery_of(request)
+    if request.method == "POST":
+        user_id, form = await checked_form(request)
+        with gallery.engine.begin() as db:
+            db.execute(update(users).where(users.c.id == user_id).values(nsfw_opt_in=form.get("nsfw") == "on"))
+        return RedirectResponse("/settings", status_code=303)
+    viewer = viewer_of(request)
+    if viewer.user_id is None:
+        raise HTTPException(401, "Sign in to see your settings.")
+    return render(request, "settings.html", nsfw_opt_in=viewer.nsfw_opt_in)
+
+
+async def reports_page(request: Request) -> Response:
+    gallery = gallery_of(request)
+    user_id = signed_in(request)
+    if user_id is None:
+        raise HTTPException(401, "Sign in to see reports.")
+
+    def load() -> list[Any]:
+        moderated = select(memberships.c.guild_id).where(memberships.c.user_id == user_id,
+                                                         memberships.c.moderator.is_(True))
+        query = (select(reports.c.id, reports.c.reason, reports.c.created_at, reports.c.user_id, images.c.id.label(
+            "image_id"), images.c.hidden, images.c.prompt).join(images, images.c.id == reports.c.image_id)
+            .where(images.c.guild_id.in_(moderated)).order_by(reports.c.id.desc()).limit(200))
+        with gallery.engine.connect() as db:
+            return list(db.execute(query).all())
+
+    return render(request, "reports.html", reports=await run_in_threadpool(load))
+
+
+async def login(request: Request) -> Response:
+    gallery = gallery_of(request)
+    if gallery.oauth is None:
+        raise HTTPException(404, "This gallery is public-only: signing in is not offered.")
+    address = request.client.host if request.client else "?"
+    gallery.limiter.check(f"login:{address}", gallery.settings.logins_per_minute, MINUTE, "sign-in attempts")
+    state = secrets.token_urlsafe(24)
+    request.session["oauth_state"] = state
+    return RedirectResponse(gallery.oauth.authorize_url(state), status_code=303)
+
+
+async def callback(request: Request) -> Response:
+    gallery = gallery_of(request)
+    if gallery.oauth is None:
+        raise HTTPException(404, "This gallery is public-only: signing in is not offered.")
+    expected = request.session.pop("oauth_state", None)
+    state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
+    if not expected or not secrets.compare_digest(str(expected), state) or not code:
+        raise HTTPException(400, "This sign-in link is not valid or has expired: sign in again.")
+    me, guilds = await gallery.oauth.sign_in(code)
+
+    def save() -> tuple[int, str]:
+        with gallery.engine.begin() as db:
+            return remember_member(db, me, guilds)
+
+    try:
+        user_id, name = await run_in_threadpool(save)
+    except (KeyError, ValueError, TypeError, IntegrityError) as error:
+        raise HTTPException(502, f"Discord's answer could not be read: {error}") from None
+    request.session.clear()
+    request.session.update(user_id=user_id, name=name, csrf=secrets.token_urlsafe(32))
+    log.info("member %s signed in", user_id)
+    return RedirectResponse("/", status_code=303)
+
+
+async def logout(request: Request) -> Response:
+    await checked_form(request)
+    request.session.clear()
+    return RedirectResponse("/", status_code=303)
+
+
+ROUTES = [
+    Route("/i/{image_id:int}/like", like, methods=["POST"]),
+    Route("/i/{image_id:int}/delete", delete_image, methods=["POST"]),
+    Route("/i/{image_id:int}/hide", hide, methods=["POST"]),
+    Route("/i/{image_id:int}/report", report, methods=["POST"]),
+    Route("/settings", settings_page, methods=["GET", "POST"]),
+    Route("/reports", reports_page),
+    Route("/login", login),
+    Route("/auth/callback", callback),
+    Route("/logout", logout, methods=["POST"]),
+]

@@ -1,0 +1,137 @@
+"""Signing in with Discord (OAuth2, scopes ``identify guilds``), sessions, CSRF and rate limits.
+
+Sessions live in a signed cookie (Starlette's SessionMiddleware: HttpOnly, SameSite=Lax,
+Secure when the public URL is HTTPS, expiring after ``gallery.session_max_age_s``) and
+hold only the member's id, name and CSRF token; the member's servers are kept in the
+``memberships`` table, refreshed at each sign-in.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from sqlalchemy import Connection, delete, insert, select, update
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+
+from gallery.db import memberships, users
+from ponybot.settings import GallerySettings
+
+SCOPES = "identify guilds"
+#: Discord permission bits that make a member a moderator of a server here: Administrator, Manage Server.
+MODERATOR_BITS = 0x8 | 0x20
+
+
+class RateLimiter:
+    """At most ``limit`` events per ``window_s`` for each key, in this process."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, deque[float]] = defaultdict(deque)
+        self.lock = threading.Lock()
+
+    def allow(self, key: str, limit: int, window_s: float) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            seen = self.events[key]
+            while seen and seen[0] <= now - window_s:
+                seen.popleft()
+            if len(seen) >= limit:
+                return False
+            seen.append(now)
+            return True
+
+    def check(self, key: str, limit: int, window_s: float, what: str) -> None:
+        if not self.allow(key, limit, window_s):
+            raise HTTPException(429, f"Too many {what}: wait a little and try again.")
+
+
+def csrf_token(request: Request) -> str:
+    """This session's CSRF token (made on first use); empty when the site has no sessions."""
+    if "session" not in request.scope:
+        return ""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+def signed_in(request: Request) -> int | None:
+    if "session" not in request.scope:
+        return None
+    user_id = request.session.get("user_id")
+    return int(user_id) if isinstance(user_id, int | str) and str(user_id).isdigit() else None
+
+
+async def checked_form(request: Request) -> tuple[int, dict[str, str]]:
+    """A POST's form from a signed-in member with the right CSRF token, else a 401 or 403."""
+    form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+    user_id = signed_in(request)
+    if user_id is None:
+        raise HTTPException(401, "You are not signed in, or your session has expired: sign in again.")
+    expected = request.session.get("csrf")
+    given = form.get("csrf", "")
+    if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), given.encode()):
+        raise HTTPException(403, "This form's security token is not valid: reload the page and try again.")
+    return user_id, form
+
+
+class DiscordOAuth:
+    """The three calls of the authorization-code flow, against ``discord.api_base``."""
+
+    def __init__(self, settings: GallerySettings, api_base: str, client_secret: str) -> None:
+        assert settings.client_id is not None
+        self.client_id = settings.client_id
+        self.authorize = settings.authorize_url
+        self.api_base = api_base.rstrip("/")
+        self.secret = client_secret
+        self.redirect_uri = settings.public_url.rstrip("/") + "/auth/callback"
+
+    def authorize_url(self, state: str) -> str:
+        query = {"response_type": "code", "client_id": str(self.client_id), "scope": SCOPES, "state": state,
+                 "redirect_uri": self.redirect_uri, "prompt": "none"}
+        return f"{self.authorize}?{urlencode(query)}"
+
+    async def sign_in(self, code: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The member and their servers for an authorization code."""
+        async with httpx.AsyncClient(timeout=10) as client:
+            token = await client.post(f"{self.api_base}/oauth2/token", auth=(str(self.client_id), self.secret), data={
+                "grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri})
+            if token.status_code != 200:
+                raise HTTPException(400, "Discord did not accept this sign-in: try again.")
+            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            me = await client.get(f"{self.api_base}/users/@me", headers=headers)
+            guilds = await client.get(f"{self.api_base}/users/@me/guilds", headers=headers)
+        if me.status_code != 200 or guilds.status_code != 200:
+            raise HTTPException(502, "Discord did not answer the sign-in: try again later.")
+        return me.json(), guilds.json()
+
+
+def remember_member(db: Connection, me: dict[str, Any], guilds: list[dict[str, Any]]) -> tuple[int, str]:
+    """Save the member's name and servers (moderator where Manage Server or owner); returns (id, name)."""
+    user_id = int(me["id"])
+    name = str(me.get("global_name") or me.get("username") or user_id)[:100]
+    now = datetime.now(UTC)
+    if not db.execute(update(users).where(users.c.id == user_id).values(name=name, updated_at=now)).rowcount:
+        db.execute(insert(users).values(id=user_id, name=name, nsfw_opt_in=False, updated_at=now))
+    db.execute(delete(memberships).where(memberships.c.user_id == user_id))
+    rows = [{"user_id": user_id, "guild_id": int(guild["id"]),
+             "moderator": bool(guild.get("owner")) or bool(int(guild.get("permissions", 0)) & MODERATOR_BITS)}
+            for guild in guilds]
+    if rows:
+        db.execute(insert(memberships), rows)
+    return user_id, name
+
+
+def opted_in(db: Connection, user_id: int | None) -> bool:
+    if user_id is None:
+        return False
+    return bool(db.scalar(select(users.c.nsfw_opt_in).where(users.c.id == user_id)))

@@ -1,0 +1,147 @@
+"""The gallery's database: tables (SQLAlchemy Core), engines, and the Alembic upgrade run at start.
+
+SQLite is the embedded default; PostgreSQL when ``gallery.database_url`` says so.
+Search uses SQLite FTS5 (table ``images_fts``, kept by triggers) or a PostgreSQL
+``tsvector`` column; both are created by the first migration.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+guilds = Table(
+    "guilds", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", String(64), nullable=False),
+    Column("idx", Integer, nullable=False),
+    Column("user_id", BigInteger, nullable=False),
+    Column("guild_id", BigInteger, nullable=False),
+    Column("channel_id", BigInteger, nullable=False),
+    Column("mode", String(8), nullable=False),
+    Column("flagged", Boolean, nullable=False),
+    Column("public", Boolean, nullable=False),  #: SFW-effective and not flagged: shown to everyone
+    Column("hidden", Boolean, nullable=False, default=False),
+    Column("kind", String(16), nullable=False),
+    Column("request_prompt", Text, nullable=False),  #: what the member typed
+    Column("request_negative", Text, nullable=False),
+    Column("prompt", Text, nullable=False),  #: as generated, after the policy
+    Column("negative_prompt", Text, nullable=False),
+    Column("tags", Text, nullable=False),  #: tagger tags, space separated
+    Column("seed", BigInteger, nullable=False),
+    Column("steps", Integer, nullable=False),
+    Column("cfg", Float, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("sampler", String(32), nullable=False),
+    Column("clip_skip", Integer, nullable=False),
+    Column("quality_tags", Boolean, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("parameters", Text, nullable=False),  #: A1111 text from the PNG
+    Column("command", Text, nullable=False),  #: the /generate line that makes this image
+    Column("likes", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+users = Table(
+    "users", metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("name", String(100), nullable=False),
+    Column("nsfw_opt_in", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+memberships = Table(
+    "memberships", metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("moderator", Boolean, nullable=False),
+)
+
+likes = Table(
+    "likes", metadata,
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+reports = Table(
+    "reports", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("user_id", BigInteger, nullable=False),
+    Column("reason", String(500), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets its folder, WAL, foreign keys and a busy timeout."""
+    parsed = make_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        options["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        options.update(pool_size=16, max_overflow=16, pool_pre_ping=True)
+    engine = create_engine(parsed, **options)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Create or upgrade the schema to ``revision`` (Alembic, in one transaction)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    log.info("gallery database at revision %s", revision)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

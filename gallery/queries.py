@@ -1,0 +1,171 @@
+"""Who sees what, and the pages of images: visibility rules, filters, search and keyset pagination.
+
+Visibility, in one place for every list, search, image page and file:
+- only servers whose moderators turned the gallery on, never a hidden image;
+- signed out (or not opted in): only images from SFW-effective channels that no classifier flagged;
+- signed in and opted in: also the NSFW-channel images of servers the member belongs to.
+Pages are keyset-paginated (``id`` for newest, ``(likes, id)`` for top) with opaque cursors.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Connection, Row, and_, false, func, literal_column, or_, select, text, true, tuple_
+
+from gallery.db import guilds, images, memberships
+
+Order = Literal["new", "top"]
+PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30), "all": None}
+MAX_TERMS = 16
+
+
+class BadInput(ValueError):
+    """Input the site refuses with a 400 and a message saying why."""
+
+
+@dataclass(frozen=True)
+class Viewer:
+    user_id: int | None = None
+    nsfw_opt_in: bool = False
+
+
+@dataclass(frozen=True)
+class Filters:
+    q: str = ""
+    model: str = ""
+    sampler: str = ""
+    size: tuple[int, int] | None = None
+    since: date | None = None
+    until: date | None = None
+    user_id: int | None = None
+    guild_id: int | None = None
+    period: str = "all"
+
+
+@dataclass
+class Page:
+    rows: list[Row[Any]]
+    next_cursor: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def visible(viewer: Viewer) -> ColumnElement[bool]:
+    enabled = select(guilds.c.id).where(guilds.c.enabled == true())
+    base = and_(images.c.hidden == false(), images.c.guild_id.in_(enabled))
+    if viewer.user_id is None or not viewer.nsfw_opt_in:
+        return and_(base, images.c.public == true())
+    mine = select(memberships.c.guild_id).where(memberships.c.user_id == viewer.user_id)
+    return and_(base, or_(images.c.public == true(), and_(images.c.mode == "nsfw", images.c.guild_id.in_(mine))))
+
+
+def encode_cursor(*values: int) -> str:
+    return base64.urlsafe_b64encode(":".join(str(v) for v in values).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, parts: int) -> tuple[int, ...]:
+    """The values in an opaque cursor; a BadInput when it is not one this site made."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        values = tuple(int(part) for part in raw.split(":"))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadInput("this page link is malformed: start again from the first page") from None
+    if len(values) != parts or any(v < 0 or v > 2**62 for v in values) or len(cursor) > 64:
+        raise BadInput("this page link is malformed: start again from the first page")
+    return values
+
+
+def search_terms(q: str, limit: int) -> list[str]:
+    if len(q) > limit:
+        raise BadInput(f"search is at most {limit} characters (got {len(q)})")
+    return re.findall(r"\w+", q.lower())[:MAX_TERMS]
+
+
+def search_clause(db: Connection, terms: list[str]) -> ColumnElement[bool]:
+    if db.dialect.name == "postgresql":
+        query = func.plainto_tsquery("simple", " ".join(terms))
+        return literal_column("images.search").op("@@")(query)  # type: ignore[no-any-return]
+    match = " ".join(f'"{term}"' for term in terms)
+    return images.c.id.in_(text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(match=match))
+
+
+def filter_clauses(db: Connection, filters: Filters, max_search: int) -> list[ColumnElement[bool]]:
+    clauses: list[ColumnElement[bool]] = []
+    terms = search_terms(filters.q, max_search)
+    if terms:
+        clauses.append(search_clause(db, terms))
+    if filters.model:
+        clauses.append(images.c.model == filters.model)
+    if filters.sampler:
+        clauses.append(images.c.sampler == filters.sampler)
+    if filters.size:
+        clauses += [images.c.width == filters.size[0], images.c.height == filters.size[1]]
+    if filters.since:
+        clauses.append(images.c.created_at >= datetime.combine(filters.since, datetime.min.time(), UTC))
+    if filters.until:
+        clauses.append(images.c.created_at < datetime.combine(filters.until + timedelta(days=1),
+                                                              datetime.min.time(), UTC))
+    if filters.user_id is not None:
+        clauses.append(images.c.user_id == filters.user_id)
+    if filters.guild_id is not None:
+        clauses.append(images.c.guild_id == filters.guild_id)
+    return clauses
+
+
+LIST_COLUMNS = (images.c.id, images.c.job_id, images.c.idx, images.c.user_id, images.c.guild_id, images.c.mode,
+                images.c.prompt, images.c.request_prompt, images.c.width, images.c.height, images.c.likes,
+                images.c.created_at)
+
+
+def list_images(db: Connection, viewer: Viewer, order: Order, filters: Filters, cursor: str | None, limit: int,
+                max_search: int = 200) -> Page:
+    clauses = [visible(viewer), *filter_clauses(db, filters, max_search)]
+    query = select(*LIST_COLUMNS)
+    if order == "top":
+        if filters.period not in PERIODS:
+            raise BadInput(f"period must be one of {', '.join(PERIODS)}")
+        span = PERIODS[filters.period]
+        if span is not None:
+            clauses.append(images.c.created_at >= datetime.now(UTC) - span)
+        if cursor:
+            likes, last = decode_cursor(cursor, 2)
+            clauses.append(tuple_(images.c.likes, images.c.id) < tuple_(likes, last))
+        query = query.order_by(images.c.likes.desc(), images.c.id.desc())
+    else:
+        if cursor:
+            (last,) = decode_cursor(cursor, 1)
+            clauses.append(images.c.id < last)
+        query = query.order_by(images.c.id.desc())
+    rows = list(db.execute(query.where(*clauses).limit(limit + 1)).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        tail = rows[-1]
+        next_cursor = encode_cursor(tail.likes, tail.id) if order == "top" else encode_cursor(tail.id)
+    return Page(rows, next_cursor)
+
+
+def get_image(db: Connection, viewer: Viewer, image_id: int) -> Row[Any] | None:
+    """One image if this viewer may see it; None for unknown, hidden and invisible alike (a 404, no leak)."""
+    return db.execute(select(images).where(images.c.id == image_id, visible(viewer))).first()
+
+
+def first_of_job(db: Connection, viewer: Viewer, job_id: str) -> int | None:
+    row = db.execute(select(images.c.id).where(images.c.job_id == job_id, visible(viewer))
+                     .order_by(images.c.idx).limit(1)).first()
+    return row.id if row else None
+
+
+def is_moderator(db: Connection, user_id: int | None, guild_id: int) -> bool:
+    if user_id is None:
+        return False
+    row = db.execute(select(memberships.c.moderator).where(memberships.c.user_id == user_id,
+                                                           memberships.c.guild_id == guild_id)).first()
+    return bool(row and row.moderator)
+

@@ -1,0 +1,61 @@
+"""``ponybot gallery``: upgrade the database, start the ingest loop, serve the site.
+
+Public-only or with sign-in: without ``gallery.client_id`` the site runs public-only
+(signed-out visitors see SFW images, no sessions at all); with it, the client secret
+and the session secret must be set too, or start-up stops with a ConfigError.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+from starlette.applications import Starlette
+from starlette.templating import Jinja2Templates
+
+from gallery.auth import DiscordOAuth, RateLimiter
+from gallery.db import make_engine, upgrade
+from gallery.ingest import Ingest
+from gallery.site import TEMPLATES, Gallery, create_app
+from gallery.store import ImageStore, build_store
+from ponybot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_app(settings: Settings, store: ImageStore | None = None) -> Starlette:
+    """The site for these settings, its database upgraded to the newest schema."""
+    section = settings.gallery
+    oauth, session_secret = None, None
+    if section.sign_in:
+        client_secret, session_secret = section.require_secrets()
+        oauth = DiscordOAuth(section, settings.discord.api_base, client_secret)
+    else:
+        log.warning("gallery.client_id is not set: the gallery is public-only (SFW images, no sign-in)")
+    engine = make_engine(section.database_url)
+    upgrade(engine)
+    gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(),
+                      Jinja2Templates(directory=TEMPLATES))
+    return create_app(gallery, session_secret)
+
+
+def run_gallery(settings: Settings, redis_url: str) -> None:
+    import uvicorn
+
+    app = build_app(settings)
+    gallery: Gallery = app.state.gallery
+    conn = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    stopping = threading.Event()
+    ingest = threading.Thread(target=Ingest(gallery.engine, gallery.store, conn).run, args=(stopping,),
+                              name="gallery-ingest", daemon=True)
+    ingest.start()
+    log.info("gallery on http://%s:%d (public address %s)", settings.gallery.host, settings.gallery.port,
+             settings.gallery.public_url)
+    try:
+        uvicorn.run(app, host=settings.gallery.host, port=settings.gallery.port, log_level="warning",
+                    proxy_headers=True)
+    finally:
+        stopping.set()
+        ingest.join(timeout=30)
+        conn.close()

@@ -1,0 +1,199 @@
+"""The gallery's web site: server-rendered pages (Starlette + Jinja2) that work without JavaScript.
+
+Read pages live here; forms (likes, delete, hide, report, settings) in
+:mod:`gallery.actions`, sign-in in :mod:`gallery.auth`. Every page and every file
+goes through :func:`gallery.queries.visible`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from gallery.auth import DiscordOAuth, RateLimiter, csrf_token, opted_in, signed_in
+from gallery.db import users
+from gallery.queries import BadInput, Filters, Order, Viewer, first_of_job, get_image, is_moderator, list_images
+from gallery.store import ImageStore, file_names
+from ponybot.schemas import parse_size
+from ponybot.settings import GallerySettings
+
+log = logging.getLogger(__name__)
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+@dataclass
+class Gallery:
+    settings: GallerySettings
+    engine: Engine
+    store: ImageStore
+    oauth: DiscordOAuth | None
+    limiter: RateLimiter
+    templates: Jinja2Templates
+
+
+def gallery_of(request: Request) -> Gallery:
+    found: Gallery = request.app.state.gallery
+    return found
+
+
+def viewer_of(request: Request) -> Viewer:
+    user_id = signed_in(request)
+    if user_id is None:
+        return Viewer()
+    with gallery_of(request).engine.connect() as db:
+        return Viewer(user_id, opted_in(db, user_id))
+
+
+def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    gallery = gallery_of(request)
+    context.update(request=request, csrf=csrf_token(request), user_id=signed_in(request),
+                   user_name=request.session.get("name") if "session" in request.scope else None,
+                   sign_in=gallery.oauth is not None)
+    return gallery.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def parse_filters(request: Request, **fixed: Any) -> Filters:
+    params = request.query_params
+    try:
+        size = parse_size(params["size"]) if params.get("size") else None
+        since = date.fromisoformat(params["since"]) if params.get("since") else None
+        until = date.fromisoformat(params["until"]) if params.get("until") else None
+    except ValueError as error:
+        raise BadInput(f"bad filter: {error}") from None
+    return Filters(q=params.get("q", ""), model=params.get("model", "")[:200], sampler=params.get("sampler", "")[:32],
+                   size=size, since=since, until=until, period=params.get("period", "week"), **fixed)
+
+
+async def image_list(request: Request, order: Order, title: str, **fixed: Any) -> Response:
+    gallery = gallery_of(request)
+    filters = parse_filters(request, **fixed)
+    cursor = request.query_params.get("cursor") or None
+
+    def load() -> Any:
+        viewer = viewer_of(request)
+        with gallery.engine.connect() as db:
+            return list_images(db, viewer, order, filters, cursor, gallery.settings.page_size,
+                               gallery.settings.max_search_chars)
+
+    page = await run_in_threadpool(load)
+    args = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
+    return render(request, "list.html", title=title, page=page, filters=filters, order=order, args=args)
+
+
+async def newest(request: Request) -> Response:
+    return await image_list(request, "new", "Newest")
+
+
+async def top(request: Request) -> Response:
+    return await image_list(request, "top", "Top")
+
+
+async def member(request: Request) -> Response:
+    user_id = int(request.path_params["user_id"])
+    with gallery_of(request).engine.connect() as db:
+        name = db.scalar(select(users.c.name).where(users.c.id == user_id))
+    return await image_list(request, "new", f"Images by {name or f'member {user_id}'}", user_id=user_id)
+
+
+async def server(request: Request) -> Response:
+    return await image_list(request, "new", "This server's images", guild_id=int(request.path_params["guild_id"]))
+
+
+async def image_page(request: Request) -> Response:
+    gallery = gallery_of(request)
+    image_id = int(request.path_params["image_id"])
+
+    def load() -> tuple[Any, bool, str | None]:
+        viewer = viewer_of(request)
+        with gallery.engine.connect() as db:
+            row = get_image(db, viewer, image_id)
+            moderator = bool(row) and is_moderator(db, viewer.user_id, row.guild_id)
+            name = db.scalar(select(users.c.name).where(users.c.id == row.user_id)) if row else None
+        return row, moderator, name
+
+    row, moderator, name = await run_in_threadpool(load)
+    if row is None:
+        raise HTTPException(404, "No such image, or it is not visible to you.")
+    return render(request, "image.html", image=row, moderator=moderator, owner=signed_in(request) == row.user_id,
+                  author=name or f"member {row.user_id}")
+
+
+async def job_redirect(request: Request) -> Response:
+    gallery = gallery_of(request)
+    job_id = request.path_params["job_id"][:64]
+
+    def load() -> int | None:
+        with gallery.engine.connect() as db:
+            return first_of_job(db, viewer_of(request), job_id)
+
+    image_id = await run_in_threadpool(load)
+    if image_id is None:
+        raise HTTPException(404, "This result is not in the gallery (yet, or not visible to you).")
+    return RedirectResponse(f"/i/{image_id}", status_code=303)
+
+
+async def image_file(request: Request) -> Response:
+    gallery = gallery_of(request)
+    image_id, kind = int(request.path_params["image_id"]), request.path_params["kind"]
+    if kind not in ("png", "webp"):
+        raise HTTPException(404, "No such file.")
+
+    def load() -> bytes | None:
+        with gallery.engine.connect() as db:
+            row = get_image(db, viewer_of(request), image_id)
+        if row is None:
+            return None
+        png, thumb = file_names(row.job_id, row.idx)
+        return gallery.store.get(png if kind == "png" else thumb)
+
+    data = await run_in_threadpool(load)
+    if data is None:
+        raise HTTPException(404, "No such image, or it is not visible to you.")
+    return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "private, max-age=3600"})
+
+
+async def health(request: Request) -> Response:
+    return Response("ok", media_type="text/plain")
+
+
+async def on_bad_input(request: Request, error: Exception) -> Response:
+    return render(request, "error.html", status=400, status_code=400, message=str(error))
+
+
+async def on_http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    return render(request, "error.html", status=error.status_code, status_code=error.status_code,
+                  message=error.detail)
+
+
+def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
+    from gallery.actions import ROUTES as ACTION_ROUTES
+
+    routes = [
+        Route("/", newest), Route("/top", top), Route("/u/{user_id:int}", member), Route("/g/{guild_id:int}", server),
+        Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
+        Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
+    ]
+    middleware = []
+    if session_secret is not None:
+        middleware.append(Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
+                                     max_age=gallery.settings.session_max_age_s, same_site="lax",
+                                     https_only=gallery.settings.public_url.startswith("https://")))
+    app = Starlette(routes=routes, middleware=middleware,
+                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error})
+    app.state.gallery = gallery
+    return app
