@@ -29,7 +29,7 @@ from ponybot.settings import Settings
 log = logging.getLogger(__name__)
 
 FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.status",
-            "bot.features.info")
+            "bot.features.info", "bot.features.gallery")
 
 
 def configure_endpoints(settings: Settings) -> None:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from bot import messages
+from bot.features.gallery import gallery_link, gallery_on, hand_over
 from bot.features.results import result_view
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
@@ -132,6 +133,7 @@ class Delivery:
             await self.post(event)
             await conn.set(keys.delivered(job.id), entry_id, ex=self.bot.settings.worker.result_ttl_s * 24)
             log.info("job=%s delivered (%s)", job.id, event.kind)
+            await hand_over(self.bot, event)
         await conn.xack(keys.EVENTS_STREAM, keys.DELIVERY_GROUP, entry_id)
 
     async def load_files(self, event: JobEvent) -> list[tuple[str, bytes]]:
@@ -151,17 +153,21 @@ class Delivery:
         ref = event.job.interaction
         limit = ref.attachment_size_limit if ref else 10 * 1024 * 1024
         groups, skipped = group_attachments([len(data) for _name, data in files], limit)
+        origin = event.job.origin
+        gallery = (event.kind == "done" and origin is not None
+                   and await gallery_on(self.bot, origin.guild_id, origin.channel_id))
+        gallery_url = gallery_link(self.bot, f"/j/{event.job.id}") if gallery else None
         try:
             if ref is not None and ref.message_id is not None and ref.alive_for(TOKEN_MARGIN_S):
                 try:
-                    await self.send(event, files, groups, skipped, expired, webhook=True)
+                    await self.send(event, files, groups, skipped, expired, webhook=True, gallery_url=gallery_url)
                     return
                 except discord.HTTPException as error:
                     if error.status not in (401, 404) and error.code not in TOKEN_GONE:
                         raise
                     log.info("job=%s interaction token no longer valid (%s): posting in the channel",
                              event.job.id, error.code)
-            await self.send(event, files, groups, skipped, expired, webhook=False)
+            await self.send(event, files, groups, skipped, expired, webhook=False, gallery_url=gallery_url)
         except (discord.NotFound, discord.Forbidden) as error:
             log.error("job=%s cannot be posted in channel %s, dropped: %s", event.job.id,
                       event.job.origin and event.job.origin.channel_id, error)
@@ -170,7 +176,7 @@ class Delivery:
             raise RetryLater(f"job={event.job.id}: {error}") from error
 
     async def send(self, event: JobEvent, files: list[tuple[str, bytes]], groups: list[list[int]],
-                   skipped: list[int], expired: bool, *, webhook: bool) -> None:
+                   skipped: list[int], expired: bool, *, webhook: bool, gallery_url: str | None = None) -> None:
         mention = not webhook
         if event.kind == "failed":
             content = messages.failed(event, mention=mention)
@@ -181,7 +187,7 @@ class Delivery:
             content = messages.done(event, mention=mention)
             if skipped:
                 content += "\n" + messages.too_large(len(skipped))
-        view = result_view(event) if not expired else discord.ui.View()
+        view = result_view(event, gallery_url) if not expired else discord.ui.View()
         batches = [[discord.File(io.BytesIO(files[i][1]), filename=files[i][0]) for i in group] for group in groups]
         first = batches[0] if batches else []
         origin = event.job.origin

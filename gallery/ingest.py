@@ -15,6 +15,7 @@ import threading
 from datetime import UTC, datetime
 
 import redis
+from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -111,10 +112,15 @@ class Ingest:
             if not isinstance(png, bytes):
                 log.error("job=%s image %d expired before the gallery stored it", job.id, image.index)
                 continue
+            try:
+                thumb, text = thumbnail(png), png_parameters(png)
+            except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
+                log.error("job=%s image %d is not a PNG the gallery can read, skipped: %s", job.id, image.index,
+                          error)
+                continue
             png_name, thumb_name = file_names(job.id, image.index)
             self.store.put(png_name, png)
-            self.store.put(thumb_name, thumbnail(png))
-            text = png_parameters(png)
+            self.store.put(thumb_name, thumb)
             request = job.request
             rows.append(dict(
                 job_id=job.id, idx=image.index, user_id=origin.user_id, guild_id=origin.guild_id,

@@ -16,7 +16,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, false, func, literal_column, or_, select, text, true, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    tuple_,
+)
 
 from gallery.db import guilds, images, memberships
 
@@ -50,7 +62,7 @@ class Filters:
 
 @dataclass
 class Page:
-    rows: list[Row[Any]]
+    rows: list[Any]  #: sqlalchemy Rows of LIST_COLUMNS
     next_cursor: str | None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,7 +101,7 @@ def search_terms(q: str, limit: int) -> list[str]:
 def search_clause(db: Connection, terms: list[str]) -> ColumnElement[bool]:
     if db.dialect.name == "postgresql":
         query = func.plainto_tsquery("simple", " ".join(terms))
-        return literal_column("images.search").op("@@")(query)  # type: ignore[no-any-return]
+        return literal_column("images.search").op("@@")(query)
     match = " ".join(f'"{term}"' for term in terms)
     return images.c.id.in_(text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(match=match))
 
@@ -151,7 +163,7 @@ def list_images(db: Connection, viewer: Viewer, order: Order, filters: Filters, 
     return Page(rows, next_cursor)
 
 
-def get_image(db: Connection, viewer: Viewer, image_id: int) -> Row[Any] | None:
+def get_image(db: Connection, viewer: Viewer, image_id: int) -> Any:
     """One image if this viewer may see it; None for unknown, hidden and invisible alike (a 404, no leak)."""
     return db.execute(select(images).where(images.c.id == image_id, visible(viewer))).first()
 

@@ -121,7 +121,7 @@ async def image_page(request: Request) -> Response:
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
             row = get_image(db, viewer, image_id)
-            moderator = bool(row) and is_moderator(db, viewer.user_id, row.guild_id)
+            moderator = row is not None and is_moderator(db, viewer.user_id, row.guild_id)
             name = db.scalar(select(users.c.name).where(users.c.id == row.user_id)) if row else None
         return row, moderator, name
 

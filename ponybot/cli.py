@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("status", help="workers, queue depth, throughput and current wait")
 
+    commands.add_parser("gallery", help="run the community gallery: its web site and the loop that stores images")
+
     policy = commands.add_parser("policy", help="try the channel policy's rules")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     check = policy_commands.add_parser("check", help="what the policy does with a prompt (JSON; exit 1 if refused)")
@@ -175,6 +177,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return Supervisor(settings, config=args.config, workers=args.workers).run()
 
 
+def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
+    from gallery.server import run_gallery
+
+    if not settings.gallery.enabled:
+        log.warning("gallery.enabled is false: the bot hands no images over; serving what is already kept")
+    run_gallery(settings, resolve_redis_url(settings))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ponybot.status import collect_status, describe_status
 
@@ -194,7 +205,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
-            "status": cmd_status}
+            "status": cmd_status, "gallery": cmd_gallery}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,6 +75,7 @@ class EffectivePolicy(BaseModel):
     max_count: int | None
     max_pixels: int | None
     cooldown_s: int
+    gallery: bool = True  #: this channel's images go to the gallery (when its server has it on)
 
 
 def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySettings) -> EffectivePolicy:
@@ -88,7 +89,7 @@ def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySetting
         mode=mode, configured_mode=configured, age_restricted=age_restricted,
         flagged=rules.flagged or FlaggedAction.SPOILER, forbidden_terms=terms, negative_prompt=negative,
         max_steps=rules.max_steps, max_count=rules.max_count, max_pixels=rules.max_pixels,
-        cooldown_s=rules.cooldown_s or 0,
+        cooldown_s=rules.cooldown_s or 0, gallery=rules.gallery is not False,
     )
 
 

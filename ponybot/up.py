@@ -91,6 +91,8 @@ class Supervisor:
             if port:
                 args += ["--metrics-port", str(port + index)]
             self.children.append(Child(f"worker {index} on {device}", args, env))
+        if self.settings.gallery.enabled:
+            self.children.append(Child("gallery", self.command("gallery"), env))
         token = self.settings.discord.token
         if token is not None and token.get_secret_value():
             self.children.append(Child("bot", self.command("bot"), env))

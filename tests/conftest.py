@@ -122,3 +122,22 @@ def discord_settings(settings: Settings, fake: Any) -> Settings:
     from tests.bot_harness import bot_settings
 
     return bot_settings(settings, fake)
+
+
+@pytest.fixture
+def oauth_fake() -> Iterator[Any]:
+    """Discord's OAuth2 endpoints on loopback (for the gallery's sign-in)."""
+    from tests.discord_fake.oauth import OAuthFake
+
+    fake = OAuthFake(client_id=424242, client_secret="fake-client-secret").start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the PostgreSQL at 127.0.0.1:5432 (trust auth), dropped afterwards."""
+    from tests.gallery_harness import postgres_database
+
+    with postgres_database() as url:
+        yield url

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import discord
 from discord import app_commands
@@ -75,11 +75,12 @@ def parse_terms(text: str | None) -> list[str] | None:
 
 def rules_from(mode: Mode | None, flagged: FlaggedAction | None, forbidden_terms: str | None,
                negative_prompt: str | None, max_steps: int | None, max_count: int | None,
-               max_size: tuple[int, int] | None, cooldown: int | None) -> PolicyRules:
+               max_size: tuple[int, int] | None, cooldown: int | None, gallery: Literal["on", "off"] | None = None
+               ) -> PolicyRules:
     return PolicyRules(
         mode=mode, flagged=flagged, forbidden_terms=parse_terms(forbidden_terms), negative_prompt=negative_prompt,
         max_steps=max_steps, max_count=max_count, max_pixels=max_size[0] * max_size[1] if max_size else None,
-        cooldown_s=cooldown,
+        cooldown_s=cooldown, gallery=None if gallery is None else gallery == "on",
     )
 
 
@@ -106,6 +107,8 @@ def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
                                                         ("pixels", policy.max_pixels)) if value]
     lines.append(f"Caps: {', '.join(caps) if caps else 'the bot defaults'}")
     lines.append(f"Cooldown per member: {policy.cooldown_s} s" if policy.cooldown_s else "No cooldown.")
+    if not policy.gallery:
+        lines.append("Images made here are kept out of the gallery.")
     return "\n".join(lines)
 
 
@@ -144,7 +147,7 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                           describe(policy, self.bot.settings.policy))
 
     @app_commands.command(name="set", description="Change this channel's rules (Manage Channels)")
-    @app_commands.describe(**RULE_OPTIONS)
+    @app_commands.describe(**RULE_OPTIONS, gallery="off: keep images made here out of the gallery")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_channels=True)
     @can_manage_channels()
@@ -154,8 +157,10 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                   max_steps: app_commands.Range[int, 1, 150] | None = None,
                   max_count: app_commands.Range[int, 1, 4] | None = None,
                   max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
-                  cooldown: app_commands.Range[int, 0, 3600] | None = None) -> None:
-        rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown)
+                  cooldown: app_commands.Range[int, 0, 3600] | None = None,
+                  gallery: Literal["on", "off"] | None = None) -> None:
+        rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
+                           gallery)
         assert interaction.guild_id is not None and interaction.channel_id is not None
         entry = await asyncio.to_thread(self.store.set_channel, interaction.guild_id, interaction.channel_id, rules,
                                         by=interaction.user.id)

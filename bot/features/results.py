@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.features.gallery import forget_job, gallery_button
 from bot.jobs import queue_job
 from bot.replies import guarded, is_moderator
 from ponybot import keys
@@ -86,8 +87,9 @@ def queued_view(job_id: str) -> discord.ui.View:
     return view
 
 
-def result_view(event: JobEvent) -> discord.ui.View:
-    """Buttons under a result: Re-roll, Details, Delete; Upscale and Vary per posted image; Retry on failure."""
+def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.View:
+    """Buttons under a result: Re-roll, Details, Delete (and Gallery, a link, when its server has one);
+    Upscale and Vary per posted image; Retry on failure."""
     view = discord.ui.View(timeout=None)
     job_id = event.job.id
     if event.kind == "failed":
@@ -96,6 +98,8 @@ def result_view(event: JobEvent) -> discord.ui.View:
         return view
     for action in ("reroll", "details", "delete"):
         view.add_item(ResultButton(action, job_id, row=0))
+    if gallery_url:
+        view.add_item(gallery_button(gallery_url))
     posted = [image.index for image in event.images if not image.withheld]
     for row, action in ((1, "upscale"), (2, "vary")):
         for index in posted[:5]:
@@ -132,6 +136,7 @@ async def on_result_action(bot: PonyBot, interaction: discord.Interaction[Any], 
             raise PonybotError("Only the member who asked for it, or a moderator, can delete it.")
         if interaction.message is not None:
             await interaction.message.delete()
+        await forget_job(bot, job.id)
         await interaction.response.send_message("Deleted.", ephemeral=True)
     elif action == "retry":
         await queue_job(bot, interaction, job.request, quality=job.quality_tags, seed=job.seed)
