@@ -36,6 +36,7 @@ def imported_by(package: str) -> tuple[list[str], set[str]]:
         ("bot", {*HEAVY, "worker"}),
         ("worker", {"discord", "bot"}),
         ("ponybot", {*HEAVY, "discord", "bot", "worker"}),
+        ("gallery", {*HEAVY, "discord", "bot", "worker"}),
     ],
 )
 def test_walls(package: str, forbidden: set[str]) -> None:

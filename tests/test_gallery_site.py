@@ -1,0 +1,345 @@
+"""The gallery's site: who sees what (one test per rule), sign-in through Discord's OAuth2 on loopback,
+likes, delete, hide, reports, search, filters, pagination, and bad input answered with a clear 4xx."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import itsdangerous
+import pytest
+import redis
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from gallery.db import images, likes
+from gallery.ingest import Ingest
+from gallery.server import build_app
+from gallery.site import Gallery
+from ponybot.errors import ConfigError
+from ponybot.schemas import Sampler
+from tests.discord_fake.oauth import OAuthFake
+from tests.gallery_harness import control, gallery_settings, hand_over, image_ids, sign_in
+
+GUILD, OTHER = 1, 2
+
+
+@dataclass
+class Site:
+    app: Any
+    gallery: Gallery
+    ingest: Ingest
+    oauth: OAuthFake
+    conn: redis.Redis
+
+    def client(self) -> TestClient:
+        return TestClient(self.app)
+
+    def add(self, prompt: str, **options: Any) -> int:
+        """Hand an image over and store it; returns its id."""
+        job = hand_over(self.conn, prompt, **options)
+        self.ingest.drain()
+        with self.gallery.engine.connect() as db:
+            return int(db.scalar(select(images.c.id).where(images.c.job_id == job.id, images.c.idx == 0)) or 0)
+
+    def row(self, image_id: int) -> Any:
+        with self.gallery.engine.connect() as db:
+            return db.execute(select(images).where(images.c.id == image_id)).first()
+
+
+def make_site(tmp_path: Path, conn: redis.Redis, oauth: OAuthFake, **gallery: Any) -> Site:
+    app = build_app(gallery_settings(tmp_path, oauth=oauth, **gallery))
+    state: Gallery = app.state.gallery
+    return Site(app, state, Ingest(state.engine, state.store, conn), oauth, conn)
+
+
+@pytest.fixture
+def site(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake) -> Iterator[Site]:
+    made = make_site(tmp_path, conn, oauth_fake, page_size=3)
+    yield made
+    made.gallery.engine.dispose()
+
+
+def visible_everywhere(client: TestClient, image_id: int, word: str) -> dict[str, bool]:
+    """Whether the image shows in newest, top, search, its page and its files."""
+    return {
+        "newest": image_id in image_ids(client.get("/").text),
+        "top": image_id in image_ids(client.get("/top?period=all").text),
+        "search": image_id in image_ids(client.get("/", params={"q": word}).text),
+        "page": client.get(f"/i/{image_id}").status_code == 200,
+        "png": client.get(f"/file/{image_id}.png").status_code == 200,
+        "thumb": client.get(f"/file/{image_id}.webp").status_code == 200,
+    }
+
+
+NOWHERE = dict.fromkeys(("newest", "top", "search", "page", "png", "thumb"), False)
+EVERYWHERE = dict.fromkeys(NOWHERE, True)
+
+
+def test_signed_out_sees_only_sfw_unflagged(site: Site) -> None:
+    sfw = site.add("sunny meadow", mode="sfw")
+    nsfw = site.add("sultry meadow", mode="nsfw")
+    flagged = site.add("flagged meadow", mode="nsfw", flagged=True)
+    client = site.client()
+    assert visible_everywhere(client, sfw, "sunny") == EVERYWHERE
+    assert visible_everywhere(client, nsfw, "sultry") == NOWHERE
+    assert visible_everywhere(client, flagged, "flagged") == NOWHERE
+
+
+def test_flagged_image_from_sfw_mode_is_never_public(site: Site) -> None:
+    flagged = site.add("odd meadow", mode="sfw", flagged=True)
+    assert visible_everywhere(site.client(), flagged, "odd") == NOWHERE
+
+
+def test_servers_without_the_gallery_appear_nowhere(site: Site) -> None:
+    image = site.add("quiet lake", guild=GUILD)
+    client = site.client()
+    assert visible_everywhere(client, image, "lake") == EVERYWHERE
+    control(site.conn, kind="guild", guild_id=GUILD, enabled=False)
+    site.ingest.drain()
+    assert visible_everywhere(client, image, "lake") == NOWHERE
+
+
+def test_nsfw_needs_membership_and_opt_in(site: Site) -> None:
+    mine = site.add("moonlit tower", guild=GUILD, mode="nsfw")
+    theirs = site.add("moonlit castle", guild=OTHER, mode="nsfw")
+    client = site.client()
+    csrf = sign_in(client, site.oauth, 500, {GUILD: False})
+    # signed in but not opted in: like signed out
+    assert visible_everywhere(client, mine, "moonlit") == NOWHERE
+    saved = client.post("/settings", data={"csrf": csrf, "nsfw": "on"}, follow_redirects=False)
+    assert saved.status_code == 303
+    assert visible_everywhere(client, mine, "moonlit") == EVERYWHERE
+    # never another server's
+    assert visible_everywhere(client, theirs, "moonlit") == NOWHERE
+    client.post("/settings", data={"csrf": csrf}, follow_redirects=False)  # opting out again
+    assert visible_everywhere(client, mine, "moonlit") == NOWHERE
+
+
+def test_hidden_by_a_moderator_is_gone_everywhere(site: Site) -> None:
+    image = site.add("stormy sea", guild=GUILD)
+    member = site.client()
+    csrf = sign_in(member, site.oauth, 501, {GUILD: False})
+    refused = member.post(f"/i/{image}/hide", data={"csrf": csrf})
+    assert refused.status_code == 403 and "moderators" in refused.text
+    assert site.row(image).hidden is False
+    moderator = site.client()
+    csrf = sign_in(moderator, site.oauth, 502, {GUILD: True}, name="mod")
+    assert 'id="hide"' in moderator.get(f"/i/{image}").text
+    assert moderator.post(f"/i/{image}/hide", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    for client in (site.client(), member, moderator):
+        assert visible_everywhere(client, image, "stormy") == NOWHERE
+
+
+def test_only_the_member_who_made_it_deletes_it(site: Site) -> None:
+    image = site.add("starry sky", user=600)
+    other = site.client()
+    csrf = sign_in(other, site.oauth, 601, {GUILD: True})
+    assert 'id="delete"' not in other.get(f"/i/{image}").text
+    assert other.post(f"/i/{image}/delete", data={"csrf": csrf}).status_code == 403
+    assert site.row(image) is not None
+    owner = site.client()
+    csrf = sign_in(owner, site.oauth, 600, {GUILD: False})
+    assert owner.post(f"/i/{image}/delete", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert site.row(image) is None
+    assert visible_everywhere(owner, image, "starry") == NOWHERE
+
+
+def test_sign_in_end_to_end_against_discord_fake(site: Site) -> None:
+    client = site.client()
+    sign_in(client, site.oauth, 700, {GUILD: True, OTHER: False}, name="Twilight")
+    page = client.get("/").text
+    assert "Twilight" in page and "Sign out" in page
+    assert site.oauth.requests[-3:] == ["POST /api/v10/oauth2/token", "GET /api/v10/users/@me",
+                                        "GET /api/v10/users/@me/guilds"]
+    assert "test-session-secret" not in page and site.oauth.client_secret not in page
+    cookie = client.cookies.get("ponybot_gallery") or ""
+    session = json.loads(base64.b64decode(cookie.split(".")[0]))  # signed, not encrypted: so it holds no secret
+    assert set(session) == {"user_id", "name", "csrf"} and session["user_id"] == 700
+    assert not any(token in cookie for token in site.oauth.tokens)
+    set_cookie = client.get("/login", follow_redirects=False).headers["set-cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie
+    assert "secure" not in set_cookie  # plain http here; https public_url adds it
+
+
+def test_sign_in_with_a_forged_state_is_refused(site: Site) -> None:
+    client = site.client()
+    client.get("/login", follow_redirects=False)
+    answer = client.get("/auth/callback", params={"code": "x", "state": "forged"})
+    assert answer.status_code == 400 and "not valid" in answer.text
+    assert "Sign out" not in client.get("/").text
+
+
+def test_likes_order_top_and_are_rate_limited(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake) -> None:
+    site = make_site(tmp_path, conn, oauth_fake, likes_per_minute=2)
+    first, second, third = (site.add(f"pony {n}") for n in range(3))
+    for user in (801, 802):
+        client = site.client()
+        csrf = sign_in(client, site.oauth, user, {GUILD: False})
+        for image in (second, third) if user == 801 else (second,):
+            assert client.post(f"/i/{image}/like", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert image_ids(site.client().get("/top?period=all").text) == [second, third, first]
+    assert image_ids(site.client().get("/").text) == [third, second, first]
+    client = site.client()
+    csrf = sign_in(client, site.oauth, 803, {GUILD: False})
+    assert client.post(f"/i/{first}/like", data={"csrf": csrf}).status_code == 200
+    assert client.post(f"/i/{first}/like", data={"csrf": csrf}).status_code == 200  # a like taken back
+    limited = client.post(f"/i/{first}/like", data={"csrf": csrf})
+    assert limited.status_code == 429 and "Too many likes" in limited.text
+    assert site.row(first).likes == 0
+
+
+def test_top_counts_only_images_of_the_period(site: Site) -> None:
+    old = site.add("ancient pony", created_at=datetime.now(UTC) - timedelta(days=3))
+    new = site.add("fresh pony")
+    assert image_ids(site.client().get("/top?period=day").text) == [new]
+    assert set(image_ids(site.client().get("/top?period=week").text)) == {old, new}
+
+
+def test_keyset_pages_cover_everything_once(site: Site) -> None:
+    ids = [site.add(f"page pony {n}") for n in range(7)]
+    client = site.client()
+    seen: list[int] = []
+    url = "/"
+    while url:
+        page = client.get(url).text
+        seen += image_ids(page)
+        found = [part for part in page.split('id="next" href="')[1:]]
+        url = found[0].split('"')[0].replace("&amp;", "&") if found else ""
+    assert seen == sorted(ids, reverse=True)
+
+
+def test_search_and_filters(site: Site) -> None:
+    pegasus = site.add("rainbow dash flying", tags=["pegasus", "sky"], sampler=Sampler.EULER_A, size=(320, 256))
+    unicorn = site.add("twilight sparkle", tags=["unicorn"], created_at=datetime.now(UTC) - timedelta(days=10))
+    client = site.client()
+
+    def found(**params: str) -> set[int]:
+        return set(image_ids(client.get("/", params=params).text))
+
+    assert found(q="rainbow flying") == {pegasus}
+    assert found(q="unicorn") == {unicorn}  # a tag
+    assert found(q="rainbow unicorn") == set()  # every word must match
+    assert found(q='"); DROP TABLE images; --') == set()
+    assert found(sampler="euler_a") == {pegasus}
+    assert found(size="320x256") == {pegasus}
+    assert found(model="pony-diffusion-v4") == {pegasus, unicorn}
+    assert found(model="other") == set()
+    today = datetime.now(UTC).date()
+    assert found(since=(today - timedelta(days=1)).isoformat()) == {pegasus}
+    assert found(until=(today - timedelta(days=5)).isoformat()) == {unicorn}
+
+
+def test_image_page_shows_every_parameter_and_how_to_reproduce(site: Site) -> None:
+    image = site.add("celestia sunrise", sampler=Sampler.DPMPP_2M_KARRAS)
+    row = site.row(image)
+    page = site.client().get(f"/i/{image}").text
+    assert f"/generate prompt:celestia sunrise seed:{row.seed} steps:25 cfg:7.5 size:512x512" in page
+    assert "sampler:dpmpp_2m_karras clip_skip:2 count:1" in page
+    assert "celestia sunrise\nNegative prompt: bad anatomy\nSteps: 25, Sampler: DPM++ 2M Karras" in page
+    for shown in ("safe, celestia sunrise", str(row.seed), "dpmpp_2m_karras", "pony-diffusion-v4", "SFW"):
+        assert shown in page
+
+
+def test_reports_reach_the_servers_moderators_only(site: Site) -> None:
+    image = site.add("suspicious cake")
+    reporter = site.client()
+    csrf = sign_in(reporter, site.oauth, 900, {GUILD: False})
+    empty = reporter.post(f"/i/{image}/report", data={"csrf": csrf, "reason": ""})
+    assert empty.status_code == 400
+    assert reporter.post(f"/i/{image}/report", data={"csrf": csrf, "reason": "spam"},
+                         follow_redirects=False).status_code == 303
+    moderator = site.client()
+    sign_in(moderator, site.oauth, 901, {GUILD: True})
+    assert "spam" in moderator.get("/reports").text
+    elsewhere = site.client()
+    sign_in(elsewhere, site.oauth, 902, {OTHER: True})
+    assert "spam" not in elsewhere.get("/reports").text
+    assert "spam" not in reporter.get("/reports").text
+
+
+# Bad input: each a clear 4xx, nothing changed.
+
+def test_unknown_image_ids(site: Site) -> None:
+    client = site.client()
+    for path in ("/i/999999", "/file/999999.png", "/file/1.exe", "/j/nosuchjob", "/u/notanumber"):
+        answer = client.get(path)
+        assert answer.status_code == 404, path
+    assert "No such image" in client.get("/i/999999").text
+
+
+@pytest.mark.parametrize("cursor", ["zzz", "!!!", "MToxOjE", "LTE", "a" * 200, "OTk5OTk5OTk5OTk5OTk5OTk5OTk5"])
+def test_malformed_cursors(site: Site, cursor: str) -> None:
+    site.add("pony")
+    for path in ("/", "/top"):
+        answer = site.client().get(path, params={"cursor": cursor})
+        assert answer.status_code == 400 and "malformed" in answer.text, (path, cursor)
+
+
+def test_bad_filters_and_oversized_search(site: Site) -> None:
+    client = site.client()
+    long = client.get("/", params={"q": "pony " * 100})
+    assert long.status_code == 400 and "at most 200 characters" in long.text
+    assert client.get("/", params={"size": "huge"}).status_code == 400
+    assert client.get("/", params={"since": "yesterday"}).status_code == 400
+    assert client.get("/top", params={"period": "decade"}).status_code == 400
+
+
+def test_forged_csrf_changes_nothing(site: Site) -> None:
+    image = site.add("guarded pony", user=1000)
+    client = site.client()
+    sign_in(client, site.oauth, 1000, {GUILD: True})
+    for path, data in ((f"/i/{image}/like", {}), (f"/i/{image}/delete", {}), (f"/i/{image}/hide", {}),
+                       (f"/i/{image}/report", {"reason": "x"}), ("/settings", {"nsfw": "on"})):
+        for token in ("forged", ""):
+            answer = client.post(path, data={"csrf": token, **data})
+            assert answer.status_code == 403 and "security token" in answer.text, path
+    row = site.row(image)
+    assert (row.likes, row.hidden) == (0, False)
+    with site.gallery.engine.connect() as db:
+        assert db.execute(select(likes)).first() is None
+    assert 'id="nsfw" checked' not in client.get("/settings").text
+
+
+def test_expired_or_missing_session_is_refused(site: Site) -> None:
+    image = site.add("sleepy pony")
+    client = site.client()
+    csrf = sign_in(client, site.oauth, 1100, {GUILD: False})
+    # the same session, signed as the server does but max_age + 1 minute ago
+    session = {"user_id": 1100, "name": "member", "csrf": csrf}
+    data = base64.b64encode(json.dumps(session).encode())
+
+    class Then(itsdangerous.TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - site.gallery.settings.session_max_age_s - 60
+
+    stale = Then("test-session-secret").sign(data).decode()
+    expired = TestClient(site.app, cookies={"ponybot_gallery": stale})
+    answer = expired.post(f"/i/{image}/like", data={"csrf": csrf})
+    assert answer.status_code == 401 and "expired" in answer.text
+    fresh = TestClient(site.app, cookies={"ponybot_gallery": itsdangerous.TimestampSigner(
+        "test-session-secret").sign(data).decode()})
+    assert fresh.post(f"/i/{image}/like", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert site.row(image).likes == 1  # the fresh one counted, the expired one did not
+    assert site.client().post(f"/i/{image}/like", data={"csrf": csrf}).status_code == 401  # no session at all
+
+
+def test_public_only_without_an_oauth_client(tmp_path: Path, conn: redis.Redis) -> None:
+    app = build_app(gallery_settings(tmp_path))
+    client = TestClient(app)
+    assert client.get("/login").status_code == 404
+    assert "Sign in" not in client.get("/").text
+    assert "set-cookie" not in client.get("/").headers
+    assert client.post("/settings", data={"csrf": "x"}).status_code == 401
+
+
+def test_client_id_without_secrets_fails_fast(tmp_path: Path) -> None:
+    settings = gallery_settings(tmp_path, client_id=1)
+    with pytest.raises(ConfigError, match=r"gallery\.client_secret and gallery\.session_secret"):
+        build_app(settings)
