@@ -154,3 +154,10 @@ def _migrate(engine: Engine, step: Any, revision: str) -> None:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def optimize_search(engine: Engine) -> None:
+    """Merge SQLite's full-text index into one segment (at start; PostgreSQL's GIN index needs nothing)."""
+    if engine.dialect.name == "sqlite":
+        with engine.begin() as db:
+            db.exec_driver_sql("INSERT INTO images_fts(images_fts) VALUES('optimize')")

@@ -20,11 +20,13 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     and_,
+    column,
     false,
     func,
     literal_column,
     or_,
     select,
+    table,
     text,
     true,
     tuple_,
@@ -35,6 +37,7 @@ from gallery.db import guilds, images, memberships
 Order = Literal["new", "top"]
 PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30), "all": None}
 MAX_TERMS = 16
+FTS = table("images_fts", column("rowid"))
 
 
 class BadInput(ValueError):
@@ -69,7 +72,8 @@ class Page:
 
 def visible(viewer: Viewer) -> ColumnElement[bool]:
     enabled = select(guilds.c.id).where(guilds.c.enabled == true())
-    base = and_(images.c.hidden == false(), images.c.guild_id.in_(enabled))
+    # "+ 0": the planner walks the index of the page's order (id, or likes and id) instead of one by server
+    base = and_(images.c.hidden == false(), (images.c.guild_id + 0).in_(enabled))
     if viewer.user_id is None or not viewer.nsfw_opt_in:
         return and_(base, images.c.public == true())
     mine = select(memberships.c.guild_id).where(memberships.c.user_id == viewer.user_id)
@@ -103,7 +107,7 @@ def search_clause(db: Connection, terms: list[str]) -> ColumnElement[bool]:
         query = func.plainto_tsquery("simple", " ".join(terms))
         return literal_column("images.search").op("@@")(query)
     match = " ".join(f'"{term}"' for term in terms)
-    return images.c.id.in_(text("SELECT rowid FROM images_fts WHERE images_fts MATCH :match").bindparams(match=match))
+    return text("images_fts MATCH :match").bindparams(match=match)  # type: ignore[return-value]
 
 
 def filter_clauses(db: Connection, filters: Filters, max_search: int) -> list[ColumnElement[bool]]:
@@ -138,6 +142,11 @@ def list_images(db: Connection, viewer: Viewer, order: Order, filters: Filters, 
                 max_search: int = 200) -> Page:
     clauses = [visible(viewer), *filter_clauses(db, filters, max_search)]
     query = select(*LIST_COLUMNS)
+    newest: ColumnElement[int] = images.c.id
+    if search_terms(filters.q, max_search) and db.dialect.name == "sqlite":
+        # FTS5 as the outer loop, newest match first: a page stops after its rows, however common the words
+        query = query.select_from(FTS.join(images, images.c.id == FTS.c.rowid))
+        newest = FTS.c.rowid
     if order == "top":
         if filters.period not in PERIODS:
             raise BadInput(f"period must be one of {', '.join(PERIODS)}")
@@ -151,8 +160,8 @@ def list_images(db: Connection, viewer: Viewer, order: Order, filters: Filters, 
     else:
         if cursor:
             (last,) = decode_cursor(cursor, 1)
-            clauses.append(images.c.id < last)
-        query = query.order_by(images.c.id.desc())
+            clauses.append(newest < last)
+        query = query.order_by(newest.desc())
     rows = list(db.execute(query.where(*clauses).limit(limit + 1)).all())
     more = len(rows) > limit
     rows = rows[:limit]

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.templating import Jinja2Templates
 
 from gallery.auth import DiscordOAuth, RateLimiter
-from gallery.db import make_engine, upgrade
+from gallery.db import make_engine, optimize_search, upgrade
 from gallery.ingest import Ingest
 from gallery.site import TEMPLATES, Gallery, create_app
 from gallery.store import ImageStore, build_store
@@ -35,6 +35,7 @@ def build_app(settings: Settings, store: ImageStore | None = None) -> Starlette:
         log.warning("gallery.client_id is not set: the gallery is public-only (SFW images, no sign-in)")
     engine = make_engine(section.database_url)
     upgrade(engine)
+    optimize_search(engine)
     gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(),
                       Jinja2Templates(directory=TEMPLATES))
     return create_app(gallery, session_secret)

@@ -71,7 +71,6 @@ def upgrade() -> None:
     op.create_index("images_user", "images", ["user_id", "id"])
     op.create_index("images_guild", "images", ["guild_id", "id"])
     op.create_index("images_likes", "images", ["likes", "id"])
-    op.create_index("images_created", "images", ["created_at"])
     op.create_table(
         "users",
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
