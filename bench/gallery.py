@@ -30,8 +30,8 @@ WORDS = ("pinkie rarity twilight fluttershy applejack rainbow dash celestia luna
          "smiling flying reading running sleeping portrait landscape detailed cute happy").split()
 TAGS = "pegasus unicorn earth_pony alicorn dragon solo duo group outdoors indoors".split()
 GUILDS = 20
-CLIENTS = 32
-PER_CLIENT = 25
+CLIENTS = (1, 32)  #: one client alone (the time a page costs), then 32 at once (the goal)
+REQUESTS = 800
 
 
 def fill(url: str, rows: int) -> None:
@@ -81,7 +81,7 @@ def serve(url: str, port: int, store: str) -> None:
     uvicorn.run(build_app(settings), host="127.0.0.1", port=port, log_level="warning")
 
 
-async def load(base: str, rows: int) -> dict[str, list[float]]:
+async def load(base: str, rows: int, clients: int) -> dict[str, list[float]]:
     import aiohttp
 
     rng = random.Random(7)
@@ -89,7 +89,7 @@ async def load(base: str, rows: int) -> dict[str, list[float]]:
     cursors: list[str] = []
 
     async def client(http: aiohttp.ClientSession) -> None:
-        for _ in range(PER_CLIENT):
+        for _ in range(REQUESTS // clients):
             kind = rng.choice(list(timings))
             if kind == "newest":
                 path = "/"
@@ -110,12 +110,12 @@ async def load(base: str, rows: int) -> dict[str, list[float]]:
             if kind == "newest" and "cursor=" in body:
                 cursors.append(body.split("cursor=", 1)[1].split('"', 1)[0])
 
-    connector = aiohttp.TCPConnector(limit=CLIENTS)
+    connector = aiohttp.TCPConnector(limit=clients)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
         for _ in range(3):  # warm-up
             async with http.get(base + "/") as answer:
                 await answer.read()
-        await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
+        await asyncio.gather(*(client(http) for _ in range(clients)))
     return timings
 
 
@@ -151,18 +151,19 @@ def main() -> None:
                     if time.monotonic() > deadline or server.poll() is not None:
                         raise SystemExit("the gallery server did not start") from None
                     time.sleep(0.2)
-            timings = asyncio.run(load(base, args.rows))
+            results = {clients: asyncio.run(load(base, args.rows, clients)) for clients in CLIENTS}
         finally:
             server.terminate()
             server.wait(timeout=30)
-    rows = [(kind, len(values), f"{percentile(values, 50):.1f}", f"{percentile(values, 99):.1f}")
-            for kind, values in timings.items() if values]
-    print(table(f"{CLIENTS} concurrent clients, {CLIENTS * PER_CLIENT} requests, signed out (ms)",
-                ["page", "requests", "p50", "p99"], rows))
-    lists = [v for kind, values in timings.items() if kind != "image" for v in values]
+    for clients, timings in results.items():
+        rows = [(kind, len(values), f"{percentile(values, 50):.1f}", f"{percentile(values, 99):.1f}")
+                for kind, values in timings.items() if values]
+        print(table(f"{clients} concurrent client(s), {REQUESTS} requests, signed out (ms)",
+                    ["page", "requests", "p50", "p99"], rows))
+    lists = [v for kind, values in results[CLIENTS[-1]].items() if kind != "image" for v in values]
     p99 = percentile(lists, 99)
-    print(f"list pages p99 {p99:.1f} ms: goal <= 50 ms {'met' if p99 <= 50 else 'NOT met'}")
-
+    print(f"list pages p99 under {CLIENTS[-1]} clients {p99:.1f} ms: goal <= 50 ms {'met' if p99 <= 50 else 'NOT met'}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 if __name__ == "__main__":
     main()

@@ -7,10 +7,15 @@ and the session secret must be set too, or start-up stops with a ConfigError.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
+from collections.abc import Iterator
+from types import FrameType
 
 import redis
+import uvicorn
 from starlette.applications import Starlette
 from starlette.templating import Jinja2Templates
 
@@ -41,9 +46,20 @@ def build_app(settings: Settings, store: ImageStore | None = None) -> Starlette:
     return create_app(gallery, session_secret)
 
 
-def run_gallery(settings: Settings, redis_url: str) -> None:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn, stopping on SIGTERM/SIGINT without re-raising them: the ingest loop then stops in turn."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.should_exit = True
+
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, stop)
+        yield
+
+
+def run_gallery(settings: Settings, redis_url: str) -> None:
     app = build_app(settings)
     gallery: Gallery = app.state.gallery
     conn = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
@@ -53,9 +69,10 @@ def run_gallery(settings: Settings, redis_url: str) -> None:
     ingest.start()
     log.info("gallery on http://%s:%d (public address %s)", settings.gallery.host, settings.gallery.port,
              settings.gallery.public_url)
+    server = _Server(uvicorn.Config(app, host=settings.gallery.host, port=settings.gallery.port, log_level="warning",
+                                    proxy_headers=True))
     try:
-        uvicorn.run(app, host=settings.gallery.host, port=settings.gallery.port, log_level="warning",
-                    proxy_headers=True)
+        server.run()
     finally:
         stopping.set()
         ingest.join(timeout=30)

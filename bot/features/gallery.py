@@ -143,26 +143,26 @@ class Gallery(commands.GroupCog, group_name="gallery", group_description="The co
     @app_commands.default_permissions(manage_guild=True)
     @can_manage_server()
     async def enable(self, interaction: discord.Interaction[PonyBot]) -> None:
-        self.require_gallery()
-        assert interaction.guild_id is not None
-        await set_enabled(self.bot, interaction.guild_id, True)
-        log.info("gallery enabled in server %s by %s", interaction.guild_id, interaction.user.id)
-        await interaction.response.send_message(
-            "The gallery is on: images posted here from now on appear in it "
-            f"({gallery_link(self.bot, f'/g/{interaction.guild_id}')}). A channel can opt out with "
-            "`/policy set gallery: off`.", ephemeral=True)
+        await self.switch(interaction, True)
 
     @app_commands.command(name="disable", description="Take this server's images out of the gallery (Manage Server)")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_guild=True)
     @can_manage_server()
     async def disable(self, interaction: discord.Interaction[PonyBot]) -> None:
+        await self.switch(interaction, False)
+
+    async def switch(self, interaction: discord.Interaction[PonyBot], enabled: bool) -> None:
         self.require_gallery()
         assert interaction.guild_id is not None
-        await set_enabled(self.bot, interaction.guild_id, False)
-        log.info("gallery disabled in server %s by %s", interaction.guild_id, interaction.user.id)
-        await interaction.response.send_message("The gallery is off: this server's images no longer appear in it.",
-                                                ephemeral=True)
+        await set_enabled(self.bot, interaction.guild_id, enabled)
+        log.info("gallery %s in server %s by %s", "enabled" if enabled else "disabled", interaction.guild_id,
+                 interaction.user.id)
+        text = ("The gallery is on: images posted here from now on appear in it "
+                f"({gallery_link(self.bot, f'/g/{interaction.guild_id}')}). A channel can opt out with "
+                "`/policy set gallery: off`." if enabled
+                else "The gallery is off: this server's images no longer appear in it.")
+        await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="forget-me", description="Remove every image of yours from the gallery")
     async def forget_me(self, interaction: discord.Interaction[PonyBot]) -> None:
