@@ -343,3 +343,29 @@ def test_client_id_without_secrets_fails_fast(tmp_path: Path) -> None:
     settings = gallery_settings(tmp_path, client_id=1)
     with pytest.raises(ConfigError, match=r"gallery\.client_secret and gallery\.session_secret"):
         build_app(settings)
+
+
+def test_prompts_are_escaped(site: Site) -> None:
+    image = site.add("<script>alert('pony')</script> cute")
+    for path in ("/", f"/i/{image}", "/?q=cute"):
+        page = site.client().get(path).text
+        assert "<script>alert" not in page and "&lt;script&gt;alert" in page, path
+
+
+def test_sign_ins_and_reports_are_rate_limited(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake) -> None:
+    site = make_site(tmp_path, conn, oauth_fake, logins_per_minute=3, reports_per_hour=1)
+    image = site.add("reported pony")
+    client = site.client()
+    csrf = sign_in(client, site.oauth, 1300, {GUILD: False})  # the first of three sign-ins allowed
+    assert client.post(f"/i/{image}/report", data={"csrf": csrf, "reason": "one"},
+                       follow_redirects=False).status_code == 303
+    limited = client.post(f"/i/{image}/report", data={"csrf": csrf, "reason": "two"})
+    assert limited.status_code == 429 and "Too many reports" in limited.text
+    assert [client.get("/login", follow_redirects=False).status_code for _ in range(3)] == [303, 303, 429]
+    moderator = site.client()
+    moderator.cookies.clear()
+    assert moderator.get("/login", follow_redirects=False).status_code == 429  # per address, signed in or not
+    with site.gallery.engine.connect() as db:
+        from gallery.db import reports
+
+        assert [row.reason for row in db.execute(select(reports))] == ["one"]
