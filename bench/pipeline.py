@@ -36,7 +36,7 @@ def through_ponybot(runtime: WorkerRuntime, conn, settings: Settings, jobs: list
     conn.delete(keys.EVENTS_STREAM)
     started = time.perf_counter()
     for job in jobs:
-        enqueue(conn, job, max_queue=1000, job_timeout_s=600, result_ttl_s=600)
+        enqueue(conn, job, max_queue=1000, result_ttl_s=600)
     GenerationWorker(runtime).work(burst=True, logging_level="WARNING")
     elapsed = time.perf_counter() - started
     assert conn.xlen(keys.EVENTS_STREAM) == len(jobs)

@@ -75,7 +75,7 @@ def main() -> None:
             conn.delete(keys.EVENTS_STREAM)
             started = time.perf_counter()
             for _ in range(args.jobs):
-                enqueue(conn, Job.create(request), max_queue=10**9, job_timeout_s=60, result_ttl_s=60)
+                enqueue(conn, Job.create(request), max_queue=10**9, result_ttl_s=60)
             enqueue_s.append(time.perf_counter() - started)
             started = time.perf_counter()
             GenerationWorker(runtime).work(burst=True, logging_level="WARNING")
@@ -99,7 +99,7 @@ def main() -> None:
         for _ in range(args.latency_jobs):
             job = Job.create(request)
             sent = time.perf_counter()
-            enqueue(conn, job, max_queue=10**9, job_timeout_s=60, result_ttl_s=60)
+            enqueue(conn, job, max_queue=10**9, result_ttl_s=60)
             while True:
                 read = conn.xread({keys.EVENTS_STREAM: after}, block=1000, count=1)
                 if read:

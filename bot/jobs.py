@@ -68,8 +68,8 @@ async def submit(bot: PonyBot, job: Job) -> int:
     """Enqueue (RQ is synchronous: off the event loop) and return the 1-based position."""
     worker = bot.settings.worker
     return await asyncio.to_thread(
-        enqueue, bot.sync_redis, job, max_queue=bot.settings.limits.max_queue, job_timeout_s=worker.timeout_for(job),
-        result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts,
+        enqueue, bot.sync_redis, job, max_queue=bot.settings.limits.max_queue, result_ttl_s=worker.result_ttl_s,
+        max_attempts=worker.max_attempts,
         per_member=bot.settings.limits.max_queued_per_member, per_guild=bot.settings.limits.max_queued_per_guild,
     )
 

@@ -45,6 +45,8 @@ def failed(event: JobEvent, *, mention: bool) -> str:
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
     if event.error_code == "policy":
         reason = f"this channel's rules changed while it waited: {event.error_message}."
+    elif event.error_code == "timeout" and event.error_message:
+        reason = f"{event.error_message}. Try fewer steps or a smaller size."
     else:
         reason = FAILURE_REASONS.get(event.error_code or "", event.error_message or "something went wrong.")
     return f"{who}Sorry, this generation failed: {reason}"

@@ -123,14 +123,15 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         conn = connect(url or resolve_redis_url(settings))
         after = last_event_id(conn)
         worker = settings.worker
-        position = enqueue(conn, job, max_queue=settings.limits.max_queue, job_timeout_s=worker.timeout_for(job),
-                           result_ttl_s=worker.result_ttl_s, max_attempts=worker.max_attempts)
+        position = enqueue(conn, job, max_queue=settings.limits.max_queue, result_ttl_s=worker.result_ttl_s,
+                           max_attempts=worker.max_attempts)
         log.info("job %s queued at position %d (seed %d)", job.id, position, job.seed)
         if args.local:
             from worker.runner import run_worker
             from worker.runtime import build_runtime
 
-            run_worker(build_runtime(settings, conn, model_source=model), burst=True)
+            run_worker(build_runtime(settings, conn, model_source=model, measure_size=(request.width, request.height)),
+                       burst=True)
         try:
             event = wait_for_event(conn, job.id, after=after, timeout=None,
                                    no_worker_timeout=settings.cli.no_worker_timeout_s)

@@ -120,10 +120,14 @@ def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild:
 
 
 def enqueue(
-    conn: redis.Redis, job: Job, *, max_queue: int, job_timeout_s: int, result_ttl_s: int, max_attempts: int = 1,
+    conn: redis.Redis, job: Job, *, max_queue: int, result_ttl_s: int, max_attempts: int = 1,
     per_member: int | None = None, per_guild: int | None = None,
 ) -> int:
-    """Put ``job`` on the queue and return its 1-based position; QueueFullError if full."""
+    """Put ``job`` on the queue and return its 1-based position; QueueFullError if full.
+
+    No time limit goes with it: the worker that takes the job sets one from its own measured
+    speed (``worker/speed.py``), since only it knows how fast it is.
+    """
     queue = generation_queue(conn)
     try:
         depth = queue.count
@@ -140,7 +144,7 @@ def enqueue(
             job.model_dump_json(),
             job_id=job.id,
             description=f"generate {job.id}",  # never the payload: it holds the interaction token
-            job_timeout=job_timeout_s,
+            job_timeout=-1,  # RQ's "none": the worker running it sets the limit
             result_ttl=result_ttl_s,
             failure_ttl=result_ttl_s,
             retry=Retry(max=max_attempts - 1) if max_attempts > 1 else None,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ponybot.errors import ConfigError
-from ponybot.schemas import Job, JobKind, Sampler, parse_size
+from ponybot.schemas import Sampler, parse_size
 
 DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
 #: Refused in SFW channels (whole words; ``*`` matches every word it begins).
@@ -57,25 +57,18 @@ class ModelSettings(_Section):
 class WorkerSettings(_Section):
     device: str = "auto"
     result_ttl_s: int = Field(3600, ge=60)
-    job_timeout_s: int = Field(600, ge=10)
+    job_timeout_s: int | None = Field(None, ge=10)
     max_attempts: int = Field(2, ge=1, le=10)
     max_batch: int = Field(1, ge=1, le=16)
     batch_window_ms: int = Field(50, ge=0, le=5000)
     preview_every: int = Field(5, ge=0, le=150)
-    step_budget_s: float = Field(1.0, gt=0)
+    step_budget_s: float | None = Field(None, gt=0)
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
-
-    def timeout_for(self, job: Job) -> int:
-        """A job's time limit: a minute plus ``step_budget_s`` per 512x512 step, at most ``job_timeout_s``."""
-        request = job.request
-        pixels = request.width * request.height * (4 if job.kind is JobKind.UPSCALE else 1)
-        work = request.steps * request.count * pixels / (512 * 512)
-        return int(min(self.job_timeout_s, 60 + self.step_budget_s * work))
 
     @field_validator("device")
     @classmethod

@@ -22,7 +22,7 @@ from worker.runtime import WorkerRuntime
 def queue(conn: redis.Redis, settings: Settings, prompt: str, seed: int, **options: Any) -> Job:
     shape = {"steps": 4, "width": 256, "height": 256, **options}
     job = Job.create(build_request(settings.limits, prompt=prompt, seed=seed, **shape))
-    enqueue(conn, job, max_queue=20, job_timeout_s=120, result_ttl_s=600, max_attempts=settings.worker.max_attempts)
+    enqueue(conn, job, max_queue=20, result_ttl_s=600, max_attempts=settings.worker.max_attempts)
     return job
 
 

@@ -116,7 +116,7 @@ async def test_full_queue(fake: FakeDiscord, settings: Settings, redis_url: str,
     limits = settings.limits.model_copy(update={"max_queue": 1})
     full = bot_settings(settings.model_copy(update={"limits": limits}), fake)
     waiting = Job.create(build_request(full.limits, prompt="first", steps=4, width=256, height=256))
-    enqueue(conn, waiting, max_queue=1, job_timeout_s=60, result_ttl_s=60)
+    enqueue(conn, waiting, max_queue=1, result_ttl_s=60)
     async with running_bot(full, redis_url):
         interaction = await fake.slash("generate", {"prompt": "second"})
         reply = await fake.wait_for(lambda: ephemeral_reply(fake, interaction))

@@ -34,7 +34,7 @@ async def generated(fake: FakeDiscord, interaction: Interaction) -> dict[str, An
 def queue_for_someone_else(conn: redis.Redis, settings: Settings, fake: FakeDiscord, prompt: str) -> Job:
     origin = Origin(guild_id=fake.guild_id, channel_id=fake.default_channel, channel_nsfw=False, user_id=99)
     job = Job.create(build_request(settings.limits, prompt=prompt, steps=2, width=256, height=256), origin=origin)
-    enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=600)
+    enqueue(conn, job, max_queue=10, result_ttl_s=600)
     return job
 
 
@@ -158,8 +158,8 @@ def test_share_is_reserved_atomically(conn: redis.Redis, settings: Settings) -> 
         job = Job.create(build_request(settings.limits, prompt=f"p{i}", steps=2, width=256, height=256),
                          origin=origin)
         try:
-            enqueue(redis.Redis(connection_pool=conn.connection_pool), job, max_queue=100, job_timeout_s=60,
-                    result_ttl_s=60, per_member=2, per_guild=20)
+            enqueue(redis.Redis(connection_pool=conn.connection_pool), job, max_queue=100, result_ttl_s=60,
+                    per_member=2, per_guild=20)
         except QueueFullError:
             return False
         return True

@@ -58,7 +58,7 @@ def test_up_generates_and_keeps_queued_state(tmp_path: Path, model_cache: Path, 
         url = wait_for(lambda: marker.is_file() and marker.read_text())
         conn = redis.Redis.from_url(url)
         job = Job.create(build_request(settings.limits, prompt="waiting", steps=3, width=256, height=256))
-        enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=600)
+        enqueue(conn, job, max_queue=10, result_ttl_s=600)
         PolicyStore(conn).set_guild(7, PolicyRules(mode=Mode.NSFW), by=1)
     finally:
         log = stop(first)
@@ -88,7 +88,7 @@ def test_metrics_endpoint(conn: redis.Redis, settings: Settings, runtime: Worker
     measured = WorkerRuntime(settings, conn, runtime.generator, "metrics", runtime.classifier, serve(port, conn))
     for _ in range(2):
         job = Job.create(build_request(settings.limits, prompt="pony", steps=2, width=256, height=256, count=2))
-        enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=60)
+        enqueue(conn, job, max_queue=10, result_ttl_s=60)
     from worker.runner import GenerationWorker
 
     GenerationWorker(measured).work(burst=True)
@@ -106,7 +106,7 @@ def test_metrics_endpoint(conn: redis.Redis, settings: Settings, runtime: Worker
 async def test_status_command(fake: FakeDiscord, discord_settings: Settings, redis_url: str, conn: redis.Redis,
                               runtime: WorkerRuntime) -> None:
     job = Job.create(build_request(discord_settings.limits, prompt="pony", steps=2, width=256, height=256))
-    enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=60)
+    enqueue(conn, job, max_queue=10, result_ttl_s=60)
     await drain(runtime)
     async with running_bot(discord_settings, redis_url):
         interaction = await fake.slash("status")

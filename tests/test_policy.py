@@ -139,7 +139,7 @@ def run_channel_job(conn: redis.Redis, settings: Settings, runtime: WorkerRuntim
     origin = Origin(guild_id=1, channel_id=2, channel_nsfw=nsfw, user_id=3)
     job = Job.create(build_request(settings.limits, prompt="pony", steps=3, width=256, height=256, count=count),
                      origin=origin)
-    enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=60)
+    enqueue(conn, job, max_queue=10, result_ttl_s=60)
     GenerationWorker(runtime).work(burst=True)
     return JobEvent.model_validate_json(conn.xrange(keys.EVENTS_STREAM)[-1][1][b"data"])
 

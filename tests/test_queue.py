@@ -13,7 +13,7 @@ from ponybot.settings import Settings
 def fill(conn: redis.Redis, settings: Settings, count: int) -> list[Job]:
     jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}")) for i in range(count)]
     for job in jobs:
-        enqueue(conn, job, max_queue=1000, job_timeout_s=60, result_ttl_s=60)
+        enqueue(conn, job, max_queue=1000, result_ttl_s=60)
     return jobs
 
 

@@ -55,7 +55,7 @@ def wait_until(condition: object, timeout: float = 90.0) -> None:
 
 def long_job(conn: redis.Redis, settings: Settings, attempts: int, steps: int = 60) -> Job:
     job = Job.create(build_request(settings.limits, prompt="long", steps=min(steps, 50), width=512, height=512))
-    enqueue(conn, job, max_queue=10, job_timeout_s=300, result_ttl_s=600, max_attempts=attempts)
+    enqueue(conn, job, max_queue=10, result_ttl_s=600, max_attempts=attempts)
     return job
 
 
@@ -102,7 +102,7 @@ def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_p
     jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}", steps=8, width=256, height=256))
             for i in range(6)]
     for job in jobs:
-        enqueue(conn, job, max_queue=10, job_timeout_s=120, result_ttl_s=600)
+        enqueue(conn, job, max_queue=10, result_ttl_s=600)
     try:
         with workers(server.url, model_cache, tmp_path, "w-steady"):
             wait_until(lambda: conn.xlen(keys.EVENTS_STREAM) >= 1)

@@ -30,7 +30,7 @@ def queue_job(conn: redis.Redis, settings: Settings, **options: Any) -> Job:
     request = build_request(settings.limits, **{"prompt": "pinkie pie", "width": 256, "height": 256,
                                                 "steps": 3, **options})
     job = Job.create(request, quality_tags=True)
-    enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=120)
+    enqueue(conn, job, max_queue=10, result_ttl_s=120)
     return job
 
 
@@ -127,17 +127,6 @@ def test_sigterm_finishes_the_current_job(conn: redis.Redis, settings: Settings,
         if worker.poll() is None:
             worker.kill()
             worker.wait()
-
-
-def test_timeout_after_last_attempt_becomes_failed_event(conn: redis.Redis, settings: Settings,
-                                                         runtime: WorkerRuntime) -> None:
-    request = build_request(settings.limits, prompt="slow", width=512, height=512, steps=40)
-    job = Job.create(request)
-    enqueue(conn, job, max_queue=10, job_timeout_s=1, result_ttl_s=120, max_attempts=2)
-    GenerationWorker(runtime).work(burst=True)
-    [event] = events(conn)  # one event, after the second attempt
-    assert event.kind == "failed" and event.job.id == job.id
-    assert event.error_code == "timeout"
 
 
 def test_worker_writes_its_own_key_sparingly(conn: redis.Redis, runtime: WorkerRuntime,

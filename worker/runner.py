@@ -29,6 +29,7 @@ from ponybot.schemas import (
     JobKind,
 )
 from worker.runtime import WorkerRuntime, with_redis_retry
+from worker.speed import ALLOWANCE_S
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,7 @@ class GenerationWorker(SimpleWorker):
         """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none) and batching."""
         execution = self.prepare_execution(job)
         claimed = self.claim_batch(job, queue)
+        job.timeout = self.time_limit(job, claimed)  # this worker's own limit, whatever RQ stored
         running = [(job, execution)]
         for other, _payload in claimed:
             running.append((other, self.prepare_execution(other)))
@@ -184,6 +186,14 @@ class GenerationWorker(SimpleWorker):
             log.info("job=%s batched with %s", leader.id, ", ".join(f"job={o.id}" for o, _ in claimed))
         return claimed
 
+    def time_limit(self, leader: RQJob, claimed: list[tuple[RQJob, Job]]) -> int:
+        """Seconds the leader's batch may run on this worker (a minute for a job that cannot be read)."""
+        try:
+            lead = Job.model_validate_json(leader.args[0])
+        except UNREADABLE:
+            return int(ALLOWANCE_S)  # refused as soon as it runs
+        return self.runtime.time_limit([lead, *(payload for _job, payload in claimed)])
+
     def _claim(self, queue: Any, job_id: str) -> bool:
         """Move one job from the queue to RQ's intermediate list, unless another worker took it first."""
         return bool(self.connection.eval(CLAIM, 2, queue.key, queue.intermediate_queue_key, job_id))
@@ -243,7 +253,10 @@ class GenerationWorker(SimpleWorker):
             log.error("job=%s failed and its payload cannot be read: %s", job.id, error)
             return True
         code = FAILURE_CODES.get(exc_type.__name__ if exc_type else "", "internal")
-        event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value}", 0.0)
+        limit = int(job.timeout or 0)
+        message = (self.runtime.describe_limit(limit) if code == "timeout" and limit > 0
+                   else f"{exc_type and exc_type.__name__}: {exc_value}")
+        event = self.runtime._failed(payload, code, message, 0.0)
         with_redis_retry(job.id, lambda: publish_event(self.runtime.conn, event))
         self.runtime.record(event)
         return True

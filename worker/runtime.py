@@ -42,6 +42,7 @@ from worker.generate import BatchItem, GenerationOutput, Generator
 from worker.loading import compile_model, load_model, resolve_device
 from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
+from worker.speed import StepSpeed, describe_limit, measure_speed, time_limit
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +53,8 @@ class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
     def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
-                 classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None) -> None:
+                 classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None,
+                 speed: StepSpeed | None = None) -> None:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
@@ -64,6 +66,23 @@ class WorkerRuntime:
         self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
+        #: this worker's measured speed (None until measured; never needed under ``worker.step_budget_s``)
+        self.speed = speed
+
+    def time_limit(self, jobs: list[Job]) -> int:
+        """Seconds ``jobs`` (one batch) may run here: from ``worker.step_budget_s`` if set, else measured speed.
+
+        A runtime built without measuring (as tests build them) measures itself now, at the size of the
+        job in hand.
+        """
+        if self.settings.worker.step_budget_s is None and self.speed is None:
+            request = jobs[0].request
+            self.speed = measure_speed(self.generator, self.settings, (request.width, request.height))
+        return time_limit(jobs, self.settings.worker, self.speed)
+
+    def describe_limit(self, limit: int) -> str:
+        """What a member is told about a job that ran past ``limit`` (names the setting to change)."""
+        return describe_limit(limit, self.settings.worker, self.speed)
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -265,8 +284,13 @@ def default_worker_name(device: torch.device) -> str:
 
 
 def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
-                  name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
-    """Load the model (once, before any job is taken) and bind it to Redis."""
+                  name: str | None = None, metrics_port: int = 0,
+                  measure_size: tuple[int, int] | None = None) -> WorkerRuntime:
+    """Load the model (once, before any job is taken), measure its speed and bind it to Redis.
+
+    The speed is measured at ``measure_size`` (default: ``defaults.size``), unless ``worker.step_budget_s``
+    makes it moot; a worker that will run one known job measures at that job's size.
+    """
     device = resolve_device(settings.worker.device)
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
@@ -275,13 +299,21 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
     if settings.worker.compile and device.type == "cuda":
         compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
         warm_up(generator, settings)
+    speed = None if settings.worker.step_budget_s is not None else measure_speed(generator, settings, measure_size)
     classifier: ImageClassifier | None = None
     try:
         classifier = load_classifier(settings.safety)
     except ImportError as error:
         log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
     registry = serve_metrics(metrics_port, conn)
-    return WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry)
+    runtime = WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry,
+                            speed)
+    width, height = parse_size(settings.defaults.size)
+    typical = Job.create(GenerationRequest(prompt="-", width=width, height=height, steps=settings.defaults.steps,
+                                           count=settings.defaults.count))
+    log.info("a default job (%s, %d steps) may run %d s here", settings.defaults.size, settings.defaults.steps,
+             runtime.time_limit([typical]))
+    return runtime
 
 
 def warm_up(generator: Generator, settings: Settings) -> None:
