@@ -11,6 +11,7 @@ from rq.timeouts import TimerDeathPenalty
 
 from bot.app import PonyBot, configure_endpoints
 from ponybot.settings import Settings
+from tests.conftest import PATIENCE_S
 from tests.discord_fake.server import FakeDiscord, Interaction
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
@@ -30,12 +31,12 @@ async def running_bot(settings: Settings, redis_url: str) -> AsyncIterator[PonyB
     await bot.login("fake-token")
     connection = asyncio.create_task(bot.connect(reconnect=False))
     try:
-        await asyncio.wait_for(bot.wait_until_ready(), 15)
+        await asyncio.wait_for(bot.wait_until_ready(), PATIENCE_S)
         yield bot
     finally:
         await bot.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(connection, 10)
+            await asyncio.wait_for(connection, PATIENCE_S)
 
 
 class ThreadWorker(GenerationWorker):

@@ -1,14 +1,21 @@
 """Shared fixtures: a real Redis (``PONYBOT_TEST_REDIS_URL`` or a private redis-server),
-flushed around each test, and the ``tiny`` random-weight model, built once per run."""
+flushed around each test, and the ``tiny`` random-weight model, built once per run.
+
+Tests hold on a busy 2-core machine: they wait on states and events (:func:`wait_until`) with
+deadlines far past what an idle machine needs, never on fixed sleeps, and every torch in the run
+(this process and the workers it starts) uses one thread, so tests running side by side, or
+beside another CPU-heavy process, do not starve each other.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -17,6 +24,29 @@ from ponybot.redis_server import EmbeddedRedis
 from ponybot.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: One CPU thread per torch, here and in every process started from here (read when torch loads,
+#: which is after this file: nothing imported above loads it).
+THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+for _name, _value in THREADS.items():
+    os.environ.setdefault(_name, _value)
+
+T = TypeVar("T")
+
+#: Seconds a test waits for what takes a moment on an idle machine: a deadline, not a pace (every
+#: wait returns as soon as its state holds), so generous enough for a fresh, busy 2-core machine.
+PATIENCE_S = 300.0
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = PATIENCE_S, what: str = "the awaited state") -> T:
+    """``predicate()``'s first truthy result, polled until ``timeout``; TimeoutError naming ``what`` after it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := predicate():
+            return result
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} did not come within {timeout:g} s")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")
@@ -52,7 +82,6 @@ def make_settings(redis_url: str | None, model_cache: Path, **sections: dict[str
         "redis": {"url": redis_url},
         "model": {"source": "tiny", "cache_dir": model_cache},
         "defaults": {"size": "256x256", "steps": 4},
-        "cli": {"no_worker_timeout_s": 2.0},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
@@ -93,16 +122,42 @@ def runtime(settings: Settings, conn: redis.Redis, generator: Any, classifier: A
 def cli_env(redis_url: str | None, model_cache: Path, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PONYBOT_", "DISCORD_"))}
     env.update({"PONYBOT_MODEL__CACHE_DIR": str(model_cache), "PONYBOT_MODEL__SOURCE": "tiny",
-                "PONYBOT_LOG__LEVEL": "WARNING", **extra})
+                "PONYBOT_LOG__LEVEL": "WARNING", **THREADS, **extra})
     if redis_url:
         env["PONYBOT_REDIS__URL"] = redis_url
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = PATIENCE_S
+            ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ponybot", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+             ) -> Callable[[list[str], dict[str, str], Path], subprocess.CompletedProcess[str]]:
+    """``ponybot ARGS`` in this process, as :func:`run_cli` runs it in a new one.
+
+    For command lines that fail before any work: torch and the rest are already loaded here, where
+    a new interpreter spends most of a minute importing them on a busy 2-core machine.
+    """
+    from ponybot.cli import main
+
+    def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as scope:
+            for name in [name for name in os.environ if name.startswith(("PONYBOT_", "DISCORD_"))]:
+                scope.delenv(name)
+            for name, value in env.items():
+                if name.startswith(("PONYBOT_", "DISCORD_")):
+                    scope.setenv(name, value)
+            scope.chdir(cwd)
+            code = main(args)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
 @pytest.fixture

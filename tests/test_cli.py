@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -62,32 +63,35 @@ def test_no_redis_configured_for_worker(tmp_path: Path, model_cache: Path) -> No
     assert "set redis.url" in result.stderr
 
 
-def test_missing_model_path(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis) -> None:
-    result = run_cli(["generate", "pony", "--local", "--model", str(tmp_path / "nope")],
-                     cli_env(redis_url, model_cache), tmp_path)
+def test_missing_model_path(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis,
+                            run_main: Any) -> None:
+    result = run_main(["generate", "pony", "--local", "--model", str(tmp_path / "nope")],
+                      cli_env(redis_url, model_cache), tmp_path)
     assert result.returncode == 1
     assert f"model path {tmp_path / 'nope'} does not exist" in result.stderr
 
 
-def test_corrupt_checkpoint(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis) -> None:
+def test_corrupt_checkpoint(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis,
+                            run_main: Any) -> None:
     checkpoint = tmp_path / "pony.safetensors"
     checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all, just bytes")
     env = cli_env(redis_url, model_cache)
-    result = run_cli(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
+    result = run_main(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
     assert result.returncode == 1
     assert "set model.config_dir" in result.stderr
     env["PONYBOT_MODEL__CONFIG_DIR"] = str(model_cache / "tiny-v2")
-    result = run_cli(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
+    result = run_main(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
     assert result.returncode == 1
     assert "could not load model" in result.stderr
     assert "pony.safetensors" in result.stderr
 
 
-def test_pickle_checkpoint_refused(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis) -> None:
+def test_pickle_checkpoint_refused(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis,
+                                   run_main: Any) -> None:
     checkpoint = tmp_path / "pony.ckpt"
     checkpoint.write_bytes(b"whatever")
-    result = run_cli(["generate", "pony", "--local", "--model", str(checkpoint)],
-                     cli_env(redis_url, model_cache), tmp_path)
+    result = run_main(["generate", "pony", "--local", "--model", str(checkpoint)],
+                      cli_env(redis_url, model_cache), tmp_path)
     assert result.returncode == 1
     assert "pickle checkpoints can run code" in result.stderr
 

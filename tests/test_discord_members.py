@@ -14,6 +14,7 @@ from ponybot.queue import cancel_job, enqueue, generation_queue
 from ponybot.schemas import Job, Origin, build_request
 from ponybot.settings import Settings
 from tests.bot_harness import ThreadWorker, drain, ephemeral_reply, running_bot
+from tests.conftest import wait_until
 from tests.discord_fake.server import MEMBER, OTHER_MEMBER, FakeDiscord, Interaction
 
 
@@ -52,11 +53,38 @@ async def test_position_counts_down(fake: FakeDiscord, discord_settings: Setting
     assert "about" in content(fake, interaction)  # an ETA from the jobs measured so far
 
 
+class Paced:
+    """The real pipeline, going on past step i only once the member's message shows step i.
+
+    So the job spans several edit intervals on any machine, and the test waits no longer than that.
+    """
+
+    def __init__(self, generator: Any, fake: FakeDiscord, interaction: Interaction) -> None:
+        self.model = generator.model
+        self.generator, self.fake, self.interaction = generator, fake, interaction
+
+    def shown(self) -> list[str]:
+        return [str((r.body or {}).get("content", "")) for r in list(self.fake.requests) if r.method == "PATCH"
+                and r.path.endswith(str(self.interaction.original_id))]
+
+    def generate_batch(self, request: Any, items: Any, *, on_step: Any = None, **options: Any) -> Any:
+        def step(index: int, total: int, latents: Any) -> None:
+            if on_step is not None:
+                on_step(index, total, latents)
+            wait_until(lambda: any(text.startswith(f"Generating: step {index} of") for text in self.shown()),
+                       what=f"the member's message showing step {index}")
+
+        return self.generator.generate_batch(request, items, on_step=step, **options)
+
+
 async def test_progress_edits_throttled(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
                                         conn: redis.Redis, runtime: Any) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"worker": runtime.settings.worker.model_copy(
+        update={"preview_every": 2})})
     async with running_bot(discord_settings, redis_url):
-        interaction = await fake.slash("generate", {"prompt": "slow", "steps": 40, "size": "512x512"})
+        interaction = await fake.slash("generate", {"prompt": "slow", "steps": 4})
         await fake.wait_for(lambda: "Queued" in content(fake, interaction))
+        runtime.generator = Paced(runtime.generator, fake, interaction)
         await drain(runtime)
         await generated(fake, interaction)
     edits = [r for r in fake.requests if r.method == "PATCH" and r.path.endswith(str(interaction.original_id))

@@ -6,10 +6,8 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import redis
 import yaml
@@ -23,7 +21,7 @@ from ponybot.redis_server import free_port
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings
 from tests.bot_harness import drain, running_bot
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import PATIENCE_S, ROOT, cli_env, run_cli, wait_until
 from tests.discord_fake.server import FakeDiscord
 from worker.runtime import WorkerRuntime
 
@@ -35,18 +33,9 @@ def start_up(cwd: Path, model_cache: Path, *args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(condition: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.2)
-    raise TimeoutError("never happened")
-
-
 def stop(process: subprocess.Popen[str]) -> str:
     process.send_signal(signal.SIGINT)
-    _out, err = process.communicate(timeout=60)
+    _out, err = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == 0, err
     return err
 
@@ -55,7 +44,7 @@ def test_up_generates_and_keeps_queued_state(tmp_path: Path, model_cache: Path, 
     marker = tmp_path / "data" / "redis" / "redis.url"
     first = start_up(tmp_path, model_cache, "--workers", "0")
     try:
-        url = wait_for(lambda: marker.is_file() and marker.read_text())
+        url = wait_until(lambda: marker.is_file() and marker.read_text(), what="up's embedded Redis")
         conn = redis.Redis.from_url(url)
         job = Job.create(build_request(settings.limits, prompt="waiting", steps=3, width=256, height=256))
         enqueue(conn, job, max_queue=10, result_ttl_s=600)
@@ -67,14 +56,14 @@ def test_up_generates_and_keeps_queued_state(tmp_path: Path, model_cache: Path, 
 
     second = start_up(tmp_path, model_cache, "--workers", "1")
     try:
-        url = wait_for(lambda: marker.is_file() and marker.read_text())
+        url = wait_until(lambda: marker.is_file() and marker.read_text(), what="up's embedded Redis")
         conn = redis.Redis.from_url(url)
-        wait_for(lambda: conn.xlen(keys.EVENTS_STREAM), timeout=120)  # the job queued before the restart ran
+        wait_until(lambda: conn.xlen(keys.EVENTS_STREAM), what="the job queued before the restart")
         [event] = [JobEvent.model_validate_json(f[b"data"]) for _id, f in conn.xrange(keys.EVENTS_STREAM)]
         assert event.job.id == job.id and event.kind == "done"
         assert PolicyStore(conn).guild_rules(7).mode is Mode.NSFW
         generated = run_cli(["generate", "pinkie pie", "--seed", "3", "--out", "imgs"],
-                            cli_env(None, model_cache, PONYBOT_CLI__NO_WORKER_TIMEOUT_S="30"), tmp_path)
+                            cli_env(None, model_cache, PONYBOT_CLI__NO_WORKER_TIMEOUT_S=str(PATIENCE_S)), tmp_path)
         assert generated.returncode == 0, generated.stderr
         assert "seed=3" in generated.stdout
         status = run_cli(["status"], cli_env(None, model_cache), tmp_path)
@@ -92,7 +81,7 @@ def test_metrics_endpoint(conn: redis.Redis, settings: Settings, runtime: Worker
     from worker.runner import GenerationWorker
 
     GenerationWorker(measured).work(burst=True)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=PATIENCE_S) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         text = response.read().decode()
     assert "ponybot_generation_seconds_count 2.0" in text

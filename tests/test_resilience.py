@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from rq.job import Job as RQJob
 
@@ -19,17 +21,24 @@ from ponybot.queue import connect, enqueue, generation_queue
 from ponybot.redis_server import EmbeddedRedis, free_port
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings
-from tests.conftest import cli_env
+from tests.conftest import PATIENCE_S, ROOT, cli_env, wait_until
 from worker.runtime import WorkerRuntime
 
 FAST_RECOVERY = {"PONYBOT_WORKER__HEARTBEAT_S": "1", "PONYBOT_WORKER__MAINTENANCE_S": "1"}
 
 
 @contextmanager
-def workers(redis_url: str, model_cache: Path, cwd: Path, *names: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
+def workers(redis_url: str, model_cache: Path, cwd: Path, *names: str,
+            gates: Path | None = None) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    """Real ``ponybot worker`` processes; with ``gates``, each generates only once ``gates/<name>`` exists."""
     env = cli_env(redis_url, model_cache, **FAST_RECOVERY)
-    started = {name: subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu", "--name", name],
-                                      env=env, cwd=cwd, text=True, stderr=subprocess.DEVNULL) for name in names}
+    start = [sys.executable, "-m", "ponybot"]
+    if gates is not None:  # a budget, as a gated worker cannot measure its speed (its generations wait)
+        env.update(PYTHONPATH=str(ROOT), PONYBOT_WORKER__STEP_BUDGET_S="100")
+        start = [sys.executable, "-m", "tests.gated_worker"]
+    started = {name: subprocess.Popen([*start, *([str(gates / name)] if gates else []), "worker", "--device", "cpu",
+                                       "--name", name], env=env, cwd=cwd, text=True, stderr=subprocess.DEVNULL)
+               for name in names}
     try:
         yield started
     finally:
@@ -44,17 +53,8 @@ def events_for(conn: redis.Redis, job_id: str) -> list[JobEvent]:
     return [event for event in found if event.job.id == job_id]
 
 
-def wait_until(condition: object, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(condition) and condition():
-            return
-        time.sleep(0.2)
-    raise TimeoutError("condition never held")
-
-
-def long_job(conn: redis.Redis, settings: Settings, attempts: int, steps: int = 60) -> Job:
-    job = Job.create(build_request(settings.limits, prompt="long", steps=min(steps, 50), width=512, height=512))
+def small_job(conn: redis.Redis, settings: Settings, attempts: int) -> Job:
+    job = Job.create(build_request(settings.limits, prompt="mid-job", steps=3, width=256, height=256))
     enqueue(conn, job, max_queue=10, result_ttl_s=600, max_attempts=attempts)
     return job
 
@@ -66,27 +66,28 @@ def running_on(conn: redis.Redis, job_id: str) -> str | None:
 
 def test_sigkill_mid_job_is_retried_once(conn: redis.Redis, settings: Settings, model_cache: Path, redis_url: str,
                                          tmp_path: Path) -> None:
-    with workers(redis_url, model_cache, tmp_path, "w-a", "w-b") as procs:
-        job = long_job(conn, settings, attempts=2)
-        wait_until(lambda: running_on(conn, job.id))
-        victim = running_on(conn, job.id)
+    with workers(redis_url, model_cache, tmp_path, "w-a", "w-b", gates=tmp_path) as procs:
+        job = small_job(conn, settings, attempts=2)
+        victim = wait_until(lambda: running_on(conn, job.id), what="a worker taking the job")
         assert victim in procs
-        procs[victim].send_signal(signal.SIGKILL)
-        wait_until(lambda: events_for(conn, job.id), timeout=150)
-        time.sleep(2)
-    [event] = events_for(conn, job.id)
+        procs[victim].send_signal(signal.SIGKILL)  # mid-job: its generation waits at the gate
+        for name in procs:
+            (tmp_path / name).touch()  # the survivor may generate
+        wait_until(lambda: events_for(conn, job.id), what="the retried job's event")
+        wait_until(lambda: RQJob.fetch(job.id, connection=conn).get_status() == "finished", what="RQ's bookkeeping")
+    [event] = events_for(conn, job.id)  # once: the dead worker's attempt left none
     assert event.kind == "done"
     assert event.worker != victim
 
 
 def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: Settings, model_cache: Path,
                                                   redis_url: str, tmp_path: Path) -> None:
-    job = long_job(conn, settings, attempts=1)
-    with workers(redis_url, model_cache, tmp_path, "w-doomed") as procs:
-        wait_until(lambda: running_on(conn, job.id))
+    job = small_job(conn, settings, attempts=1)
+    with workers(redis_url, model_cache, tmp_path, "w-doomed", gates=tmp_path) as procs:
+        wait_until(lambda: running_on(conn, job.id), what="the worker taking the job")
         procs["w-doomed"].send_signal(signal.SIGKILL)
     with workers(redis_url, model_cache, tmp_path, "w-next"):
-        wait_until(lambda: events_for(conn, job.id), timeout=120)
+        wait_until(lambda: events_for(conn, job.id), what="the dead job's report")
     [event] = events_for(conn, job.id)
     assert event.kind == "failed" and event.error_code == "worker_died"
     from bot import messages
@@ -105,20 +106,21 @@ def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_p
         enqueue(conn, job, max_queue=10, result_ttl_s=600)
     try:
         with workers(server.url, model_cache, tmp_path, "w-steady"):
-            wait_until(lambda: conn.xlen(keys.EVENTS_STREAM) >= 1)
+            wait_until(lambda: conn.xlen(keys.EVENTS_STREAM) >= 1, what="a first job done")
             server.stop()
-            time.sleep(2)
+            time.sleep(2)  # Redis stays down a while (the scenario, not a wait for anything)
             server = EmbeddedRedis(data, port=port, persistent=True)
             server.start()
             conn = redis.Redis(port=port)
-            wait_until(lambda: all(events_for(conn, job.id) for job in jobs), timeout=120)
+            wait_until(lambda: all(events_for(conn, job.id) for job in jobs), what="every job's event")
         assert all(events_for(conn, job.id)[0].kind == "done" for job in jobs)
         assert generation_queue(conn).count == 0
     finally:
         server.stop()
 
 
-def test_images_are_written_once_redis_answers_again(settings: Settings, generator: Any, tmp_path: Path) -> None:
+def test_images_are_written_once_redis_answers_again(settings: Settings, generator: Any, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Redis stops answering while a job's images are being written: the worker writes them all once it does.
 
     (redis-py empties a pipeline whose execute() failed, so a retry must build the pipeline again.)
@@ -129,10 +131,14 @@ def test_images_are_written_once_redis_answers_again(settings: Settings, generat
         patient = redis.Redis.from_url(server.url, socket_timeout=0.3)  # a write stuck past it fails mid-execute
         runtime = WorkerRuntime(settings, patient, generator, "w-patient")
         job = Job.create(build_request(settings.limits, prompt="pony", steps=2, width=256, height=256, count=2))
-        admin.execute_command("CLIENT", "PAUSE", 2500, "WRITE")  # every write waits 2.5 s: well past 0.3 s
-        started = time.monotonic()
-        [event] = runtime.run_batch([job])
-        assert time.monotonic() - started >= 2.5  # the writes did wait for Redis
+        admin.execute_command("CLIENT", "PAUSE", 600_000, "WRITE")  # every write waits, until unpaused below
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(runtime.run_batch, [job])
+            wait_until(lambda: any("Redis unavailable" in r.getMessage() for r in caplog.records) or running.done(),
+                       what="a write failing while Redis is paused")
+            assert not running.done()  # the job waits for Redis, however long that takes
+            admin.execute_command("CLIENT", "UNPAUSE")
+            [event] = running.result(timeout=PATIENCE_S)
         assert event.kind == "done" and len(event.images) == 2
         assert all(image.key and admin.exists(image.key) for image in event.images)
         [published] = [JobEvent.model_validate_json(f[b"data"]) for _id, f in admin.xrange(keys.EVENTS_STREAM)]

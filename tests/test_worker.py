@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 import redis
 import torch
+from rq.job import Job as RQJob
 
 from ponybot import keys
 from ponybot.parameters import parse_parameters
 from ponybot.queue import enqueue, generation_queue, last_event_id, wait_for_event
 from ponybot.schemas import Job, JobEvent, ProgressEvent, build_request
 from ponybot.settings import Settings
-from tests.conftest import cli_env
+from tests.conftest import PATIENCE_S, ROOT, cli_env, wait_until
 from worker.png import read_parameters
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
@@ -104,25 +105,20 @@ def test_out_of_memory_becomes_failed_event(conn: redis.Redis, settings: Setting
 
 def test_sigterm_finishes_the_current_job(conn: redis.Redis, settings: Settings, model_cache: Path,
                                           redis_url: str, tmp_path: Path) -> None:
-    pubsub = conn.pubsub()
-    pubsub.subscribe(keys.PROGRESS_CHANNEL)
     after = last_event_id(conn)
-    job = queue_job(conn, settings, steps=40)
-    worker = subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu"],
-                              env=cli_env(redis_url, model_cache), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    job = queue_job(conn, settings, steps=4)
+    gate = tmp_path / "gate"
+    env = cli_env(redis_url, model_cache, PYTHONPATH=str(ROOT), PONYBOT_WORKER__STEP_BUDGET_S="100")
+    worker = subprocess.Popen([sys.executable, "-m", "tests.gated_worker", str(gate), "worker", "--device", "cpu"],
+                              env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=1)
-            if message and message["type"] == "message" and json.loads(message["data"])["job_id"] == job.id:
-                break
-        else:
-            pytest.fail("the worker never started the job")
-        worker.send_signal(signal.SIGTERM)
-        event = wait_for_event(conn, job.id, after=after, timeout=60, no_worker_timeout=60)
+        wait_until(lambda: RQJob.fetch(job.id, connection=conn).get_status() == "started", what="the job started")
+        worker.send_signal(signal.SIGTERM)  # mid-job: its generation waits at the gate
+        gate.touch()
+        event = wait_for_event(conn, job.id, after=after, timeout=PATIENCE_S, no_worker_timeout=PATIENCE_S)
         assert event.kind == "done"
         assert len(event.images) == 1
-        assert worker.wait(30) == 0
+        assert worker.wait(PATIENCE_S) == 0
     finally:
         if worker.poll() is None:
             worker.kill()

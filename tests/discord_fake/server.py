@@ -442,8 +442,11 @@ class FakeDiscord:
     def original(self, interaction: Interaction) -> dict[str, Any] | None:
         return self.messages.get(interaction.original_id or 0)
 
-    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-        """Wait until ``predicate()`` is truthy (re-checked whenever the bot calls the fake)."""
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float = 300.0) -> Any:
+        """Wait until ``predicate()`` is truthy (re-checked whenever the bot calls the fake).
+
+        The deadline is generous (a busy 2-core machine); the wait ends as soon as the predicate holds.
+        """
         deadline = time.monotonic() + timeout
         while True:
             if result := predicate():

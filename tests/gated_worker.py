@@ -1,0 +1,38 @@
+"""``ponybot worker`` whose every generation first waits for a file to exist.
+
+A job on such a worker is surely mid-run (started, not finished) until the test opens the gate,
+however fast or slow the machine: what killing or stopping a worker mid-job needs. Everything
+else is the real worker. Usage: ``python -m tests.gated_worker GATE_FILE [ponybot worker options]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ponybot.cli import main
+from worker.generate import Generator
+
+#: A gate nobody opens within this is a broken test: fail the job rather than hang.
+GATE_DEADLINE_S = 900.0
+
+
+def gated(gate: Path) -> None:
+    real = Generator.generate_batch
+
+    def generate_batch(self: Generator, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + GATE_DEADLINE_S
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nobody opened the gate {gate}")
+            time.sleep(0.05)
+        return real(self, *args, **kwargs)
+
+    Generator.generate_batch = generate_batch  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    gated(Path(sys.argv[1]))
+    sys.exit(main(["worker", *sys.argv[2:]]))
