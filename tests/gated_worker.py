@@ -2,7 +2,7 @@
 
 A job on such a worker is surely mid-run (started, not finished) until the test opens the gate,
 however fast or slow the machine: what killing or stopping a worker mid-job needs. Everything
-else is the real worker. Usage: ``python -m tests.gated_worker GATE_FILE [ponybot worker options]``.
+else is the real worker. Usage: ``python -m tests.gated_worker GATE_FILE worker [options]``.
 """
 
 from __future__ import annotations
@@ -35,4 +35,4 @@ def gated(gate: Path) -> None:
 
 if __name__ == "__main__":
     gated(Path(sys.argv[1]))
-    sys.exit(main(["worker", *sys.argv[2:]]))
+    sys.exit(main(sys.argv[2:]))

@@ -117,6 +117,17 @@ class GenerationWorker(SimpleWorker):
             return
         super().set_state(state, pipeline)
 
+    def run_maintenance_tasks(self) -> None:
+        """RQ's periodic sweep; Redis being away for a moment skips it (it runs again) instead of ending the worker.
+
+        RQ retries a dequeue that finds Redis gone, but lets the same error out of its sweep, which
+        ends the worker: a Redis restart that fell on a sweep stopped the worker for good.
+        """
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            log.warning("worker %s: maintenance skipped, Redis unavailable (%s)", self.name, error)
+
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         """Short: a heartbeat thread renews it, so a killed worker's job is found and retried soon."""
         return self.heartbeat_s * 3
