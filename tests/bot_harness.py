@@ -32,6 +32,12 @@ async def running_bot(settings: Settings, redis_url: str) -> AsyncIterator[PonyB
     connection = asyncio.create_task(bot.connect(reconnect=False))
     try:
         await asyncio.wait_for(bot.wait_until_ready(), PATIENCE_S)
+        # ready stops waiting for guilds after guild_ready_timeout; a busy machine can take longer
+        deadline = asyncio.get_running_loop().time() + PATIENCE_S
+        while not bot.guilds or any(guild.unavailable for guild in bot.guilds):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("the fake Discord's guild never became available to the bot")
+            await asyncio.sleep(0.02)
         yield bot
     finally:
         await bot.close()

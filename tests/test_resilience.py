@@ -145,3 +145,15 @@ def test_images_are_written_once_redis_answers_again(settings: Settings, generat
         assert published.job.id == job.id
     finally:
         server.stop()
+
+
+def test_maintenance_sweep_survives_redis_going_away(settings: Settings, generator: Any, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """RQ lets a lost connection out of its sweep, which ended the worker; the sweep is skipped instead."""
+    from worker.runner import GenerationWorker
+
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persistent=False)
+    worker = GenerationWorker(WorkerRuntime(settings, connect(server.start()), generator, "w-sweep"))
+    server.stop()
+    worker.run_maintenance_tasks()  # would raise redis.ConnectionError out of the worker's loop
+    assert any("maintenance skipped" in record.getMessage() for record in caplog.records)
