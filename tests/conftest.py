@@ -152,6 +152,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
             for name, value in env.items():
                 if name.startswith(("PONYBOT_", "DISCORD_")):
                     scope.setenv(name, value)
+            scope.delenv("HF_HUB_OFFLINE", raising=False)  # what loading a checkpoint sets is undone after
             scope.chdir(cwd)
             code = main(args)
         out, err = capsys.readouterr()
