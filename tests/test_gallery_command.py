@@ -15,7 +15,7 @@ import redis
 
 from ponybot.settings import load_settings
 from ponybot.up import Supervisor
-from tests.conftest import ROOT, cli_env
+from tests.conftest import PATIENCE_S, ROOT, cli_env
 from tests.gallery_harness import hand_over
 
 
@@ -32,7 +32,7 @@ def test_gallery_process_ingests_and_serves(tmp_path: Path, redis_url: str, conn
     process = subprocess.Popen([sys.executable, "-m", "ponybot", "gallery"], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + PATIENCE_S
         page = None
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -47,7 +47,7 @@ def test_gallery_process_ingests_and_serves(tmp_path: Path, redis_url: str, conn
         assert (tmp_path / "gallery.db").is_file()
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
+        output, _ = process.communicate(timeout=PATIENCE_S)
     assert process.returncode == 0, output
     assert "Traceback" not in output
 
