@@ -100,7 +100,7 @@ def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_p
     server = EmbeddedRedis(data, port=port, persistent=True)
     server.start()
     conn = redis.Redis(port=port)
-    jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}", steps=8, width=256, height=256))
+    jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}", steps=2, width=256, height=256))
             for i in range(6)]
     for job in jobs:
         enqueue(conn, job, max_queue=10, result_ttl_s=600)
@@ -112,7 +112,7 @@ def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_p
             server = EmbeddedRedis(data, port=port, persistent=True)
             server.start()
             conn = redis.Redis(port=port)
-            wait_until(lambda: all(events_for(conn, job.id) for job in jobs), what="every job's event")
+            wait_until(lambda: all(events_for(conn, job.id) for job in jobs), 2 * PATIENCE_S, "every job's event")
         assert all(events_for(conn, job.id)[0].kind == "done" for job in jobs)
         assert generation_queue(conn).count == 0
     finally:

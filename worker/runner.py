@@ -203,7 +203,11 @@ class GenerationWorker(SimpleWorker):
             lead = Job.model_validate_json(leader.args[0])
         except UNREADABLE:
             return int(ALLOWANCE_S)  # refused as soon as it runs
-        return self.runtime.time_limit([lead, *(payload for _job, payload in claimed)])
+        try:
+            return self.runtime.time_limit([lead, *(payload for _job, payload in claimed)])
+        except Exception:  # a runtime measuring itself lazily failed: the job's own run reports why
+            log.exception("job=%s could not measure this worker's speed: a limit of %d s", leader.id, ALLOWANCE_S)
+            return int(ALLOWANCE_S)
 
     def _claim(self, queue: Any, job_id: str) -> bool:
         """Move one job from the queue to RQ's intermediate list, unless another worker took it first."""
