@@ -15,7 +15,7 @@ from pathlib import Path
 from ponybot import __version__
 from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
-from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
+from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis, wait_for_event
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
 from ponybot.schemas import GenerationRequest, Job, Sampler, build_request, parse_size
 from ponybot.settings import Settings, load_settings
@@ -117,10 +117,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     out_dir: Path = args.out or settings.cli.out_dir
     with ExitStack() as stack:
         url = settings.redis.url or running_embedded_url(settings.redis.embedded_dir)
-        if url is None and args.local:
+        if url is None and args.local and not settings.redis.sentinels:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ponybot-redis-")))
             url = stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url
-        conn = connect(url or resolve_redis_url(settings))
+        conn = connect(url if url and not settings.redis.sentinels else resolve_redis(settings))
         after = last_event_id(conn)
         worker = settings.worker
         position = enqueue(conn, job, max_queue=settings.limits.max_queue, job_timeout_s=worker.timeout_for(job),
@@ -156,7 +156,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.device:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
-    conn = connect(resolve_redis_url(settings))
+    conn = connect(resolve_redis(settings))
     runtime = build_runtime(settings, conn, model_source=args.model, name=args.name,
                             metrics_port=args.metrics_port if args.metrics_port is not None
                             else settings.metrics.worker_port)
@@ -189,7 +189,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ponybot.status import collect_status, describe_status
 
-    say(describe_status(collect_status(connect(resolve_redis_url(settings)))))
+    say(describe_status(collect_status(connect(resolve_redis(settings)))))
     return 0
 
 

@@ -11,12 +11,15 @@ from rq import Queue, Retry, Worker
 from rq.serializers import JSONSerializer
 
 from ponybot import keys
+from ponybot.connection import RedisTarget
 from ponybot.errors import NoWorkerError, QueueFullError, RedisUnavailableError
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
+from ponybot.settings import sentinel_address
 
 if TYPE_CHECKING:
     from ponybot.settings import Settings
+
 
 EVENTS_MAXLEN = 10_000
 #: A job counts against its member's share until its event, or this long at most.
@@ -34,27 +37,29 @@ def resolve_redis_url(settings: Settings) -> str:
     url = running_embedded_url(settings.redis.embedded_dir)
     if url is None:
         raise RedisUnavailableError(
-            "no Redis to talk to: set redis.url (PONYBOT_REDIS__URL), start `ponybot up`, "
+            "no Redis to talk to: set redis.url (PONYBOT_REDIS__URL) or redis.sentinels, start `ponybot up`, "
             "or use `ponybot generate --local`"
         )
     return url
 
 
-def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
-    """A client that has answered PING, or RedisUnavailableError naming the URL."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, health_check_interval=30)
+def resolve_redis(settings: Settings) -> RedisTarget:
+    """The sentinels in ``redis.sentinels`` when set, else :func:`resolve_redis_url`."""
+    if settings.redis.sentinels:
+        return RedisTarget(sentinels=tuple(sentinel_address(item) for item in settings.redis.sentinels),
+                           master_name=settings.redis.master_name)
+    return RedisTarget(url=resolve_redis_url(settings))
+
+
+def connect(target: RedisTarget | str, *, timeout: float = 5.0) -> redis.Redis:
+    """A client that has answered PING, or RedisUnavailableError naming where it looked."""
+    target = RedisTarget.of(target)
+    client = target.client(socket_connect_timeout=timeout, health_check_interval=30)
     try:
         client.ping()
     except redis.RedisError as error:
-        raise RedisUnavailableError(f"Redis at {_redact(url)} is unreachable ({error})") from None
+        raise RedisUnavailableError(f"Redis at {target.describe()} is unreachable ({error})") from None
     return client
-
-
-def _redact(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
 
 
 def generation_queue(conn: redis.Redis) -> Queue:
@@ -143,7 +148,8 @@ def enqueue(
             job_timeout=job_timeout_s,
             result_ttl=result_ttl_s,
             failure_ttl=result_ttl_s,
-            retry=Retry(max=max_attempts - 1) if max_attempts > 1 else None,
+            # a job whose worker died goes back to the front: whoever was first should not wait longest
+            retry=Retry(max=max_attempts - 1, enqueue_at_front=True) if max_attempts > 1 else None,
         )
         conn.set(keys.job_record(job.id), job.model_dump_json(), ex=result_ttl_s * 24)
         return queue_position(conn, job.id) or 1

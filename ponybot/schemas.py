@@ -265,6 +265,8 @@ class JobEvent(Versioned):
     generation_s: float = 0.0
     worker: str = ""
     mode: Literal["sfw", "nsfw"] | None = None  #: the effective policy mode the worker applied (None: no channel)
+    #: times a worker started the job (0: not counted, e.g. refused before it ran)
+    attempts: int = Field(0, ge=0)
 
     @property
     def withheld(self) -> int:

@@ -45,6 +45,23 @@ class _Section(BaseModel):
 class RedisSettings(_Section):
     url: str | None = None
     embedded_dir: Path = Path("data/redis")
+    sentinels: list[str] = Field(default_factory=list)
+    master_name: str = "ponybot"
+
+    @field_validator("sentinels")
+    @classmethod
+    def _sentinels(cls, value: list[str]) -> list[str]:
+        for item in value:
+            sentinel_address(item)
+        return value
+
+
+def sentinel_address(item: str) -> tuple[str, int]:
+    """``host:port`` of a Redis Sentinel, or ValueError saying what is wrong with it."""
+    host, sep, port = item.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item!r} is not host:port (e.g. sentinel-0.redis:26379)")
+    return host.strip("[]"), int(port)
 
 
 class ModelSettings(_Section):
@@ -69,6 +86,7 @@ class WorkerSettings(_Section):
     )
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
+    cpu_threads: int = Field(0, ge=0, le=256)
 
     def timeout_for(self, job: Job) -> int:
         """A job's time limit: a minute plus ``step_budget_s`` per 512x512 step, at most ``job_timeout_s``."""

@@ -19,8 +19,10 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from ponybot.connection import RedisTarget
+from ponybot.cpus import cpu_share
 from ponybot.errors import RedisUnavailableError
-from ponybot.queue import connect
+from ponybot.queue import connect, resolve_redis
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
 from ponybot.settings import Settings
 
@@ -70,7 +72,9 @@ class Supervisor:
         config = ["--config", self.config] if self.config else []
         return [sys.executable, "-m", "ponybot", *config, *args]
 
-    def start_redis(self) -> str:
+    def start_redis(self) -> RedisTarget | str:
+        if self.settings.redis.sentinels:
+            return resolve_redis(self.settings)  # the children read the same sentinels from the settings
         if self.settings.redis.url:
             return self.settings.redis.url
         if url := running_embedded_url(self.settings.redis.embedded_dir):
@@ -78,13 +82,18 @@ class Supervisor:
         self.redis = EmbeddedRedis(self.settings.redis.embedded_dir, persistent=True)
         return self.redis.start()
 
-    def plan(self, url: str) -> None:
-        env = {**os.environ, "PONYBOT_REDIS__URL": url}
+    def plan(self, url: RedisTarget | str) -> None:
+        env = {**os.environ, **({"PONYBOT_REDIS__URL": url} if isinstance(url, str) else {})}
         devices = visible_devices(self.settings.worker.device)
         if devices == ["cpu"]:
             log.warning("no GPU found: one worker on the CPU; a real SD1.5 model takes minutes per image there")
         if self.workers is not None:
             devices = (devices * self.workers)[: self.workers]
+        if self.settings.worker.cpu_threads == 0 and len(devices) > 1:
+            # each worker's torch and onnxruntime get their share of the cores, not all of them each
+            env["PONYBOT_WORKER__CPU_THREADS"] = str(cpu_share(len(devices)))
+            log.info("%d workers share this host: %s CPU thread(s) each", len(devices),
+                     env["PONYBOT_WORKER__CPU_THREADS"])
         port = self.settings.metrics.worker_port
         for index, device in enumerate(devices):
             args = self.command("worker", "--device", device, "--name", f"{socket.gethostname()}-{device}-{index}")
@@ -111,7 +120,7 @@ class Supervisor:
         except RedisUnavailableError:
             self.shutdown()
             raise
-        log.info("Redis at %s", url)
+        log.info("Redis at %s", RedisTarget.of(url).describe())
         self.plan(url)
         for child in self.children:
             child.start()

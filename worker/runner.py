@@ -18,8 +18,11 @@ from typing import Any, ClassVar
 import redis
 from rq import SimpleWorker
 from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
 
 from ponybot import keys
 from ponybot.errors import ForgedJobError
@@ -76,6 +79,14 @@ UNREADABLE = (NoSuchJobError, DeserializationError, ValueError, IndexError, Type
 
 #: RQ's exception names -> the failure codes members are told about.
 FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
+#: Field of RQ's job hash counting the times a worker started the job (RQ's own saves leave it alone).
+ATTEMPTS_FIELD = "ponybot_attempts"
+
+
+def attempts_of(conn: redis.Redis, job: RQJob) -> int:
+    """How many times a worker started ``job``."""
+    raw = conn.hget(job.key, ATTEMPTS_FIELD)
+    return int(raw) if raw else 0
 
 
 class GenerationWorker(SimpleWorker):
@@ -115,6 +126,21 @@ class GenerationWorker(SimpleWorker):
         if pipeline is None and state == self.get_state():
             return
         super().set_state(state, pipeline)
+
+    @property
+    def dequeue_timeout(self) -> int:
+        """An idle worker wakes at least every ``maintenance_s`` to sweep (RQ waits ``worker_ttl - 15`` s)."""
+        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+
+    def prepare_execution(self, job: RQJob) -> Execution:
+        """RQ's, plus counting the attempt in the same round trip."""
+        with self.connection.pipeline() as pipeline:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.hincrby(job.key, ATTEMPTS_FIELD, 1)
+            pipeline.execute()
+        return execution
 
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         """Short: a heartbeat thread renews it, so a killed worker's job is found and retried soon."""
@@ -217,12 +243,32 @@ class GenerationWorker(SimpleWorker):
         return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
 
     def _beat(self, running: list[tuple[RQJob, Any]], done: threading.Event) -> None:
-        while not done.wait(self.heartbeat_s):
-            for job, execution in running:
-                try:
-                    self.maintain_heartbeats(job, execution)
-                except redis.RedisError as error:
-                    log.warning("job=%s heartbeat failed: %s", job.id, error)
+        """While the job runs: its heartbeats every ``heartbeat_s``, and the sweep for jobs abandoned by dead
+        workers every ``maintenance_s`` (RQ sweeps only between jobs, so busy workers would never sweep)."""
+        next_beat = time.monotonic() + self.heartbeat_s
+        while not done.wait(max(0.0, min(next_beat - time.monotonic(), self._next_sweep_in()))):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + self.heartbeat_s
+                for job, execution in running:
+                    try:
+                        self.maintain_heartbeats(job, execution)
+                    except redis.RedisError as error:
+                        log.warning("job=%s heartbeat failed: %s", job.id, error)
+            if self.should_run_maintenance_tasks:
+                self.sweep()
+
+    def _next_sweep_in(self) -> float:
+        if self.last_cleaned_at is None:
+            return 0.0
+        return max(0.0, self.maintenance_interval - (rq_now() - self.last_cleaned_at).total_seconds()) + 0.01
+
+    def sweep(self) -> None:
+        """RQ's registry maintenance (abandoned jobs retried or failed); one worker at a time (RQ's lock)."""
+        try:
+            self.clean_registries()  # type: ignore[no-untyped-call]
+        except redis.RedisError as error:
+            log.warning("sweep for abandoned jobs failed: %s", error)
+            self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # try again at the next interval, not at every tick
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                         _traceback: Any) -> bool:
@@ -234,8 +280,8 @@ class GenerationWorker(SimpleWorker):
         if job.func_name != keys.GENERATE_FUNC:
             return True
         if job.retries_left:
-            log.warning("job=%s failed (%s), %d attempt(s) left", job.id, exc_type and exc_type.__name__,
-                        job.retries_left)
+            log.warning("job=%s failed (%s) on attempt %d, %d retry(ies) left: back to the front of the queue",
+                        job.id, exc_type and exc_type.__name__, attempts_of(self.connection, job), job.retries_left)
             return True
         try:
             payload = Job.model_validate_json(job.args[0])
@@ -243,7 +289,9 @@ class GenerationWorker(SimpleWorker):
             log.error("job=%s failed and its payload cannot be read: %s", job.id, error)
             return True
         code = FAILURE_CODES.get(exc_type.__name__ if exc_type else "", "internal")
-        event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value}", 0.0)
+        attempts = attempts_of(self.connection, job)
+        event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value} "
+                                     f"(after {attempts} attempt(s))", 0.0).model_copy(update={"attempts": attempts})
         with_redis_retry(job.id, lambda: publish_event(self.runtime.conn, event))
         self.runtime.record(event)
         return True

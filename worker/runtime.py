@@ -18,6 +18,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from ponybot import keys
+from ponybot.cpus import available_cpus
 from ponybot.errors import GenerationError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
@@ -61,7 +62,7 @@ class WorkerRuntime:
         self.classifier = classifier
         self.policies = PolicyStore(conn)
         #: CPU work after the GPU (classifier, PNG encoding), spread over the host's cores
-        self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ponybot-post")
+        self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
 
@@ -260,6 +261,22 @@ def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 12
 
 
 
+def cpu_threads(settings: Settings) -> int:
+    """This worker's CPU threads: ``worker.cpu_threads``, else every CPU its cgroup and affinity allow."""
+    return settings.worker.cpu_threads or available_cpus()
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Cap torch's (and OpenMP's) threads in this process: several workers on one host share its cores."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(max(1, min(threads, 4)))
+    except RuntimeError:  # only possible before torch's first parallel work; the intra-op cap still holds
+        log.debug("torch inter-op threads were already set")
+
+
 def default_worker_name(device: torch.device) -> str:
     return f"ponybot-{socket.gethostname()}-{device}-{uuid.uuid4().hex[:6]}"
 
@@ -268,6 +285,9 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
                   name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
     """Load the model (once, before any job is taken) and bind it to Redis."""
     device = resolve_device(settings.worker.device)
+    threads = cpu_threads(settings)
+    limit_cpu_threads(threads)
+    log.info("using %d CPU thread(s)", threads)
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
     model = load_model(model_source or settings.model.source, settings.model, device)
@@ -277,7 +297,7 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
         warm_up(generator, settings)
     classifier: ImageClassifier | None = None
     try:
-        classifier = load_classifier(settings.safety)
+        classifier = load_classifier(settings.safety, threads=min(2, threads))
     except ImportError as error:
         log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
     registry = serve_metrics(metrics_port, conn)

