@@ -8,13 +8,14 @@ Precedence, highest first: ``PONYBOT_SECTION__KEY`` environment variables (and
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ponybot.errors import ConfigError
 from ponybot.schemas import Job, JobKind, Sampler, parse_size
@@ -45,8 +46,22 @@ class _Section(BaseModel):
 class RedisSettings(_Section):
     url: str | None = None
     embedded_dir: Path = Path("data/redis")
-    sentinels: list[str] = Field(default_factory=list)
+    #: from the environment as JSON or comma-separated: ``sentinel-0:26379,sentinel-1:26379``
+    sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
     master_name: str = "ponybot"
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _sentinel_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.startswith("["):
+                return [item.strip() for item in text.split(",") if item.strip()]
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("is neither a JSON list nor comma-separated host:port items") from None
+        return value
 
     @field_validator("sentinels")
     @classmethod
