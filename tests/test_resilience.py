@@ -26,8 +26,9 @@ FAST_RECOVERY = {"PONYBOT_WORKER__HEARTBEAT_S": "1", "PONYBOT_WORKER__MAINTENANC
 
 
 @contextmanager
-def workers(redis_url: str, model_cache: Path, cwd: Path, *names: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
-    env = cli_env(redis_url, model_cache, **FAST_RECOVERY)
+def workers(redis_url: str | None, model_cache: Path, cwd: Path, *names: str,
+            **extra_env: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
+    env = cli_env(redis_url, model_cache, **{**FAST_RECOVERY, "PONYBOT_WORKER__CPU_THREADS": "1", **extra_env})
     started = {name: subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu", "--name", name],
                                       env=env, cwd=cwd, text=True, stderr=subprocess.DEVNULL) for name in names}
     try:
@@ -89,9 +90,10 @@ def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: S
         wait_until(lambda: events_for(conn, job.id), timeout=120)
     [event] = events_for(conn, job.id)
     assert event.kind == "failed" and event.error_code == "worker_died"
+    assert event.attempts == 1 and "after 1 attempt(s)" in (event.error_message or "")
     from bot import messages
 
-    assert "stopped while making it" in messages.failed(event, mention=False)
+    assert "stopped while making it (tried once)" in messages.failed(event, mention=False)
 
 
 def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_path: Path) -> None:

@@ -138,6 +138,10 @@ def test_timeout_after_last_attempt_becomes_failed_event(conn: redis.Redis, sett
     [event] = events(conn)  # one event, after the second attempt
     assert event.kind == "failed" and event.job.id == job.id
     assert event.error_code == "timeout"
+    assert event.attempts == 2 and "after 2 attempt(s)" in (event.error_message or "")
+    from bot.messages import failed
+
+    assert "took longer than this bot allows (tried 2 times)" in failed(event, mention=False)
 
 
 def test_worker_writes_its_own_key_sparingly(conn: redis.Redis, runtime: WorkerRuntime,

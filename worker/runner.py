@@ -20,9 +20,11 @@ from rq import SimpleWorker
 from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job as RQJob
+from rq.registry import clean_registries as rq_clean_registries
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
+from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
 from ponybot.errors import ForgedJobError
@@ -79,6 +81,8 @@ UNREADABLE = (NoSuchJobError, DeserializationError, ValueError, IndexError, Type
 
 #: RQ's exception names -> the failure codes members are told about.
 FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
+#: Longest a sweep holds its lock (a sweep takes milliseconds; RQ's own lock lasts 899 s).
+SWEEP_LOCK_S = 60
 #: Field of RQ's job hash counting the times a worker started the job (RQ's own saves leave it alone).
 ATTEMPTS_FIELD = "ponybot_attempts"
 
@@ -172,6 +176,12 @@ class GenerationWorker(SimpleWorker):
                 self._finalize_failure(other, queue, other_execution, (RuntimeError, failure, None))
         self.set_state("idle")
 
+    def _finalize_success(self, job: RQJob, queue: Any, execution: Execution, return_value: Any) -> None:
+        """RQ's, retried while Redis is away (a failover): the job's event is out, so failing it here
+        would end this worker and leave the job to run again."""
+        with_redis_retry(job.id, lambda: super(GenerationWorker, self)._finalize_success(job, queue, execution,
+                                                                                       return_value))
+
     def claim_batch(self, leader: RQJob, queue: Any) -> list[tuple[RQJob, Job]]:
         """Up to ``worker.max_batch - 1`` queued jobs of the leader's shape, waiting ``batch_window_ms`` at most.
 
@@ -262,10 +272,23 @@ class GenerationWorker(SimpleWorker):
             return 0.0
         return max(0.0, self.maintenance_interval - (rq_now() - self.last_cleaned_at).total_seconds()) + 0.01
 
+    def clean_registries(self) -> None:
+        """RQ's, but its lock lasts :data:`SWEEP_LOCK_S`, not 15 minutes: a worker killed mid-sweep (now more
+        likely, since busy workers sweep too) must not stop every sweep for that long."""
+        for queue in self.queues:
+            if self.connection.set(queue.registry_cleaning_key, self.name, nx=True, ex=SWEEP_LOCK_S):
+                try:
+                    rq_clean_registries(queue, self._exc_handlers)
+                    clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+                finally:
+                    queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]
+
     def sweep(self) -> None:
         """RQ's registry maintenance (abandoned jobs retried or failed); one worker at a time (RQ's lock)."""
         try:
-            self.clean_registries()  # type: ignore[no-untyped-call]
+            self.clean_registries()
         except redis.RedisError as error:
             log.warning("sweep for abandoned jobs failed: %s", error)
             self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # try again at the next interval, not at every tick
