@@ -138,3 +138,8 @@ def test_compose_and_settings_agree() -> None:
     assert set(compose["services"]) >= {"redis", "bot", "worker"}
     assert "--appendonly" in " ".join(compose["services"]["redis"]["command"])
     assert compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # the optional failover profile: a replica of redis and three sentinels watching it under redis.master_name
+    sentinels = [service for name, service in compose["services"].items() if name.startswith("sentinel-")]
+    assert len(sentinels) == 3 and all(service["profiles"] == ["sentinel"] for service in sentinels)
+    assert f"sentinel monitor {Settings().redis.master_name} redis 6379 2" in " ".join(sentinels[0]["command"])
+    assert "--replicaof" in compose["services"]["redis-replica"]["command"]
