@@ -22,9 +22,9 @@ from ponybot.errors import RedisUnavailableError
 from ponybot.queue import connect, enqueue
 from ponybot.redis_server import find_redis_server, free_port
 from ponybot.schemas import Job, JobEvent, build_request
-from ponybot.settings import Settings
+from ponybot.settings import Settings, sentinel_address
 from tests.bot_harness import bot_settings, running_bot
-from tests.conftest import make_settings
+from tests.conftest import cli_env, make_settings, run_cli
 from tests.discord_fake.server import FakeDiscord
 from tests.test_resilience import workers
 
@@ -161,3 +161,14 @@ async def test_primary_dies_mid_queue(tmp_path: Path, model_cache: Path, fake: F
     assert all(count == 1 for count in counts.values())
     contents = [message["content"] for message in result_messages(fake)]
     assert [sum(prompt in content for content in contents) for prompt in ("before the failover", "after it")] == [1, 1]
+
+
+def test_no_sentinel_answers(tmp_path: Path, model_cache: Path) -> None:
+    """Sentinels nobody runs: a message naming them, from the library and from the command line."""
+    nobody = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    target = RedisTarget(sentinels=tuple(sentinel_address(item) for item in nobody), master_name=MASTER)
+    with pytest.raises(RedisUnavailableError, match=f"primary 'ponybot' of sentinels {nobody[0]}, {nobody[1]}"):
+        connect(target, timeout=0.5)
+    result = run_cli(["status"], cli_env(None, model_cache, PONYBOT_REDIS__SENTINELS=",".join(nobody)), tmp_path)
+    assert result.returncode == 1
+    assert f"sentinels {nobody[0]}" in result.stderr and "Traceback" not in result.stderr
