@@ -7,6 +7,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from rq.job import Job as RQJob
 
@@ -39,13 +40,14 @@ def event_order(conn: redis.Redis, jobs: list[Job]) -> list[str]:
     return [wanted[job_id] for job_id in order if job_id in wanted]
 
 
+@pytest.mark.timeout(900)
 def test_abandoned_job_is_found_while_the_survivor_is_busy_and_runs_next(
         conn: redis.Redis, settings: Settings, model_cache: Path, redis_url: str, tmp_path: Path) -> None:
     with workers(redis_url, model_cache, tmp_path, "w-a", "w-b") as procs:
-        long = queue_job(conn, settings, "long", steps=50, size=512)  # keeps the survivor busy throughout
+        long = queue_job(conn, settings, "long", steps=30, size=512)  # keeps the survivor busy throughout
         wait_until(lambda: running_on(conn, long.id), timeout=180)
         survivor = running_on(conn, long.id)
-        first = queue_job(conn, settings, "first", steps=30, size=512)
+        first = queue_job(conn, settings, "first", steps=10, size=512)
         wait_until(lambda: running_on(conn, first.id), timeout=180)
         victim = running_on(conn, first.id)
         assert {survivor, victim} == {"w-a", "w-b"}
@@ -79,3 +81,42 @@ def test_cpu_share(tmp_path: Path) -> None:
     assert available_cpus(quota) == min(2, available_cpus(tmp_path / "absent"))
     quota.write_text("max 100000\n")
     assert available_cpus(quota) == available_cpus(tmp_path / "absent") >= 1
+
+
+def test_up_gives_each_worker_its_share(redis_url: str, model_cache: Path) -> None:
+    from ponybot.up import Supervisor
+    from tests.conftest import make_settings
+
+    settings = make_settings(redis_url, model_cache, worker={"device": "cpu"})
+    supervisor = Supervisor(settings, config=None, workers=3)
+    supervisor.plan(redis_url)
+    shares = {child.env.get("PONYBOT_WORKER__CPU_THREADS") for child in supervisor.children}
+    assert shares == {str(cpu_share(3))}
+    chosen = Supervisor(make_settings(redis_url, model_cache, worker={"device": "cpu", "cpu_threads": 5}),
+                        config=None, workers=3)
+    chosen.plan(redis_url)  # an operator's own value is left alone
+    assert {child.env.get("PONYBOT_WORKER__CPU_THREADS") for child in chosen.children} <= {None, "5"}
+
+
+def test_worker_caps_torch_and_onnxruntime_threads(tmp_path: Path) -> None:
+    """In a fresh interpreter (torch's thread pools are per process): the cap reaches torch and the classifier."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = (
+        "import torch\n"
+        "from ponybot.settings import SafetySettings, load_settings\n"
+        "from worker.runtime import cpu_threads, limit_cpu_threads\n"
+        "from worker.safety import load_classifier\n"
+        "threads = cpu_threads(load_settings(None, worker={'cpu_threads': 1}))\n"
+        "limit_cpu_threads(threads)\n"
+        "session = load_classifier(SafetySettings(), threads=threads).classifiers[0].model._session\n"
+        "print(threads, torch.get_num_threads(), session.get_session_options().intra_op_num_threads)\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "1"]

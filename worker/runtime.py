@@ -262,8 +262,12 @@ def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 12
 
 
 def cpu_threads(settings: Settings) -> int:
-    """This worker's CPU threads: ``worker.cpu_threads``, else every CPU its cgroup and affinity allow."""
-    return settings.worker.cpu_threads or available_cpus()
+    """This worker's CPU threads: ``worker.cpu_threads``, else ``OMP_NUM_THREADS`` when set, else every CPU
+    its cgroup and affinity allow."""
+    if settings.worker.cpu_threads:
+        return settings.worker.cpu_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return int(omp) if omp.isdigit() and int(omp) > 0 else available_cpus()
 
 
 def limit_cpu_threads(threads: int) -> None:
