@@ -14,7 +14,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ponybot.errors import ConfigError
@@ -47,7 +56,8 @@ class RedisSettings(_Section):
     url: str | None = None
     embedded_dir: Path = Path("data/redis")
     #: from the environment as JSON or comma-separated: ``sentinel-0:26379,sentinel-1:26379``
-    sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sentinels: Annotated[list[Annotated[str, AfterValidator(lambda item: sentinel_address(item) and item)]],
+                         NoDecode] = Field(default_factory=list)
     master_name: str = "ponybot"
 
     @field_validator("sentinels", mode="before")
@@ -63,12 +73,6 @@ class RedisSettings(_Section):
                 raise ValueError("is neither a JSON list nor comma-separated host:port items") from None
         return value
 
-    @field_validator("sentinels")
-    @classmethod
-    def _sentinels(cls, value: list[str]) -> list[str]:
-        for item in value:
-            sentinel_address(item)
-        return value
 
 
 def sentinel_address(item: str) -> tuple[str, int]:
