@@ -286,12 +286,13 @@ class GenerationWorker(SimpleWorker):
         self.last_cleaned_at = rq_now()  # type: ignore[assignment]
 
     def sweep(self) -> None:
-        """RQ's registry maintenance (abandoned jobs retried or failed); one worker at a time (RQ's lock)."""
+        """RQ's registry maintenance (abandoned jobs retried or failed); one worker at a time (the sweep lock)."""
         try:
             self.clean_registries()
         except redis.RedisError as error:
             log.warning("sweep for abandoned jobs failed: %s", error)
-            self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # try again at the next interval, not at every tick
+            # try again at the next interval, not at every tick
+            self.last_cleaned_at = rq_now()  # type: ignore[assignment]
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                         _traceback: Any) -> bool:
