@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from rq.job import Job as RQJob
 
@@ -45,7 +46,7 @@ def events_for(conn: redis.Redis, job_id: str) -> list[JobEvent]:
     return [event for event in found if event.job.id == job_id]
 
 
-def wait_until(condition: object, timeout: float = 90.0) -> None:
+def wait_until(condition: object, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if callable(condition) and condition():
@@ -65,6 +66,7 @@ def running_on(conn: redis.Redis, job_id: str) -> str | None:
     return job.worker_name if job.get_status() == "started" else None
 
 
+@pytest.mark.timeout(900)  # worker processes start slowly on a busy 2-core machine
 def test_sigkill_mid_job_is_retried_once(conn: redis.Redis, settings: Settings, model_cache: Path, redis_url: str,
                                          tmp_path: Path) -> None:
     with workers(redis_url, model_cache, tmp_path, "w-a", "w-b") as procs:
@@ -73,13 +75,14 @@ def test_sigkill_mid_job_is_retried_once(conn: redis.Redis, settings: Settings, 
         victim = running_on(conn, job.id)
         assert victim in procs
         procs[victim].send_signal(signal.SIGKILL)
-        wait_until(lambda: events_for(conn, job.id), timeout=150)
+        wait_until(lambda: events_for(conn, job.id), timeout=400)
         time.sleep(2)
     [event] = events_for(conn, job.id)
     assert event.kind == "done"
     assert event.worker != victim
 
 
+@pytest.mark.timeout(900)  # worker processes start slowly on a busy 2-core machine
 def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: Settings, model_cache: Path,
                                                   redis_url: str, tmp_path: Path) -> None:
     job = long_job(conn, settings, attempts=1)
@@ -87,7 +90,7 @@ def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: S
         wait_until(lambda: running_on(conn, job.id))
         procs["w-doomed"].send_signal(signal.SIGKILL)
     with workers(redis_url, model_cache, tmp_path, "w-next"):
-        wait_until(lambda: events_for(conn, job.id), timeout=120)
+        wait_until(lambda: events_for(conn, job.id), timeout=400)
     [event] = events_for(conn, job.id)
     assert event.kind == "failed" and event.error_code == "worker_died"
     assert event.attempts == 1 and "after 1 attempt(s)" in (event.error_message or "")
@@ -96,6 +99,7 @@ def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: S
     assert "stopped while making it (tried once)" in messages.failed(event, mention=False)
 
 
+@pytest.mark.timeout(900)  # worker processes start slowly on a busy 2-core machine
 def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_path: Path) -> None:
     data, port = tmp_path / "redis", free_port()
     server = EmbeddedRedis(data, port=port, persistent=True)
