@@ -152,7 +152,9 @@ async def test_primary_dies_mid_queue(tmp_path: Path, model_cache: Path, fake: F
                 await fake.wait_for(lambda: "Queued" in (fake.original(after) or {}).get("content", ""), timeout=60)
                 await in_thread(lambda: set(done_counts(conn)) >= {job.id for job in jobs}, timeout=400)
                 await fake.wait_for(lambda: len(result_messages(fake)) == 2, timeout=300)
-                assert all(process.poll() is None for process in procs.values())  # both carried on
+                dead = {name: (tmp_path / f"{name}.log").read_text()[-4000:]
+                        for name, process in procs.items() if process.poll() is not None}
+                assert not dead  # both carried on
             counts = done_counts(conn)
             assert conn.info("server")["tcp_port"] == topology.replica_port  # the same client followed
         print(f"replica promoted {promoted:.1f} s after the primary was killed "

@@ -30,8 +30,9 @@ FAST_RECOVERY = {"PONYBOT_WORKER__HEARTBEAT_S": "1", "PONYBOT_WORKER__MAINTENANC
 def workers(redis_url: str | None, model_cache: Path, cwd: Path, *names: str,
             **extra_env: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
     env = cli_env(redis_url, model_cache, **{**FAST_RECOVERY, "PONYBOT_WORKER__CPU_THREADS": "1", **extra_env})
+    logs = {name: (cwd / f"{name}.log").open("w") for name in names}  # read them when a test fails
     started = {name: subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu", "--name", name],
-                                      env=env, cwd=cwd, text=True, stderr=subprocess.DEVNULL) for name in names}
+                                      env=env, cwd=cwd, text=True, stderr=logs[name]) for name in names}
     try:
         yield started
     finally:
@@ -39,6 +40,8 @@ def workers(redis_url: str | None, model_cache: Path, cwd: Path, *names: str,
             if process.poll() is None:
                 process.kill()
             process.wait()
+        for log in logs.values():
+            log.close()
 
 
 def events_for(conn: redis.Redis, job_id: str) -> list[JobEvent]:

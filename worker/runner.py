@@ -123,7 +123,30 @@ class GenerationWorker(SimpleWorker):
             if time.monotonic() - self._last_worker_beat < self.WORKER_BEAT_EVERY_S:
                 return
             self._last_worker_beat = time.monotonic()
-        super().heartbeat(timeout, pipeline)
+        try:
+            super().heartbeat(timeout, pipeline)
+        except self.REDIS_AWAY as error:
+            if pipeline is not None:
+                raise
+            log.warning("worker heartbeat failed, Redis unavailable: %s", error)
+
+    #: Redis away for a moment (a restart, a Sentinel failover): RQ's own loop quits on these outside its dequeue.
+    REDIS_AWAY: ClassVar[tuple[type[Exception], ...]] = (redis.ConnectionError, redis.TimeoutError)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's, but Redis being away waits for it instead of ending the worker (the dequeue retries)."""
+        try:
+            super().check_for_suspension(burst)
+        except self.REDIS_AWAY as error:
+            log.warning("Redis unavailable (%s): waiting for it", error)
+            time.sleep(1)
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's, skipped (not fatal) while Redis is away."""
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except self.REDIS_AWAY as error:
+            log.warning("maintenance skipped, Redis unavailable: %s", error)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """Write the worker's state only when it changes (RQ sets ``idle`` twice between jobs)."""
@@ -151,6 +174,15 @@ class GenerationWorker(SimpleWorker):
         return self.heartbeat_s * 3
 
     def execute_job(self, job: RQJob, queue: Any) -> None:
+        """:meth:`run_job`; Redis going away around a job leaves it to RQ's sweep instead of ending the worker."""
+        try:
+            self.run_job(job, queue)
+        except self.REDIS_AWAY as error:
+            # not started: RQ's intermediate-list cleanup retries it; started: the sweep does, once it is abandoned
+            log.error("job=%s Redis went away around the job (%s): carrying on", job.id, error)
+            self.executions.clear()
+
+    def run_job(self, job: RQJob, queue: Any) -> None:
         """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none) and batching."""
         execution = self.prepare_execution(job)
         claimed = self.claim_batch(job, queue)
