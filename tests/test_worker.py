@@ -111,7 +111,7 @@ def test_sigterm_finishes_the_current_job(conn: redis.Redis, settings: Settings,
     worker = subprocess.Popen([sys.executable, "-m", "ponybot", "worker", "--device", "cpu"],
                               env=cli_env(redis_url, model_cache), cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300  # a worker process starts slowly on a busy 2-core machine
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=1)
             if message and message["type"] == "message" and json.loads(message["data"])["job_id"] == job.id:
