@@ -182,7 +182,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.gallery.enabled:
         log.warning("gallery.enabled is false: the bot hands no images over; serving what is already kept")
-    run_gallery(settings, resolve_redis_url(settings))
+    run_gallery(settings, resolve_redis(settings))
     return 0
 
 
