@@ -71,7 +71,7 @@ class PonyBot(commands.Bot):
         self.sync_redis: redis.Redis = target.client(socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
         self.tracker = Tracker(self)
-        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis))
+        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis, list(settings.models)))
 
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
         self.metrics.commands.labels(command.qualified_name).inc()

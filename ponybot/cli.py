@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a GPU worker: load the model, then take jobs")
     worker.add_argument("--device", help="cpu, cuda, cuda:N (overrides worker.device)")
-    worker.add_argument("--model", help="model source (overrides model.source)")
+    worker.add_argument("--models", help="comma-separated model names from [models] to hold (default: model.default)")
+    worker.add_argument("--model", help="model source of the (first) model held (overrides its source)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--name", help="worker name shown in status and logs (default: host, device, random)")
     worker.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.worker_port)")
@@ -100,6 +101,7 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         seed=args.seed,
         sampler=sampler,
         clip_skip=args.clip_skip if args.clip_skip is not None else defaults.clip_skip,
+        model=settings.default_model,
     )
 
 
@@ -111,7 +113,7 @@ def cli_job_id(job: Job, model: str) -> str:
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     request = request_from_args(args, settings)
-    model = args.model or settings.model.source
+    model = args.model or settings.model_entry(None).source
     draft = Job.create(request, quality_tags=args.quality)
     job = draft.model_copy(update={"id": cli_job_id(draft, model)})
     out_dir: Path = args.out or settings.cli.out_dir
@@ -132,7 +134,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
             run_worker(build_runtime(settings, conn, model_source=model), burst=True)
         try:
-            event = wait_for_event(conn, job.id, after=after, timeout=None,
+            event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
                                    no_worker_timeout=settings.cli.no_worker_timeout_s)
         except NoWorkerError:
             cancel_job(conn, job.id)  # nobody would ever read its result
@@ -157,7 +159,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.device:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
     conn = connect(resolve_redis(settings))
-    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name,
+    models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
+    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name, models=models,
                             metrics_port=args.metrics_port if args.metrics_port is not None
                             else settings.metrics.worker_port)
     run_worker(runtime, burst=args.burst)

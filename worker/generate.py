@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,8 +14,10 @@ from PIL import Image
 
 from ponybot.errors import GenerationError
 from ponybot.schemas import GenerationRequest
+from worker.adapters import Adapters
 from worker.encoding import PromptEncoder
 from worker.loading import LoadedModel
+from worker.networks import Catalog
 from worker.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -44,12 +47,15 @@ class GenerationOutput:
 
 
 class Generator:
-    """Owns the resident pipeline and the project's prompt encoder."""
+    """Owns the resident pipeline, its LoRAs and embeddings, and the project's prompt encoder."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, catalog: Catalog | None = None, lora_cache: int = 8) -> None:
         self.model = model
         self.pipeline = model.pipeline
-        self.encoder = PromptEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder)
+        if catalog is None:  # no folders configured: none to find
+            catalog = Catalog(Path("/nonexistent/loras"), Path("/nonexistent/embeddings"), [model.architecture])
+        self.adapters = Adapters(self.pipeline, catalog, lora_cache)
+        self.encoder = PromptEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder, self.adapters.embeddings)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self._img2img: Any = None
 

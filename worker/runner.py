@@ -27,12 +27,14 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
-from ponybot.errors import ForgedJobError
+from ponybot.errors import ForgedJobError, InvalidRequestError
+from ponybot.networks import parse_loras
 from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import (
     Job,
     JobKind,
 )
+from worker.announce import Announcer
 from worker.runtime import WorkerRuntime, with_redis_retry
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ class GenerationWorker(SimpleWorker):
         self._last_worker_beat = float("-inf")
         job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
         super().__init__(
-            [generation_queue(runtime.conn)],
+            [generation_queue(runtime.conn, model) for model in runtime.generators],
             connection=runtime.conn,
             name=runtime.name,
             job_class=job_class,
@@ -280,8 +282,12 @@ class GenerationWorker(SimpleWorker):
         except UNREADABLE:
             return None
         a, b = lead.request, payload.request
-        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip) == (
-            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip)
+        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip, a.model) == (
+            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip, b.model)
+        try:  # one model and one LoRA set per batch: the adapters are the pipeline's state
+            same = same and lora_set(a.prompt) == lora_set(b.prompt)
+        except InvalidRequestError:
+            return None
         return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
 
     def _beat(self, running: list[tuple[RQJob, Any]], done: threading.Event) -> None:
@@ -353,13 +359,19 @@ class GenerationWorker(SimpleWorker):
         return True
 
 
+def lora_set(prompt: str) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((lora.name, lora.weight) for lora in parse_loras(prompt) if lora.weight != 0))
+
+
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
     """Take jobs until stopped (SIGTERM/SIGINT: the current job finishes first) or, in burst mode, drained."""
     worker = GenerationWorker(runtime)
     started = time.perf_counter()
-    log.info("worker %s listening on %s", runtime.name, keys.GENERATE_QUEUE)
+    log.info("worker %s holds %s, listening on %s", runtime.name, ", ".join(runtime.generators),
+             ", ".join(queue.name for queue in worker.queues))
     # RQ's own per-job lines repeat ours (job=<id> ... started/done); keep its warnings and errors
     rq_level = "DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
-    result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
+    with Announcer(runtime):
+        result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
     log.info("worker %s stopped after %.1f s", runtime.name, time.perf_counter() - started)
     return bool(result)

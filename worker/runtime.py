@@ -19,9 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from ponybot import keys
 from ponybot.cpus import available_cpus
-from ponybot.errors import GenerationError
+from ponybot.errors import GenerationError, InvalidRequestError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
+from ponybot.networks import check_lora_count, parse_loras, strip_loras
 from ponybot.parameters import format_parameters
 from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply, resolve
 from ponybot.policy_store import PolicyStore
@@ -41,6 +42,7 @@ from ponybot.schemas import (
 from ponybot.settings import Settings
 from worker.generate import BatchItem, GenerationOutput, Generator
 from worker.loading import compile_model, load_model, resolve_device
+from worker.networks import Catalog
 from worker.png import encode_png, latent_preview
 from worker.safety import ImageClassifier, load_classifier
 
@@ -52,12 +54,13 @@ R = TypeVar("R")
 class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
+    def __init__(self, settings: Settings, conn: redis.Redis, generators: Generator | dict[str, Generator], name: str,
                  classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None) -> None:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
-        self.generator = generator
+        #: model name -> its resident pipeline; one generator alone is the default model's
+        self.generators = generators if isinstance(generators, dict) else {settings.default_model: generators}
         self.name = name
         self.classifier = classifier
         self.policies = PolicyStore(conn)
@@ -65,6 +68,21 @@ class WorkerRuntime:
         self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
+
+    @property
+    def generator(self) -> Generator:
+        """The first model's generator (the only one of a single-model worker)."""
+        return next(iter(self.generators.values()))
+
+    @generator.setter
+    def generator(self, value: Generator) -> None:
+        self.generators[next(iter(self.generators))] = value
+
+    def generator_for(self, job: Job) -> Generator:
+        model = job.request.model or self.settings.default_model
+        if model not in self.generators:
+            raise GenerationError("model", f"this worker does not hold the model {model!r}")
+        return self.generators[model]
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -103,7 +121,12 @@ class WorkerRuntime:
                      job.request.width, job.request.height, job.request.count, job.request.steps,
                      job.request.sampler.value, len(jobs))
             policy = self.policy_for(job)
-            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
+            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag,
+                             model=self.settings.models.get(job.request.model or self.settings.default_model))
+            try:
+                check_lora_count(parse_loras(job.request.prompt), self.settings.model.max_loras)
+            except InvalidRequestError as error:
+                decision = Decision(False, str(error), decision.prompt, decision.negative_prompt, "prompt")
             if decision.allowed:
                 planned.append((job, policy, decision))
             else:
@@ -135,10 +158,13 @@ class WorkerRuntime:
 
         try:
             request, init_image = self.follow_up(leader)
-            items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
+            generator = self.generator_for(leader)
+            generator.adapters.use_loras(parse_loras(leader.request.prompt))  # a batch shares model and LoRA set
+            generator.adapters.use_embeddings([text for _j, _p, d in planned for text in (d.prompt, d.negative_prompt)])
+            items = [BatchItem(strip_loras(decision.prompt), decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
-            outputs = self.generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
-                                                    strength=STRENGTH.get(leader.kind, 1.0))
+            outputs = generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
+                                               strength=STRENGTH.get(leader.kind, 1.0))
         except GenerationError as error:
             return {job.id: self._failed(job, error.code, str(error), queued[job.id]) for job, _p, _d in planned}
         except torch.OutOfMemoryError:
@@ -150,7 +176,7 @@ class WorkerRuntime:
                                      list(zip(planned, outputs, strict=True)))
         for output, flags in zip(outputs, screened, strict=True):
             output.nsfw = flags
-        return self._store(planned, outputs, queued)
+        return self._store(planned, outputs, queued, generator)
 
     def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
         """``work`` over ``items`` on the CPU pool (in this thread when there is only one)."""
@@ -160,13 +186,14 @@ class WorkerRuntime:
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
-        metrics.wait.observe(max(0.0, event.queued_s))
+        model = event.job.request.model or self.settings.default_model
+        metrics.wait.labels(model).observe(max(0.0, event.queued_s))
         if event.kind == "failed":
-            metrics.failures.labels(event.error_code or "internal").inc()
+            metrics.failures.labels(model, event.error_code or "internal").inc()
             return
-        metrics.generation.observe(event.generation_s)
-        metrics.images.inc(len(event.images))
-        metrics.withheld.inc(event.withheld)
+        metrics.generation.labels(model).observe(event.generation_s)
+        metrics.images.labels(model).inc(len(event.images))
+        metrics.withheld.labels(model).inc(event.withheld)
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
 
@@ -193,9 +220,14 @@ class WorkerRuntime:
             log.warning("job=%s progress not sent: %s", job.id, error)
 
     def _store(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], outputs: list[GenerationOutput],
-               queued: dict[str, float]) -> dict[str, JobEvent]:
+               queued: dict[str, float], generator: Generator) -> dict[str, JobEvent]:
         """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
+        loras = parse_loras(planned[0][0].request.prompt)
+        hashes = {"Model hash": generator.model.hash,
+                  "Lora hashes": ", ".join(f"{lora.name.replace(':', '').replace(',', '')}: "
+                                           f"{generator.adapters.hashes[lora.name]}" for lora in loras
+                                           if lora.name in generator.adapters.hashes and lora.weight != 0)}
         results: dict[str, list[ImageResult]] = {}
         pngs: dict[str, tuple[Image.Image, str]] = {}
         for (job, policy, decision), output in zip(planned, outputs, strict=True):
@@ -208,7 +240,7 @@ class WorkerRuntime:
                 if not withheld:
                     key = keys.image(job.id, index)
                     text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
-                                             self.generator.model.name, size=image.size)
+                                             generator.model.name, size=image.size, extra=hashes)
                     pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
@@ -286,26 +318,37 @@ def default_worker_name(device: torch.device) -> str:
 
 
 def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
-                  name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
-    """Load the model (once, before any job is taken) and bind it to Redis."""
+                  name: str | None = None, metrics_port: int = 0, models: list[str] | None = None) -> WorkerRuntime:
+    """Load the models (once, before any job is taken; default: the default model) and bind them to Redis.
+
+    ``model_source`` replaces the source of the first model (``ponybot worker --model``).
+    """
     device = resolve_device(settings.worker.device)
     threads = cpu_threads(settings)
     limit_cpu_threads(threads)
     log.info("using %d CPU thread(s)", threads)
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
-    model = load_model(model_source or settings.model.source, settings.model, device)
-    generator = Generator(model)
-    if settings.worker.compile and device.type == "cuda":
-        compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
-        warm_up(generator, settings)
+    names = models or [settings.default_model]
+    for key in names:
+        settings.model_entry(key)  # a ConfigError naming a model that is not configured, before any load
+    generators: dict[str, Generator] = {}
+    for index, key in enumerate(names):
+        entry = settings.model_entry(key)
+        model = load_model(model_source if model_source and index == 0 else entry.source, settings.model, device,
+                           entry=entry, key=key)
+        catalog = Catalog(settings.model.lora_dir, settings.model.embeddings_dir, [model.architecture])
+        generators[key] = Generator(model, catalog, settings.model.lora_cache)
+        if settings.worker.compile and device.type == "cuda":
+            compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
+            warm_up(generators[key], settings)
     classifier: ImageClassifier | None = None
     try:
         classifier = load_classifier(settings.safety, threads=min(2, threads))
     except ImportError as error:
         log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
-    registry = serve_metrics(metrics_port, conn)
-    return WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry)
+    registry = serve_metrics(metrics_port, conn, names)
+    return WorkerRuntime(settings, conn, generators, name or default_worker_name(device), classifier, registry)
 
 
 def warm_up(generator: Generator, settings: Settings) -> None:
