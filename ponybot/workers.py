@@ -14,7 +14,9 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from ponybot import keys
-from ponybot.schemas import Versioned, utcnow
+from ponybot.errors import InvalidRequestError
+from ponybot.networks import check_lora_count, find_embeddings, parse_loras
+from ponybot.schemas import GenerationRequest, LoraRef, Versioned, utcnow
 
 
 class NetworkInfo(BaseModel):
@@ -74,10 +76,14 @@ def online_workers(conn: redis.Redis) -> list[WorkerRecord]:
     return records
 
 
-def models_online(conn: redis.Redis, records: list[WorkerRecord] | None = None) -> dict[str, list[WorkerRecord]]:
+def models_online(conn: redis.Redis) -> dict[str, list[WorkerRecord]]:
     """Model name -> the workers holding it, for every model some worker online holds."""
+    return models_online_from(online_workers(conn))
+
+
+def models_online_from(records: list[WorkerRecord]) -> dict[str, list[WorkerRecord]]:
     held: dict[str, list[WorkerRecord]] = {}
-    for record in online_workers(conn) if records is None else records:
+    for record in records:
         for model in record.models:
             held.setdefault(model, []).append(record)
     return held
@@ -91,3 +97,20 @@ def usable(records: list[WorkerRecord], kind: str) -> dict[str, str | None]:
             if found.get(item.name, "missing") is not None:
                 found[item.name] = item.problem
     return found
+
+
+def check_networks(records: list[WorkerRecord], request: GenerationRequest, max_loras: int
+                   ) -> tuple[list[LoraRef], list[str]]:
+    """The request's LoRAs, checked against what the workers holding its model can use, and the
+    embeddings its prompts name; InvalidRequestError naming the LoRA that cannot be used."""
+    loras = parse_loras(request.prompt)
+    check_lora_count(loras, max_loras)
+    known = usable(records, "loras")
+    for lora in loras:
+        if lora.name not in known:
+            raise InvalidRequestError("prompt", f"unknown LoRA {lora.name}: the workers holding {request.model} have "
+                                      f"no {lora.name}.safetensors (see /loras)")
+        if known[lora.name] is not None:
+            raise InvalidRequestError("prompt", f"LoRA {lora.name} cannot be used: {known[lora.name]}")
+    embeddings = [name for name, problem in usable(records, "embeddings").items() if problem is None]
+    return loras, find_embeddings([request.prompt, request.negative_prompt], embeddings)

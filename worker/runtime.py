@@ -22,7 +22,7 @@ from ponybot.cpus import available_cpus
 from ponybot.errors import GenerationError, InvalidRequestError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
-from ponybot.networks import check_lora_count, parse_loras, strip_loras
+from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
 from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply, resolve
 from ponybot.policy_store import PolicyStore
@@ -159,12 +159,11 @@ class WorkerRuntime:
         try:
             request, init_image = self.follow_up(leader)
             generator = self.generator_for(leader)
-            generator.adapters.use_loras(parse_loras(leader.request.prompt))  # a batch shares model and LoRA set
-            generator.adapters.use_embeddings([text for _j, _p, d in planned for text in (d.prompt, d.negative_prompt)])
-            items = [BatchItem(strip_loras(decision.prompt), decision.negative_prompt, job.seed, request.count
+            items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
             outputs = generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
-                                               strength=STRENGTH.get(leader.kind, 1.0))
+                                               strength=STRENGTH.get(leader.kind, 1.0),
+                                               loras=parse_loras(leader.request.prompt))  # one LoRA set per batch
         except GenerationError as error:
             return {job.id: self._failed(job, error.code, str(error), queued[job.id]) for job, _p, _d in planned}
         except torch.OutOfMemoryError:
@@ -223,11 +222,6 @@ class WorkerRuntime:
                queued: dict[str, float], generator: Generator) -> dict[str, JobEvent]:
         """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
-        loras = parse_loras(planned[0][0].request.prompt)
-        hashes = {"Model hash": generator.model.hash,
-                  "Lora hashes": ", ".join(f"{lora.name.replace(':', '').replace(',', '')}: "
-                                           f"{generator.adapters.hashes[lora.name]}" for lora in loras
-                                           if lora.name in generator.adapters.hashes and lora.weight != 0)}
         results: dict[str, list[ImageResult]] = {}
         pngs: dict[str, tuple[Image.Image, str]] = {}
         for (job, policy, decision), output in zip(planned, outputs, strict=True):
@@ -240,7 +234,7 @@ class WorkerRuntime:
                 if not withheld:
                     key = keys.image(job.id, index)
                     text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
-                                             generator.model.name, size=image.size, extra=hashes)
+                                             generator.model.name, size=image.size, extra=output.hashes)
                     pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
