@@ -30,7 +30,7 @@ from ponybot.settings import Settings
 log = logging.getLogger(__name__)
 
 FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.status",
-            "bot.features.info", "bot.features.gallery")
+            "bot.features.info", "bot.features.gallery", "bot.features.models")
 
 
 def configure_endpoints(settings: Settings) -> None:

@@ -192,7 +192,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ponybot.status import collect_status, describe_status
 
-    say(describe_status(collect_status(connect(resolve_redis(settings)))))
+    say(describe_status(collect_status(connect(resolve_redis(settings)), list(settings.models))))
     return 0
 
 
