@@ -89,7 +89,7 @@ async def test_channel_limited_to_models_and_loras(fake: FakeDiscord, redis_url:
 async def test_buttons_keep_the_model(fake: FakeDiscord, redis_url: str, model_cache: Path, conn: redis.Redis,
                                       generator: Any, classifier: Any) -> None:
     settings = two_models(redis_url, model_cache, fake)
-    runtime = WorkerRuntime(settings, conn, {"pony-v3": generator}, "holds-v3", classifier)  # the tiny model, named pony-v3
+    runtime = WorkerRuntime(settings, conn, {"pony-v3": generator}, "holds-v3", classifier)  # tiny, named pony-v3
     announce(conn, ["pony-v3"])
     async with running_bot(settings, redis_url):
         interaction = await fake.slash("generate", {"prompt": "pinkie pie", "model": "pony-v3", "seed": 5})

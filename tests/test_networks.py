@@ -17,6 +17,8 @@ from ponybot import keys
 from ponybot.errors import GenerationError, InvalidRequestError
 from ponybot.networks import check_lora_count, parse_loras, strip_loras
 from ponybot.parameters import format_parameters, parse_parameters
+from ponybot.policy import PolicyRules
+from ponybot.policy_store import PolicyStore
 from ponybot.schemas import GenerationRequest, Job, JobEvent, LoraRef, Sampler, build_request
 from ponybot.settings import ModelSettings, Settings
 from ponybot.workers import NetworkInfo, WorkerRecord, check_networks
@@ -248,3 +250,22 @@ def test_header_is_read_not_trusted(tmp_path: Path) -> None:
     save_file({"a": torch.zeros(2)}, str(fine))
     assert list(read_header(fine)) == ["a"]
     assert json.loads(fine.read_bytes()[8 : 8 + int.from_bytes(fine.read_bytes()[:8], "little")])["a"]["shape"] == [2]
+
+
+def test_worker_checks_again_at_run_time(conn: redis.Redis, networked: Generator, redis_url: str,
+                                         model_cache: Path) -> None:
+    """A job that reached the queue without the bot's checks (or before a moderator's change) is refused."""
+    from ponybot.policy import Mode
+    from ponybot.schemas import Origin
+
+    settings = make_settings(redis_url, model_cache, model={"max_loras": 1})
+    runtime = WorkerRuntime(settings, conn, networked, "checking")
+    PolicyStore(conn).set_channel(1, 2, PolicyRules(mode=Mode.SFW, loras=["shiny"]), by=3)
+    origin = Origin(guild_id=1, channel_id=2, channel_nsfw=False, user_id=3)
+    jobs = [Job.create(build_request(settings.limits, prompt=prompt, steps=2, width=256, height=256), origin=origin)
+            for prompt in ("pony <lora:shiny> <lora:glow>", "pony <lora:glow:0.5>", "pony <lora:n.u.d.e:0.5>")]
+    events = runtime.run_batch(jobs)
+    assert [event.kind for event in events] == ["failed"] * 3
+    assert "at most 1 LoRAs" in (events[0].error_message or "")
+    assert "does not allow the LoRA glow" in (events[1].error_message or "")
+    assert "nude" in (events[2].error_message or "")
