@@ -179,3 +179,26 @@ async def test_generate_names_the_model_nobody_holds(fake: FakeDiscord, redis_ur
     assert generation_queue(conn, "pony-v3").count == 0 and generation_queue(conn, "pony-v4").count == 1
     queued = Job.model_validate_json(conn.get(keys.job_record(generation_queue(conn).job_ids[0])) or b"")
     assert queued.request.model == "pony-v4"
+
+
+def test_status_and_metrics_per_model(conn: redis.Redis, redis_url: str, model_cache: Path,
+                                      second_model: Path) -> None:
+    from prometheus_client import generate_latest
+
+    from ponybot.metrics import serve
+    from ponybot.status import collect_status, describe_status
+
+    settings = two_model_settings(redis_url, model_cache, second_model)
+    announce(conn, ["pony-v3"])
+    for _ in range(2):
+        job = Job.create(build_request(settings.limits, prompt="pony", model="pony-v3"))
+        enqueue(conn, job, max_queue=10, job_timeout_s=60, result_ttl_s=60)
+    conn.lpush(keys.recent_durations("pony-v3"), "4.0")
+    status = collect_status(conn, list(settings.models))
+    by_name = {item.name: item for item in status.models}
+    assert by_name["pony-v3"].queue_depth == 2 and by_name["pony-v3"].workers == 1
+    assert by_name["pony-v3"].wait_for_new_job_s == 12.0 and by_name["pony-v4"].queue_depth == 0
+    assert "pony-v3: 2 waiting, 1 worker(s)" in describe_status(status)
+    text = generate_latest(serve(0, conn, list(settings.models))).decode()
+    assert 'ponybot_queue_depth{model="pony-v3"} 2.0' in text and 'ponybot_queue_depth{model="pony-v4"} 0.0' in text
+    assert 'ponybot_workers_online{model="pony-v3"} 1.0' in text
