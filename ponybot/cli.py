@@ -89,10 +89,12 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
     sampler = args.sampler or defaults.sampler.value
     if sampler not in {s.value for s in Sampler}:
         raise InvalidRequestError("sampler", f"must be one of {', '.join(s.value for s in Sampler)}, got {sampler!r}")
+    entry = settings.model_entry(None)  # the default model's own defaults first
+    negative = defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt
     return build_request(
         settings.limits,
         prompt=args.prompt,
-        negative_prompt=args.negative if args.negative is not None else defaults.negative_prompt,
+        negative_prompt=args.negative if args.negative is not None else negative,
         steps=args.steps if args.steps is not None else defaults.steps,
         cfg=args.cfg if args.cfg is not None else defaults.cfg,
         width=width,
@@ -100,7 +102,7 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         count=args.count if args.count is not None else defaults.count,
         seed=args.seed,
         sampler=sampler,
-        clip_skip=args.clip_skip if args.clip_skip is not None else defaults.clip_skip,
+        clip_skip=args.clip_skip if args.clip_skip is not None else entry.clip_skip or defaults.clip_skip,
         model=settings.default_model,
     )
 
