@@ -74,6 +74,38 @@ def test_harmless_prompts_allowed(prompt: str) -> None:
     assert check_prompt(prompt, SFW_TERMS).allowed, check_prompt(prompt, SFW_TERMS)
 
 
+#: Letters of other scripts that look like Latin ones, read through Unicode's confusables or anyascii.
+LOOKALIKES = {
+    "Cyrillic": "nudе pony",  # е U+0435
+    "Greek": "hεntai",  # ε U+03B5
+    "Armenian": "ոսde",  # ո U+0578, ս U+057D
+    "Lisu": "ꓠꓴꓓꓰ",  # U+A4E0 U+A4F4 U+A4D3 U+A4F0
+    "Coptic": "ⲛⲩⲇⲉ",  # U+2C9B U+2CA9 U+2C87 U+2C89
+    "Cherokee": "ᏚEX",  # U+13DA
+    "Latin small capitals": "ɴᴜᴅᴇ",
+}
+
+
+@pytest.mark.parametrize("script", LOOKALIKES)
+def test_lookalikes_of_other_scripts_refused(script: str) -> None:
+    prompt = LOOKALIKES[script]
+    assert any(not c.isascii() for c in prompt)
+    assert not check_prompt(prompt, SFW_TERMS).allowed, (script, prompt)
+
+
+def test_shapes_table_holds_only_what_unicode_data_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each entry of the small supplement is needed: without it, no reading catches its letter."""
+    from ponybot import prompt_filter
+
+    spelled = {"п": "пude", "ь": "questionaьle", "β": "questionaβle", "χ": "eχplicit", "ω": "nsfω"}
+    assert set(spelled) == {chr(c) for c in prompt_filter.SHAPES}
+    for word in spelled.values():
+        assert not check_prompt(word, SFW_TERMS).allowed
+    monkeypatch.setattr(prompt_filter, "SHAPES", {})
+    for word in spelled.values():
+        assert check_prompt(word, SFW_TERMS).allowed, word
+
+
 def test_nsfw_channels_refuse_young_characters_and_allow_adult_terms() -> None:
     nsfw = resolve(PolicyRules(mode=Mode.NSFW), age_restricted=True, settings=POLICY)
     terms = nsfw.forbidden_terms
