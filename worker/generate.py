@@ -41,6 +41,7 @@ class GenerationOutput:
     seeds: list[int]
     nsfw: list[bool | None] = field(default_factory=list)  #: None: the classifier could not tell
     seconds: float = 0.0
+    tags: list[dict[str, float]] = field(default_factory=list)  #: the tags the image tagger read, per image
 
 
 class Generator:
