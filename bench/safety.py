@@ -21,15 +21,14 @@ import numpy as np
 import torch
 from common import machine, table  # type: ignore[import-not-found]
 from PIL import Image
+from pipeline import through_ponybot  # type: ignore[import-not-found]
 
-from ponybot import keys
-from ponybot.queue import connect, enqueue
+from ponybot.queue import connect
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import Job, build_request
 from ponybot.settings import ModelSettings, SafetySettings, Settings
 from worker.generate import Generator
 from worker.loading import load_model, resolve_device
-from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
 from worker.safety import OpenNSFW, SafetyCheck
 from worker.tagger import WdTagger, onnx_providers
@@ -76,17 +75,6 @@ def stand_in_tagger(folder: Path, layers: int, dim: int = 768, size: int = 448, 
     return folder
 
 
-def through_worker(runtime: WorkerRuntime, conn, jobs: list[Job]) -> float:  # type: ignore[no-untyped-def]
-    conn.delete(keys.EVENTS_STREAM)
-    started = time.perf_counter()
-    for job in jobs:
-        enqueue(conn, job, max_queue=1000, job_timeout_s=600, result_ttl_s=600)
-    GenerationWorker(runtime).work(burst=True, logging_level="WARNING")
-    elapsed = time.perf_counter() - started
-    assert conn.xlen(keys.EVENTS_STREAM) == len(jobs)
-    return elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--layers", type=int, default=18, help="MLP blocks of the stand-in tagger (18: ViT-B-sized)")
@@ -120,7 +108,7 @@ def main() -> None:
         for round_ in range(args.rounds + 1):  # round 0 warms up; then alternated, best of each
             for name, runtime in runtimes.items():
                 batch = requests[:1] if round_ == 0 else requests
-                elapsed = through_worker(runtime, conn, [Job.create(r) for r in batch])
+                elapsed = through_ponybot(runtime, conn, settings, [Job.create(r) for r in batch])
                 if round_:
                     timings[name].append(elapsed)
     rates = {name: args.jobs / min(values) for name, values in timings.items()}

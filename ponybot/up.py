@@ -2,9 +2,10 @@
 
 An embedded Redis when none is configured (append-only file in ``redis.embedded_dir``,
 so queued jobs and policies survive a restart), the image tagger fetched into the model
-cache, one worker process per visible GPU (or one on the CPU), and the bot when a token is set. Children run in their own
-process sessions and get exactly one SIGTERM at shutdown: workers finish their job,
-the bot finishes the deliveries in hand. A child that dies is restarted.
+cache, one worker process per visible GPU (or one on the CPU), and the bot when a token
+is set. Children run in their own process sessions and get exactly one SIGTERM at
+shutdown: workers finish their job, the bot finishes the deliveries in hand. A child that
+dies is restarted.
 """
 
 from __future__ import annotations
