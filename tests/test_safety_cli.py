@@ -146,3 +146,34 @@ def test_bad_input_is_a_clear_message(labelled: Path, capsys: pytest.CaptureFixt
     assert main(["safety", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_fetch_reads_a_local_tagger_and_reports_an_unreachable_one(labelled: Path, capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["safety", "fetch"]) == 0
+    out = capsys.readouterr().out
+    assert "tagger ready" in out and "(7 tags)" in out
+    monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", "SmilingWolf/not-downloaded")
+    assert main(["safety", "fetch"]) == 2  # the hub is off in tests: not in the cache, and not fetched
+    err = capsys.readouterr().err
+    assert "SmilingWolf/not-downloaded is not in the cache" in err and "could not be fetched" in err
+    assert "Traceback" not in err
+
+
+def test_up_fetches_the_tagger_before_the_workers(labelled: Path, caplog: pytest.LogCaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from ponybot.settings import load_settings
+    from ponybot.up import Child, Supervisor
+
+    monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", "SmilingWolf/not-downloaded")
+    supervisor = Supervisor(load_settings(None), config=None, workers=1)
+    supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
+    supervisor.fetch_tagger()
+    assert "could not be fetched: the workers start without it" in caplog.text
+    caplog.clear()
+    monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", str(labelled / "wd"))
+    Supervisor(load_settings(None), config=None, workers=1).fetch_tagger()  # no workers planned: nothing run
+    supervisor = Supervisor(load_settings(None), config=None, workers=1)
+    supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
+    supervisor.fetch_tagger()
+    assert "could not be fetched" not in caplog.text
