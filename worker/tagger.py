@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +181,3 @@ def read_tags(path: Path) -> tuple[list[str], dict[str, str]]:
     if not rows or "name" not in rows[0] or "category" not in rows[0]:
         raise ConfigError(f"safety.tagger: {path} has no name and category columns")
     return [row["name"] for row in rows], {row["name"]: (row["category"] or "").strip() for row in rows}
-
-
-def default_threads() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
