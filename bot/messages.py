@@ -10,6 +10,7 @@ FAILURE_REASONS = {
     "timeout": "it took longer than this bot allows{attempts}. Try fewer steps or a smaller size.",
     "invalid_request": "the worker could not use these options.",
     "expired": "the images expired before they could be posted. Please generate them again.",
+    "unsafe_source": "the image it starts from did not pass this channel's image check, so it was not used.",
     "internal": "an unexpected error in the GPU worker (the operator can find it in the logs by its job id).",
 }
 

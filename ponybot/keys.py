@@ -103,3 +103,8 @@ GALLERY_GUILDS = f"{PREFIX}:gallery:guilds"
 def gallery_image(job_id: str, index: int) -> str:
     """The gallery's own copy of a posted PNG, kept for ``gallery.handoff_ttl_s`` until the gallery stores it."""
     return f"{PREFIX}:gallery:image:{job_id}:{index}"
+
+
+def worker_safety(worker: str) -> str:
+    """A worker's image check as it loaded it (JSON: classifiers loaded, those missing and why)."""
+    return f"{PREFIX}:worker-safety:{worker}"

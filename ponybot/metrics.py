@@ -49,6 +49,12 @@ class WorkerMetrics:
                                 registry=registry)
         self.failures = Counter("ponybot_failures_total", "Failed jobs by cause", ["model", "cause"],
                                 registry=registry)
+        self.safety_missing = Gauge("ponybot_safety_classifier_missing",
+                                    "1 while a configured image classifier is not loaded (SFW fails closed)",
+                                    ["classifier"], registry=registry)
+        self.unchecked = Counter("ponybot_images_unchecked_total",
+                                 "Images that went without the complete image check (withheld in SFW channels)",
+                                 registry=registry)
         self.gpu_memory = Gauge("ponybot_gpu_memory_bytes", "Peak GPU memory allocated by this worker",
                                 registry=registry)
 

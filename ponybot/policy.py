@@ -36,6 +36,14 @@ class FlaggedAction(StrEnum):
     SPOILER = "spoiler"
 
 
+class Strictness(StrEnum):
+    """How readily an SFW channel's image check withholds: ``strict`` lowers every threshold
+    (``safety.strict_factor``) and counts the tagger's ``sensitive`` rating as flagged too."""
+
+    STANDARD = "standard"
+    STRICT = "strict"
+
+
 class PolicyRules(BaseModel):
     """What a moderator set for a server or a channel; ``None`` inherits."""
 
@@ -43,6 +51,7 @@ class PolicyRules(BaseModel):
 
     mode: Mode | None = None
     flagged: FlaggedAction | None = None
+    strictness: Strictness | None = None
     forbidden_terms: list[str] | None = None
     negative_prompt: str | None = Field(None, max_length=500)
     max_steps: int | None = Field(None, ge=1, le=150)
@@ -73,6 +82,7 @@ class EffectivePolicy(BaseModel):
     configured_mode: Mode
     age_restricted: bool
     flagged: FlaggedAction
+    strictness: Strictness = Strictness.STANDARD
     forbidden_terms: list[str]
     negative_prompt: str
     max_steps: int | None
@@ -93,7 +103,8 @@ def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySetting
     negative = join_tags(settings.sfw_negative if mode is Mode.SFW else "", rules.negative_prompt or "")
     return EffectivePolicy(
         mode=mode, configured_mode=configured, age_restricted=age_restricted,
-        flagged=rules.flagged or FlaggedAction.SPOILER, forbidden_terms=terms, negative_prompt=negative,
+        flagged=rules.flagged or FlaggedAction.SPOILER, strictness=rules.strictness or Strictness.STANDARD,
+        forbidden_terms=terms, negative_prompt=negative,
         max_steps=rules.max_steps, max_count=rules.max_count, max_pixels=rules.max_pixels,
         cooldown_s=rules.cooldown_s or 0, gallery=rules.gallery is not False, models=rules.models or [],
         loras=rules.loras or [],

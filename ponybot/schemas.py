@@ -271,6 +271,8 @@ class ImageResult(BaseModel):
     flagged: bool = False  #: the image classifier flagged it as NSFW (or could not tell)
     withheld: bool = False  #: not posted: flagged in an SFW channel
     spoiler: bool = False  #: posted behind a spoiler: flagged in an NSFW channel that asks for it
+    #: the booru tags the image tagger read, best first, with their scores (for search and a gallery)
+    tags: dict[str, float] = Field(default_factory=dict)
 
 
 class JobEvent(Versioned):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rq import Worker
 from rq.worker.base import BaseWorker
 
@@ -17,10 +17,36 @@ from ponybot.workers import models_online
 WINDOW_S = 600
 
 
+class SafetyState(BaseModel):
+    """A worker's image check as loaded: written to Redis at start, shown by ``ponybot status`` and ``/status``."""
+
+    classifiers: list[str]
+    missing: dict[str, str] = Field(default_factory=dict)  #: classifier -> why it is not loaded
+
+    def describe(self) -> str:
+        if not self.missing:
+            return f"image check {'+'.join(self.classifiers)}"
+        gone = "; ".join(f"{name}: {why}" for name, why in self.missing.items())
+        return f"IMAGE CHECK INCOMPLETE (SFW channels get no images): {gone}"
+
+
 class WorkerState(BaseModel):
     name: str
     state: str
     job_id: str | None
+    safety: SafetyState | None = None
+
+
+def publish_safety(conn: redis.Redis, worker: str, state: SafetyState, ttl_s: int = 7 * 86400) -> None:
+    conn.set(keys.worker_safety(worker), state.model_dump_json(), ex=ttl_s)
+
+
+def read_safety(conn: redis.Redis, workers: list[str]) -> dict[str, SafetyState]:
+    if not workers:
+        return {}
+    values = conn.mget([keys.worker_safety(name) for name in workers])
+    return {name: SafetyState.model_validate_json(value) for name, value in zip(workers, values, strict=True)
+            if value is not None}
 
 
 class ModelStatus(BaseModel):
@@ -53,6 +79,8 @@ def collect_status(conn: redis.Redis, models: list[str] | None = None) -> Status
         found.update((w.name, w) for w in Worker.all(connection=conn, queue=queue))
     workers = [WorkerState(name=w.name, state=str(w.get_state()), job_id=w.get_current_job_id())
                for w in found.values()]
+    safety = read_safety(conn, [w.name for w in workers])
+    workers = [w.model_copy(update={"safety": safety.get(w.name)}) for w in workers]
     since_ms = int((time.time() - WINDOW_S) * 1000)
     done = failed = images = 0
     done_per_model: dict[str, int] = {}
@@ -87,7 +115,8 @@ def collect_status(conn: redis.Redis, models: list[str] | None = None) -> Status
 
 def describe_status(status: Status) -> str:
     lines = [f"Workers online: {len(status.workers)}"]
-    lines += [f"  {w.name}: {w.state}" + (f" (job {w.job_id})" if w.job_id else "") for w in status.workers]
+    lines += [f"  {w.name}: {w.state}" + (f" (job {w.job_id})" if w.job_id else "")
+              + (f", {w.safety.describe()}" if w.safety else "") for w in status.workers]
     lines.append(f"Queue: {status.queue_depth} waiting")
     if len(status.models) > 1:
         for item in status.models:

@@ -1,10 +1,11 @@
 """``ponybot up``: everything on one machine, supervised.
 
 An embedded Redis when none is configured (append-only file in ``redis.embedded_dir``,
-so queued jobs and policies survive a restart), one worker process per visible GPU
-(or one on the CPU), and the bot when a token is set. Children run in their own
-process sessions and get exactly one SIGTERM at shutdown: workers finish their job,
-the bot finishes the deliveries in hand. A child that dies is restarted.
+so queued jobs and policies survive a restart), the image tagger fetched into the model
+cache, one worker process per visible GPU (or one on the CPU), and the bot when a token
+is set. Children run in their own process sessions and get exactly one SIGTERM at
+shutdown: workers finish their job, the bot finishes the deliveries in hand. A child that
+dies is restarted.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Supervisor:
             raise
         log.info("Redis at %s", RedisTarget.of(url).describe())
         self.plan(url)
+        self.fetch_tagger()
         for child in self.children:
             child.start()
         try:
@@ -145,6 +147,15 @@ class Supervisor:
         finally:
             self.shutdown()
         return 0
+
+    def fetch_tagger(self) -> None:
+        """The image tagger into the model cache once, before the workers start (they would each fetch it)."""
+        if not self.settings.safety.tagger_enabled or not any(c.name.startswith("worker") for c in self.children):
+            return
+        fetched = subprocess.run(self.command("safety", "fetch"), check=False)
+        if fetched.returncode != 0:
+            log.error("the image tagger %s could not be fetched: the workers start without it, and SFW channels "
+                      "get no images until it is there", self.settings.safety.tagger)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         log.info("stopping (signal %d): workers finish their jobs first", signum)

@@ -109,10 +109,12 @@ def test_worker_caps_torch_and_onnxruntime_threads(tmp_path: Path) -> None:
         "import torch\n"
         "from ponybot.settings import SafetySettings, load_settings\n"
         "from worker.runtime import cpu_threads, limit_cpu_threads\n"
-        "from worker.safety import load_classifier\n"
+        "from pathlib import Path\n"
+        "from worker.safety import load_safety\n"
         "threads = cpu_threads(load_settings(None, worker={'cpu_threads': 1}))\n"
         "limit_cpu_threads(threads)\n"
-        "session = load_classifier(SafetySettings(), threads=threads).classifiers[0].model._session\n"
+        "check = load_safety(SafetySettings(tagger='none'), Path('.'), fail_fast=True, threads=threads)\n"
+        "session = check.classifiers[0].model._session\n"
         "print(threads, torch.get_num_threads(), session.get_session_options().intra_op_num_threads)\n"
     )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}

@@ -46,6 +46,7 @@ class GenerationOutput:
     nsfw: list[bool | None] = field(default_factory=list)  #: None: the classifier could not tell
     seconds: float = 0.0
     hashes: dict[str, str | None] = field(default_factory=dict)  #: A1111's ``Model hash`` and ``Lora hashes``
+    tags: list[dict[str, float]] = field(default_factory=list)  #: the tags the image tagger read, per image
 
 
 class Generator:

@@ -24,7 +24,7 @@ from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
 from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
-from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply, resolve
+from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
@@ -40,11 +40,12 @@ from ponybot.schemas import (
     utcnow,
 )
 from ponybot.settings import Settings
+from ponybot.status import SafetyState, publish_safety
 from worker.generate import BatchItem, GenerationOutput, Generator
 from worker.loading import compile_model, load_model, resolve_device
 from worker.networks import Catalog
 from worker.png import encode_png, latent_preview
-from worker.safety import ImageClassifier, load_classifier
+from worker.safety import ImageCheck, Verdict, load_safety
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,7 +56,7 @@ class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
     def __init__(self, settings: Settings, conn: redis.Redis, generators: Generator | dict[str, Generator], name: str,
-                 classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None) -> None:
+                 classifier: ImageCheck | None = None, registry: CollectorRegistry | None = None) -> None:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
@@ -63,6 +64,7 @@ class WorkerRuntime:
         self.generators = generators if isinstance(generators, dict) else {settings.default_model: generators}
         self.name = name
         self.classifier = classifier
+        self.publish_safety()
         self.policies = PolicyStore(conn)
         #: CPU work after the GPU (classifier, PNG encoding), spread over the host's cores
         self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
@@ -91,18 +93,29 @@ class WorkerRuntime:
         rules = self.policies.rules_for(job.origin.guild_id, job.origin.channel_id)
         return resolve(rules, age_restricted=job.origin.channel_nsfw, settings=self.settings.policy)
 
-    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[bool | None]:
-        """The classifier's flags; None where it could not tell (then SFW withholds: fail closed)."""
+    def publish_safety(self) -> None:
+        """The image check as loaded, for ``ponybot status`` and ``/status``, and its metric."""
+        state = self.classifier.state if self.classifier else SafetyState(classifiers=[], missing={
+            "image check": "not loaded"})
+        for name in state.missing:
+            self.metrics.safety_missing.labels(name).set(1)
+        with_redis_retry("-", lambda: publish_safety(self.conn, self.name, state))
+
+    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[Verdict]:
+        """The image check's verdicts at the channel's strictness; None where it could not tell (SFW withholds)."""
+        strictness = policy.strictness if policy is not None else Strictness.STANDARD
+        verdicts = [Verdict(None)] * len(images)
         if self.classifier is None:
             if policy is not None and policy.mode is Mode.SFW:
                 log.error("job=%s no image classifier is loaded: withholding its images in an SFW channel", job.id)
-            return [None] * len(images)
-        try:
-            return list(self.classifier.classify(images))
-        except Exception:  # any failure of the classifier must withhold, never post
-            log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
-                          self.classifier.name)
-            return [None] * len(images)
+        else:
+            try:
+                verdicts = list(self.classifier.classify(images, strictness))
+            except Exception:  # any failure of the classifier must withhold, never post
+                log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
+                              self.classifier.name)
+        self.metrics.unchecked.inc(sum(verdict.flagged is None for verdict in verdicts))
+        return verdicts
 
     def run(self, payload: str) -> dict[str, Any]:
         """Run the job in ``payload`` (with any jobs batched beside it) and publish each one's event."""
@@ -157,7 +170,7 @@ class WorkerRuntime:
                 self._progress(job, step, total, None if host is None else host[offset])
 
         try:
-            request, init_image = self.follow_up(leader)
+            request, init_image = self.follow_up(leader, planned[0][1])
             generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
@@ -173,8 +186,8 @@ class WorkerRuntime:
         # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
         screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
                                      list(zip(planned, outputs, strict=True)))
-        for output, flags in zip(outputs, screened, strict=True):
-            output.nsfw = flags
+        for output, verdicts in zip(outputs, screened, strict=True):
+            output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
         return self._store(planned, outputs, queued, generator)
 
     def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
@@ -196,14 +209,18 @@ class WorkerRuntime:
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
 
-    def follow_up(self, job: Job) -> tuple[GenerationRequest, Image.Image | None]:
-        """The request as generated, and the source image of an upscale or variation."""
+    def follow_up(self, job: Job, policy: EffectivePolicy | None = None
+                  ) -> tuple[GenerationRequest, Image.Image | None]:
+        """The request as generated, and the source image of an upscale or variation (checked in SFW channels)."""
         if job.kind is JobKind.TXT2IMG or job.source is None:
             return job.request, None
         data = self.conn.get(job.source.key)
         if data is None:
             raise GenerationError("expired", "the image it starts from has expired")
         source = Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+        sfw = policy is not None and policy.mode is Mode.SFW
+        if sfw and self.screen(job, policy, [source])[0].flagged is not False:
+            raise GenerationError("unsafe_source", "the image it starts from did not pass this channel's image check")
         width, height = source.size
         if job.kind is JobKind.UPSCALE:
             width, height = upscale_size(width, height, self.settings.limits.max_upscale_pixels)
@@ -238,7 +255,8 @@ class WorkerRuntime:
                     pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
-                    withheld=withheld, spoiler=spoiler and not withheld))
+                    withheld=withheld, spoiler=spoiler and not withheld,
+                    tags=output.tags[index] if output.tags else {}))
         encoded = dict(zip(pngs, self.side_by_side(lambda item: encode_png(*item), list(pngs.values())), strict=True))
 
         def write() -> None:  # a fresh pipeline each attempt: a failed execute() empties its commands
@@ -336,11 +354,7 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
         if settings.worker.compile and device.type == "cuda":
             compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
             warm_up(generators[key], settings)
-    classifier: ImageClassifier | None = None
-    try:
-        classifier = load_classifier(settings.safety, threads=min(2, threads))
-    except ImportError as error:
-        log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
+    classifier = load_safety(settings.safety, settings.model.cache_dir, threads=min(2, threads))
     registry = serve_metrics(metrics_port, conn, names)
     return WorkerRuntime(settings, conn, generators, name or default_worker_name(device), classifier, registry)
 

@@ -19,7 +19,7 @@ from discord.ext import commands
 from bot.features.generate import SizeTransformer, make_request
 from bot.jobs import origin_of
 from ponybot.errors import InvalidRequestError
-from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, apply, resolve
+from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.settings import PolicySettings
 
@@ -56,6 +56,7 @@ def can_manage_server() -> Callable[[T], T]:
 RULE_OPTIONS = {
     "mode": "sfw, or nsfw (only takes effect in age-restricted channels)",
     "flagged": "In NSFW mode: post images the classifier flags, or put them behind a spoiler",
+    "strictness": "SFW image check: standard, or strict (lower thresholds; 'sensitive' art withheld too)",
     "forbidden_terms": "Extra terms to refuse, comma-separated ('none' clears)",
     "negative_prompt": "Added to every negative prompt",
     "max_steps": "Most steps allowed",
@@ -93,12 +94,20 @@ def parse_allowed(text: str | None, known: list[str] | None = None, what: str = 
 def rules_from(mode: Mode | None, flagged: FlaggedAction | None, forbidden_terms: str | None,
                negative_prompt: str | None, max_steps: int | None, max_count: int | None,
                max_size: tuple[int, int] | None, cooldown: int | None, gallery: Literal["on", "off"] | None = None,
-               models: list[str] | None = None, loras: list[str] | None = None) -> PolicyRules:
+               models: list[str] | None = None, loras: list[str] | None = None,
+               strictness: Strictness | None = None) -> PolicyRules:
     return PolicyRules(
-        mode=mode, flagged=flagged, forbidden_terms=parse_terms(forbidden_terms), negative_prompt=negative_prompt,
+        mode=mode, flagged=flagged, strictness=strictness, forbidden_terms=parse_terms(forbidden_terms),
+        negative_prompt=negative_prompt,
         max_steps=max_steps, max_count=max_count, max_pixels=max_size[0] * max_size[1] if max_size else None,
         cooldown_s=cooldown, gallery=None if gallery is None else gallery == "on", models=models, loras=loras,
     )
+
+
+STRICTNESS_SHOWN = {
+    Strictness.STANDARD: "Image check: **standard** (questionable or explicit art and explicit tags are withheld).",
+    Strictness.STRICT: "Image check: **strict** (lower thresholds; sensitive art is withheld too).",
+}
 
 
 def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
@@ -111,6 +120,7 @@ def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
     lines = [mode]
     if policy.mode is Mode.SFW:
         lines.append(f"Prompts get `{settings.safe_tag}`; flagged images are never posted.")
+        lines.append(STRICTNESS_SHOWN[policy.strictness])
     else:
         shown = "posted" if policy.flagged is FlaggedAction.POST else "posted behind a spoiler"
         lines.append(f"Images the classifier flags are {shown}.")
@@ -171,7 +181,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     @app_commands.default_permissions(manage_channels=True)
     @can_manage_channels()
     async def set(self, interaction: discord.Interaction[PonyBot], mode: Mode | None = None,
-                  flagged: FlaggedAction | None = None, forbidden_terms: str | None = None,
+                  flagged: FlaggedAction | None = None, strictness: Strictness | None = None,
+                  forbidden_terms: str | None = None,
                   negative_prompt: app_commands.Range[str, 0, 500] | None = None,
                   max_steps: app_commands.Range[int, 1, 150] | None = None,
                   max_count: app_commands.Range[int, 1, 4] | None = None,
@@ -181,7 +192,7 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                   loras: str | None = None) -> None:
         rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
                            gallery, parse_allowed(models, list(self.bot.settings.models)),
-                           parse_allowed(loras, what="LoRA"))
+                           parse_allowed(loras, what="LoRA"), strictness)
         assert interaction.guild_id is not None and interaction.channel_id is not None
         entry = await asyncio.to_thread(self.store.set_channel, interaction.guild_id, interaction.channel_id, rules,
                                         by=interaction.user.id)
@@ -206,7 +217,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     @app_commands.default_permissions(manage_guild=True)
     @can_manage_server()
     async def default(self, interaction: discord.Interaction[PonyBot], mode: Mode | None = None,
-                      flagged: FlaggedAction | None = None, forbidden_terms: str | None = None,
+                      flagged: FlaggedAction | None = None, strictness: Strictness | None = None,
+                      forbidden_terms: str | None = None,
                       negative_prompt: app_commands.Range[str, 0, 500] | None = None,
                       max_steps: app_commands.Range[int, 1, 150] | None = None,
                       max_count: app_commands.Range[int, 1, 4] | None = None,
@@ -215,7 +227,7 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                       loras: str | None = None) -> None:
         rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
                            models=parse_allowed(models, list(self.bot.settings.models)),
-                           loras=parse_allowed(loras, what="LoRA"))
+                           loras=parse_allowed(loras, what="LoRA"), strictness=strictness)
         assert interaction.guild_id is not None
         await asyncio.to_thread(self.store.set_guild, interaction.guild_id, rules, by=interaction.user.id)
         policy = await self.effective(interaction)
