@@ -28,16 +28,17 @@ FAST_RECOVERY = {"PONYBOT_WORKER__HEARTBEAT_S": "1", "PONYBOT_WORKER__MAINTENANC
 
 
 @contextmanager
-def workers(redis_url: str, model_cache: Path, cwd: Path, *names: str,
-            gates: Path | None = None) -> Iterator[dict[str, subprocess.Popen[str]]]:
+def workers(redis_url: str | None, model_cache: Path, cwd: Path, *names: str, gates: Path | None = None,
+            **extra_env: str) -> Iterator[dict[str, subprocess.Popen[str]]]:
     """Real ``ponybot worker`` processes; with ``gates``, each generates only once ``gates/<name>`` exists."""
-    env = cli_env(redis_url, model_cache, **FAST_RECOVERY)
+    env = cli_env(redis_url, model_cache, **{**FAST_RECOVERY, "PONYBOT_WORKER__CPU_THREADS": "1", **extra_env})
     start = [sys.executable, "-m", "ponybot"]
     if gates is not None:  # a budget, as a gated worker cannot measure its speed (its generations wait)
         env.update(PYTHONPATH=str(ROOT), PONYBOT_WORKER__STEP_BUDGET_S="100")
         start = [sys.executable, "-m", "tests.gated_worker"]
+    logs = {name: (cwd / f"{name}.log").open("w") for name in names}  # read them when a test fails
     started = {name: subprocess.Popen([*start, *([str(gates / name)] if gates else []), "worker", "--device", "cpu",
-                                       "--name", name], env=env, cwd=cwd, text=True, stderr=subprocess.DEVNULL)
+                                       "--name", name], env=env, cwd=cwd, text=True, stderr=logs[name])
                for name in names}
     try:
         yield started
@@ -46,6 +47,8 @@ def workers(redis_url: str, model_cache: Path, cwd: Path, *names: str,
             if process.poll() is None:
                 process.kill()
             process.wait()
+        for log in logs.values():
+            log.close()
 
 
 def events_for(conn: redis.Redis, job_id: str) -> list[JobEvent]:
@@ -64,6 +67,7 @@ def running_on(conn: redis.Redis, job_id: str) -> str | None:
     return job.worker_name if job.get_status() == "started" else None
 
 
+@pytest.mark.timeout(900)  # worker processes start slowly on a busy 2-core machine
 def test_sigkill_mid_job_is_retried_once(conn: redis.Redis, settings: Settings, model_cache: Path, redis_url: str,
                                          tmp_path: Path) -> None:
     with workers(redis_url, model_cache, tmp_path, "w-a", "w-b", gates=tmp_path) as procs:
@@ -80,6 +84,7 @@ def test_sigkill_mid_job_is_retried_once(conn: redis.Redis, settings: Settings, 
     assert event.worker != victim
 
 
+@pytest.mark.timeout(900)  # worker processes start slowly on a busy 2-core machine
 def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: Settings, model_cache: Path,
                                                   redis_url: str, tmp_path: Path) -> None:
     job = small_job(conn, settings, attempts=1)
@@ -90,11 +95,13 @@ def test_job_whose_every_attempt_dies_is_reported(conn: redis.Redis, settings: S
         wait_until(lambda: events_for(conn, job.id), what="the dead job's report")
     [event] = events_for(conn, job.id)
     assert event.kind == "failed" and event.error_code == "worker_died"
+    assert event.attempts == 1 and "after 1 attempt(s)" in (event.error_message or "")
     from bot import messages
 
-    assert "stopped while making it" in messages.failed(event, mention=False)
+    assert "stopped while making it (tried once)" in messages.failed(event, mention=False)
 
 
+@pytest.mark.timeout(900)  # worker processes start slowly on a busy 2-core machine
 def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_path: Path) -> None:
     data, port = tmp_path / "redis", free_port()
     server = EmbeddedRedis(data, port=port, persistent=True)
