@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -11,12 +12,14 @@ import discord
 import redis
 
 from bot import messages
+from bot.i18n import t
+from bot.uploads import PendingUpload, store_upload
 from ponybot import keys
 from ponybot.errors import PolicyRefusal, RedisUnavailableError
 from ponybot.policy import Decision, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import check_fair_share, enqueue, estimate_wait
-from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage
+from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage, UploadedImage
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -30,14 +33,15 @@ def origin_of(interaction: discord.Interaction[Any]) -> Origin:
     channel = interaction.channel
     nsfw = bool(channel is not None and hasattr(channel, "is_nsfw") and channel.is_nsfw())
     return Origin(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0, channel_nsfw=nsfw,
-                  user_id=interaction.user.id)
+                  user_id=interaction.user.id, locale=str(interaction.locale))
 
 
-def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None) -> InteractionRef:
+def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None, *, ephemeral: bool = False
+                    ) -> InteractionRef:
     return InteractionRef(
         id=interaction.id, application_id=interaction.application_id, token=interaction.token,
         expires_at=interaction.created_at + TOKEN_LIFE, message_id=message_id,
-        attachment_size_limit=interaction.filesize_limit,
+        attachment_size_limit=interaction.filesize_limit, ephemeral=ephemeral,
     )
 
 
@@ -53,12 +57,13 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
         policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=bot.settings.policy)
         decision = apply(policy, request, quality=quality, safe_tag=bot.settings.policy.safe_tag)
         if not decision.allowed:
-            raise PolicyRefusal(f"Not queued: {decision.reason}.")
+            raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=decision.reason))
         if policy.cooldown_s:
             key = keys.cooldown(origin.guild_id, origin.channel_id, origin.user_id)
             if not bot.sync_redis.set(key, 1, nx=True, ex=policy.cooldown_s):
                 wait = bot.sync_redis.ttl(key)
-                raise PolicyRefusal(f"This channel has a cooldown: you can generate again in {max(1, int(wait))} s.")
+                raise PolicyRefusal(t(origin.locale, "This channel has a cooldown: you can generate again in "
+                                      "{seconds} s.", seconds=max(1, int(wait))))
     except redis.RedisError as error:
         raise RedisUnavailableError(str(error)) from None
     return decision
@@ -77,14 +82,25 @@ async def submit(bot: PonyBot, job: Job) -> int:
 async def queue_job(
     bot: PonyBot, interaction: discord.Interaction[Any], request: GenerationRequest, *, quality: bool,
     kind: JobKind = JobKind.TXT2IMG, source: SourceImage | None = None, seed: int | None = None,
+    upload: PendingUpload | UploadedImage | None = None, ephemeral: bool = False,
 ) -> Job:
-    """Check, acknowledge, enqueue, and show the member where the job is."""
+    """Check, acknowledge, enqueue, and show the member where the job is.
+
+    A :class:`PendingUpload` is downloaded, checked and stored after the acknowledgement
+    (it can take longer than Discord's 3 s); an :class:`UploadedImage` is one already stored.
+    """
     origin = origin_of(interaction)
     await asyncio.to_thread(admit, bot, origin, request, quality)
-    callback = await interaction.response.defer(thinking=True)
+    callback = await interaction.response.defer(thinking=True, ephemeral=ephemeral)
     message_id = callback.message_id if callback is not None else None
-    fields: dict[str, Any] = {"quality_tags": quality, "origin": origin, "kind": kind, "source": source,
-                              "interaction": interaction_ref(interaction, message_id)}
+    job_id = uuid.uuid4().hex
+    if isinstance(upload, PendingUpload):
+        upload = await store_upload(bot, upload, job_id)
+    if upload is not None:
+        kind = JobKind.IMG2IMG
+    fields: dict[str, Any] = {"id": job_id, "quality_tags": quality, "origin": origin, "kind": kind,
+                              "source": source, "upload": upload,
+                              "interaction": interaction_ref(interaction, message_id, ephemeral=ephemeral)}
     job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
     position = await submit(bot, job)
     eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position)
@@ -92,6 +108,7 @@ async def queue_job(
              interaction.channel_id, position)
     from bot.features.results import queued_view
 
-    await interaction.edit_original_response(content=messages.queued(position, eta), view=queued_view(job.id))
+    await interaction.edit_original_response(content=messages.queued(origin.locale, position, eta),
+                                             view=queued_view(job.id))
     bot.tracker.track(job)
     return job

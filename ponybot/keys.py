@@ -80,3 +80,18 @@ GALLERY_GUILDS = f"{PREFIX}:gallery:guilds"
 def gallery_image(job_id: str, index: int) -> str:
     """The gallery's own copy of a posted PNG, kept for ``gallery.handoff_ttl_s`` until the gallery stores it."""
     return f"{PREFIX}:gallery:image:{job_id}:{index}"
+
+
+def upload(job_id: str) -> str:
+    """A member's uploaded picture (PNG bytes) for an img2img job; expires with the job's record."""
+    return f"{PREFIX}:upload:{job_id}"
+
+
+def guild_styles(guild_id: int) -> str:
+    """Hash of style name -> style (JSON) for one server."""
+    return f"{PREFIX}:styles:{guild_id}"
+
+
+def member_defaults(guild_id: int | None, user_id: int) -> str:
+    """A member's own generation defaults in one server (JSON)."""
+    return f"{PREFIX}:member-defaults:{guild_id or 0}:{user_id}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind
+from ponybot.schemas import GenerationRequest, Job, JobKind
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
@@ -20,7 +20,7 @@ def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, m
         "Job": job.id,
     }
     if job.kind is not JobKind.TXT2IMG:
-        fields["Denoising strength"] = STRENGTH[job.kind]
+        fields["Denoising strength"] = job.strength
         if job.source:
             fields["Source"] = f"{job.source.job_id}:{job.source.index}"
     settings = ", ".join(f"{key}: {value}" for key, value in fields.items())

@@ -119,6 +119,11 @@ def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild:
         raise QueueFullError(f"this server already has {per_guild} jobs queued or running: try again in a minute")
 
 
+def record_ttl(result_ttl_s: int) -> int:
+    """How long a job's record (and an uploaded picture it starts from) stays in Redis."""
+    return result_ttl_s * 24
+
+
 def enqueue(
     conn: redis.Redis, job: Job, *, max_queue: int, job_timeout_s: int, result_ttl_s: int, max_attempts: int = 1,
     per_member: int | None = None, per_guild: int | None = None,
@@ -145,7 +150,7 @@ def enqueue(
             failure_ttl=result_ttl_s,
             retry=Retry(max=max_attempts - 1) if max_attempts > 1 else None,
         )
-        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=result_ttl_s * 24)
+        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=record_ttl(result_ttl_s))
         return queue_position(conn, job.id) or 1
     except redis.RedisError as error:
         raise RedisUnavailableError(f"Redis is unreachable ({error})") from None

@@ -150,6 +150,7 @@ class Origin(BaseModel):
     channel_id: int
     channel_nsfw: bool
     user_id: int
+    locale: str = "en-US"  #: the member's Discord locale: messages about the job are written in it
 
 
 class InteractionRef(BaseModel):
@@ -163,6 +164,7 @@ class InteractionRef(BaseModel):
     expires_at: datetime
     message_id: int | None = None  #: the deferred response, edited with the result
     attachment_size_limit: int = 10 * 1024 * 1024
+    ephemeral: bool = False  #: the response is only visible to the member (their personal default)
 
     def alive_for(self, seconds: float) -> bool:
         """Whether the token still lives ``seconds`` from now."""
@@ -173,10 +175,35 @@ class JobKind(StrEnum):
     TXT2IMG = "txt2img"
     UPSCALE = "upscale"  #: twice the size: image upscale, then img2img at low strength
     VARY = "vary"  #: img2img from an image at moderate strength, new seed
+    IMG2IMG = "img2img"  #: img2img from a picture the member uploaded, at the strength they chose
 
 
 #: img2img strength of each follow-up kind.
 STRENGTH = {JobKind.UPSCALE: 0.35, JobKind.VARY: 0.6}
+
+
+class ResizeMode(StrEnum):
+    """How an uploaded picture is fitted to the requested size (A1111's img2img resize modes)."""
+
+    JUST_RESIZE = "just_resize"  #: stretch to the size (A1111's default)
+    CROP = "crop"  #: scale to cover the size, crop the overflow ("Crop and resize")
+    FILL = "fill"  #: scale to fit inside, fill the bars with stretched edges ("Resize and fill")
+
+
+MIN_STRENGTH = 0.05
+
+
+class UploadedImage(BaseModel):
+    """A member's uploaded picture, checked and stored by the bot (never a CDN link: those expire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str  #: PNG bytes in Redis, written by the bot, expiring with the job's record
+    filename: str = Field(max_length=200)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    strength: float = Field(ge=MIN_STRENGTH, le=1.0)
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
 
 
 class SourceImage(BaseModel):
@@ -205,6 +232,7 @@ class Job(Versioned):
     quality_tags: bool = False
     kind: JobKind = JobKind.TXT2IMG
     source: SourceImage | None = None
+    upload: UploadedImage | None = None
     origin: Origin | None = None
     interaction: InteractionRef | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -214,6 +242,13 @@ class Job(Versioned):
         """A job for ``request``; a random seed is chosen here, once, and always reported."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         return cls(request=request, seed=seed, **fields)
+
+    @property
+    def strength(self) -> float:
+        """img2img denoising strength (1.0 for txt2img): the member's for an upload, fixed for follow-ups."""
+        if self.kind is JobKind.IMG2IMG and self.upload is not None:
+            return self.upload.strength
+        return STRENGTH.get(self.kind, 1.0)
 
     def image_seed(self, index: int) -> int:
         """A1111's convention: image i of a job gets seed + i."""

@@ -26,7 +26,6 @@ from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
-    STRENGTH,
     GenerationRequest,
     ImageResult,
     Job,
@@ -41,6 +40,7 @@ from ponybot.settings import Settings
 from worker.generate import BatchItem, GenerationOutput, Generator
 from worker.loading import compile_model, load_model, resolve_device
 from worker.png import encode_png, latent_preview
+from worker.resize import resize_image
 from worker.safety import ImageClassifier, load_classifier
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,9 @@ class WorkerRuntime:
                      job.request.sampler.value, len(jobs))
             policy = self.policy_for(job)
             decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
-            if decision.allowed:
+            if decision.allowed and (refusal := self.screen_upload(job, policy)):
+                events[job.id] = self._failed(job, "upload_flagged", refusal, queued[job.id])
+            elif decision.allowed:
                 planned.append((job, policy, decision))
             else:
                 events[job.id] = self._failed(job, "policy", decision.reason or "refused", queued[job.id])
@@ -137,7 +139,7 @@ class WorkerRuntime:
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
             outputs = self.generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
-                                                    strength=STRENGTH.get(leader.kind, 1.0))
+                                                    strength=leader.strength)
         except GenerationError as error:
             return {job.id: self._failed(job, error.code, str(error), queued[job.id]) for job, _p, _d in planned}
         except torch.OutOfMemoryError:
@@ -169,8 +171,38 @@ class WorkerRuntime:
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
 
+    def screen_upload(self, job: Job, policy: EffectivePolicy | None) -> str | None:
+        """Step one of an img2img job from an upload in an SFW channel: the classifier sees the upload first.
+
+        Returns why the job is refused (flagged, or the classifier could not tell: fail closed), else None.
+        """
+        if job.upload is None or policy is None or policy.mode is not Mode.SFW:
+            return None
+        source = self.uploaded(job)
+        if source is None:
+            return None  # expired: follow_up fails the job with its own message
+        flags = self.screen(job, policy, [source])
+        if flags[0] is False:
+            return None
+        log.info("job=%s uploaded picture refused in an SFW channel (flag %s)", job.id, flags[0])
+        return "the uploaded picture was flagged by this channel's image check (SFW)"
+
+    def uploaded(self, job: Job) -> Image.Image | None:
+        """The member's uploaded picture as stored by the bot, or None once expired."""
+        assert job.upload is not None
+        data = self.conn.get(job.upload.key)
+        if data is None:
+            return None
+        return Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+
     def follow_up(self, job: Job) -> tuple[GenerationRequest, Image.Image | None]:
-        """The request as generated, and the source image of an upscale or variation."""
+        """The request as generated, and the image an upscale, variation or upload img2img starts from."""
+        if job.kind is JobKind.IMG2IMG and job.upload is not None:
+            picture = self.uploaded(job)
+            if picture is None:
+                raise GenerationError("expired", "the uploaded picture it starts from has expired")
+            request = job.request
+            return request, resize_image(picture, request.width, request.height, job.upload.resize_mode)
         if job.kind is JobKind.TXT2IMG or job.source is None:
             return job.request, None
         data = self.conn.get(job.source.key)

@@ -16,8 +16,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.features.generate import SizeTransformer, make_request
+from bot.features.generate import SizeTransformer
 from bot.jobs import origin_of
+from bot.options import make_request
 from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.settings import PolicySettings

@@ -117,6 +117,9 @@ def details(job: Job) -> str:
         f"Seeds {seeds} · {request.width}x{request.height} · {request.steps} steps · {request.sampler.label} · "
         f"CFG {request.cfg:g} · CLIP skip {request.clip_skip} · quality tags {'on' if job.quality_tags else 'off'}",
     ]
+    if job.upload is not None:
+        lines.append(f"img2img · `{job.upload.filename}` {job.upload.width}x{job.upload.height} · "
+                     f"strength {job.upload.strength:g} · {job.upload.resize_mode.value}")
     if job.kind is not JobKind.TXT2IMG and job.source:
         lines.append(f"{job.kind.value.capitalize()} of image {job.source.index + 1} of job `{job.source.job_id}`")
     lines += [f"Job `{job.id}`", f"Reproduce:\n```\n{command}\n```"]
@@ -138,10 +141,13 @@ async def on_result_action(bot: PonyBot, interaction: discord.Interaction[Any], 
             await interaction.message.delete()
         await forget_job(bot, job.id)
         await interaction.response.send_message("Deleted.", ephemeral=True)
-    elif action == "retry":
-        await queue_job(bot, interaction, job.request, quality=job.quality_tags, seed=job.seed)
-    elif action == "reroll":
-        await queue_job(bot, interaction, job.request.model_copy(update={"seed": None}), quality=job.quality_tags)
+    elif action in ("retry", "reroll"):
+        if job.upload is not None and not await bot.redis.exists(job.upload.key):
+            raise PonybotError("The picture it started from has expired. Use /generate with it again.")
+        request = job.request if action == "retry" else job.request.model_copy(update={"seed": None})
+        await queue_job(bot, interaction, request, quality=job.quality_tags, kind=job.kind, source=job.source,
+                        upload=job.upload, seed=job.seed if action == "retry" else None,
+                        ephemeral=job.interaction is not None and job.interaction.ephemeral)
     elif action in ("upscale", "vary") and index is not None:
         key = keys.image(job.id, index)
         if not await bot.redis.exists(key):
