@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from ponybot import __version__
+from ponybot import __version__, styles_cli
 from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
                        help="nsfw: as in an age-restricted channel whose policy allows NSFW")
     check.add_argument("--negative", default="", help="the member's negative prompt")
+    styles_cli.add_parser(commands)
     return parser
 
 
@@ -205,7 +206,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
-            "status": cmd_status, "gallery": cmd_gallery}
+            "status": cmd_status, "gallery": cmd_gallery, "styles": styles_cli.cmd_styles}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
