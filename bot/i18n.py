@@ -41,6 +41,11 @@ def N_(message: str) -> str:
     return message
 
 
+def NP_(context: str, message: str) -> str:
+    """Marks a message with a context (a button label) for extraction; translated later with :func:`tp`."""
+    return message
+
+
 def catalog_path(language: str) -> Path:
     return LOCALE_DIR / language / "LC_MESSAGES" / f"{DOMAIN}.po"
 

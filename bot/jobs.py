@@ -109,6 +109,6 @@ async def queue_job(
     from bot.features.results import queued_view
 
     await interaction.edit_original_response(content=messages.queued(origin.locale, position, eta),
-                                             view=queued_view(job.id))
+                                             view=queued_view(job.id, origin.locale))
     bot.tracker.track(job)
     return job

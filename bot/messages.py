@@ -54,10 +54,11 @@ def done(event: JobEvent, *, mention: bool) -> str:
     prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
     details = t(locale, "seed {seeds} · {width}x{height} · {steps} steps · {sampler} · CFG {cfg} · {seconds} s",
                 seeds=seeds or event.job.seed, width=request.width, height=request.height, steps=request.steps,
-                sampler=request.sampler.label, cfg=f"{request.cfg:g}", seconds=f"{event.generation_s:.1f}")
+                sampler=request.sampler.label, cfg=format(request.cfg, "g"), seconds=format(event.generation_s, ".1f"))
     lines = [f"{who}**{prompt}**", f"-# {details}"]
     if event.job.upload is not None:
-        lines[1] += " · " + t(locale, "from your picture, strength {strength}", strength=f"{event.job.strength:g}")
+        strength = format(event.job.strength, "g")
+        lines[1] += " · " + t(locale, "from your picture, strength {strength}", strength=strength)
     if event.withheld:
         lines.append(t(locale, "{count} image(s) withheld by this channel's safety policy.", count=event.withheld))
     return "\n".join(lines)

@@ -65,7 +65,7 @@ def check_declared(content_type: str | None, size: int, limits: UploadSettings) 
 def check_bytes(size: int, limits: UploadSettings) -> None:
     if size > limits.max_bytes:
         raise MemberError("the picture is {size} MB; this bot takes at most {limit} MB", field="image",
-                          size=f"{size / 1e6:.1f}", limit=f"{limits.max_bytes / 1e6:.1f}")
+                          size=format(size / 1e6, ".1f"), limit=format(limits.max_bytes / 1e6, ".1f"))
 
 
 def inspect(data: bytes, expected: str, limits: UploadSettings) -> tuple[bytes, int, int]:
@@ -86,7 +86,7 @@ def inspect(data: bytes, expected: str, limits: UploadSettings) -> tuple[bytes, 
             if width * height > limits.max_pixels or max(width, height) > limits.max_side:
                 raise MemberError("the picture is {width}x{height} pixels; this bot takes at most {pixels} pixels "
                                   "and {side} per side", field="image", width=width, height=height,
-                                  pixels=f"{limits.max_pixels:,}", side=limits.max_side)
+                                  pixels=format(limits.max_pixels, ","), side=limits.max_side)
             image.load()
             rgb = image.convert("RGB")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
