@@ -34,7 +34,7 @@ def command_strings(commands: list[app_commands.Command | app_commands.Group]) -
         yield "command", command.name
         yield None, command.description
         if isinstance(command, app_commands.Group):
-            yield from command_strings(command.commands)  # type: ignore[arg-type]
+            yield from command_strings(command.commands)
             continue
         for parameter in command.parameters:
             yield "option", parameter.name

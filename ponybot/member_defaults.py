@@ -52,7 +52,7 @@ class MemberDefaultsStore:
 
     def get(self, guild_id: int | None, user_id: int) -> MemberDefaults:
         raw = self.conn.get(keys.member_defaults(guild_id, user_id))
-        return MemberDefaults.model_validate_json(raw) if raw else MemberDefaults()  # type: ignore[arg-type]
+        return MemberDefaults.model_validate_json(raw) if raw else MemberDefaults()
 
     def update(self, guild_id: int | None, user_id: int, changes: dict[str, object]) -> MemberDefaults:
         """Set the given fields (validated as a whole) and return the member's defaults."""

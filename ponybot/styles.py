@@ -74,7 +74,7 @@ class StyleStore:
 
     def get(self, guild_id: int, name: str) -> Style | None:
         raw = self.conn.hget(keys.guild_styles(guild_id), name.strip().casefold())
-        return Style.model_validate_json(raw) if raw else None  # type: ignore[arg-type]
+        return Style.model_validate_json(raw) if raw else None
 
     def all(self, guild_id: int) -> list[Style]:
         raw: dict[bytes, bytes] = self.conn.hgetall(keys.guild_styles(guild_id))  # type: ignore[assignment]

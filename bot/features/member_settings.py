@@ -40,7 +40,8 @@ def describe_defaults(locale: str, mine: MemberDefaults, settings: Settings) -> 
 def check_defaults(settings: Settings, defaults: MemberDefaults) -> None:
     """Refuse defaults this bot's limits would refuse at /generate time, naming the option."""
     options = defaults.generation_options()
-    width, height = options.pop("size", parse_size(settings.defaults.size))  # type: ignore[misc]
+    size = options.pop("size", None)
+    width, height = size if isinstance(size, tuple) else parse_size(settings.defaults.size)
     build_request(settings.limits, prompt="check", width=width, height=height, **options)
 
 
