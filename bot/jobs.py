@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 import redis
@@ -25,8 +27,17 @@ if TYPE_CHECKING:
     from bot.app import PonyBot
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_LIFE = timedelta(minutes=15)
+
+
+async def read_redis(func: Callable[..., T], *args: Any) -> T:
+    """A synchronous Redis read off the event loop; Redis being down becomes the member's message."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except redis.RedisError as error:
+        raise RedisUnavailableError(str(error)) from None
 
 
 def origin_of(interaction: discord.Interaction[Any]) -> Origin:
@@ -102,7 +113,13 @@ async def queue_job(
                               "source": source, "upload": upload,
                               "interaction": interaction_ref(interaction, message_id, ephemeral=ephemeral)}
     job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
-    position = await submit(bot, job)
+    try:
+        position = await submit(bot, job)
+    except Exception:
+        if isinstance(upload, UploadedImage) and kind is JobKind.IMG2IMG and upload.key == keys.upload(job_id):
+            with contextlib.suppress(redis.RedisError):  # stored for this job only, which was not queued
+                await asyncio.to_thread(bot.sync_redis.delete, upload.key)
+        raise
     eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position)
     log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,
              interaction.channel_id, position)

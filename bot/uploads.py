@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
+import redis
 from PIL import Image, UnidentifiedImageError
 
 from bot.i18n import MemberError
 from ponybot import keys
+from ponybot.errors import RedisUnavailableError
 from ponybot.queue import record_ttl
 from ponybot.schemas import ResizeMode, UploadedImage
 from ponybot.settings import UploadSettings
@@ -110,6 +112,9 @@ async def store_upload(bot: PonyBot, pending: PendingUpload, job_id: str) -> Upl
                           status=error.status) from None
     png, width, height = await asyncio.to_thread(inspect, data, expected, limits)
     key = keys.upload(job_id)
-    await bot.redis.set(key, png, ex=record_ttl(bot.settings.worker.result_ttl_s))
+    try:
+        await bot.redis.set(key, png, ex=record_ttl(bot.settings.worker.result_ttl_s))
+    except redis.RedisError as error:
+        raise RedisUnavailableError(str(error)) from None
     return UploadedImage(key=key, filename=attachment.filename[:200], width=width, height=height,
                          strength=pending.strength, resize_mode=pending.resize_mode)

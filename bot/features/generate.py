@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -11,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.i18n import MemberError
-from bot.jobs import queue_job
+from bot.jobs import queue_job, read_redis
 from bot.options import make_request
 from bot.uploads import PendingUpload, check_declared
 from ponybot.errors import InvalidRequestError
@@ -60,7 +59,7 @@ class StyleTransformer(app_commands.Transformer):
     ) -> list[app_commands.Choice[str]]:
         if interaction.guild_id is None:
             return []
-        styles = await asyncio.to_thread(StyleStore(interaction.client.sync_redis).all, interaction.guild_id)
+        styles = await read_redis(StyleStore(interaction.client.sync_redis).all, interaction.guild_id)
         return [app_commands.Choice(name=style.name, value=style.name) for style in styles
                 if value.casefold() in style.name.casefold()][:25]
 
@@ -69,7 +68,7 @@ class StyleTransformer(app_commands.Transformer):
 
 
 async def find_style(bot: PonyBot, guild_id: int | None, name: str) -> Style:
-    style = None if guild_id is None else await asyncio.to_thread(StyleStore(bot.sync_redis).get, guild_id, name)
+    style = None if guild_id is None else await read_redis(StyleStore(bot.sync_redis).get, guild_id, name)
     if style is None:
         raise MemberError("this server has no style called {name} (see /style list)", field="style", name=name)
     return style
@@ -115,8 +114,8 @@ class Generate(commands.Cog):
         style: app_commands.Transform[Style, StyleTransformer] | None = None,
     ) -> None:
         settings = self.bot.settings
-        personal = await asyncio.to_thread(MemberDefaultsStore(self.bot.sync_redis).get, interaction.guild_id,
-                                           interaction.user.id)
+        personal = await read_redis(MemberDefaultsStore(self.bot.sync_redis).get, interaction.guild_id,
+                                    interaction.user.id)
         if style is None and personal.style:
             style = await find_style(self.bot, interaction.guild_id, personal.style)
         request = make_request(settings, {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 
 from bot.features.generate import SizeTransformer, StyleTransformer
 from bot.i18n import MemberError, t
+from bot.jobs import read_redis
 from ponybot.member_defaults import MemberDefaults, MemberDefaultsStore
 from ponybot.schemas import Sampler, build_request, parse_size
 from ponybot.settings import Settings
@@ -61,7 +61,7 @@ class MemberSettings(commands.GroupCog, group_name="settings", group_description
 
     @app_commands.command(name="show", description="Your defaults for /generate")
     async def show(self, interaction: discord.Interaction[PonyBot]) -> None:
-        mine = await asyncio.to_thread(self.store.get, interaction.guild_id, interaction.user.id)
+        mine = await read_redis(self.store.get, interaction.guild_id, interaction.user.id)
         await self.answer(interaction, t(interaction.locale, "Your defaults"), mine)
 
     @app_commands.command(name="set", description="Change your defaults (options you leave out stay as they are)")
@@ -83,17 +83,17 @@ class MemberSettings(commands.GroupCog, group_name="settings", group_description
             "style": style.name if style else None, "ephemeral": ephemeral,
         }
         changes = {key: value for key, value in changes.items() if value is not None}
-        current = await asyncio.to_thread(self.store.get, interaction.guild_id, interaction.user.id)
+        current = await read_redis(self.store.get, interaction.guild_id, interaction.user.id)
         try:
             check_defaults(self.bot.settings, MemberDefaults.model_validate({**current.model_dump(), **changes}))
         except ValidationError as error:
             raise MemberError("not a valid default: {reason}", reason=error.errors()[0]["msg"]) from None
-        mine = await asyncio.to_thread(self.store.update, interaction.guild_id, interaction.user.id, changes)
+        mine = await read_redis(self.store.update, interaction.guild_id, interaction.user.id, changes)
         await self.answer(interaction, t(interaction.locale, "Your defaults were saved"), mine)
 
     @app_commands.command(name="reset", description="Forget your defaults: the bot's apply again")
     async def reset(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await asyncio.to_thread(self.store.reset, interaction.guild_id, interaction.user.id)
+        await read_redis(self.store.reset, interaction.guild_id, interaction.user.id)
         await self.answer(interaction, t(interaction.locale, "Your defaults were reset"), MemberDefaults())
 
 

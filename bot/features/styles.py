@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -12,6 +11,7 @@ from discord.ext import commands
 
 from bot.features.policy import can_manage_server
 from bot.i18n import MemberError, t
+from bot.jobs import read_redis
 from ponybot.styles import Style, StyleStore
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Styles(commands.GroupCog, group_name="style", group_description="This serv
         assert interaction.guild_id is not None
         try:
             style = Style(name=name, prompt=prompt, negative_prompt=negative_prompt)
-            await asyncio.to_thread(self.store.put, interaction.guild_id, [style])
+            await read_redis(self.store.put, interaction.guild_id, [style])
         except ValueError:
             raise MemberError("a style name is 1-50 letters, digits, spaces or . ' + - _, and a server keeps at "
                               "most 100 styles", field="name") from None
@@ -61,7 +61,7 @@ class Styles(commands.GroupCog, group_name="style", group_description="This serv
     @can_manage_server()
     async def remove(self, interaction: discord.Interaction[PonyBot], name: app_commands.Range[str, 1, 50]) -> None:
         assert interaction.guild_id is not None
-        if not await asyncio.to_thread(self.store.remove, interaction.guild_id, name):
+        if not await read_redis(self.store.remove, interaction.guild_id, name):
             raise MemberError("this server has no style called {name} (see /style list)", field="name", name=name)
         await interaction.response.send_message(t(interaction.locale, "Style {name} deleted.", name=name),
                                                 ephemeral=True)
@@ -70,7 +70,7 @@ class Styles(commands.GroupCog, group_name="style", group_description="This serv
     @app_commands.guild_only()
     async def list(self, interaction: discord.Interaction[PonyBot]) -> None:
         assert interaction.guild_id is not None
-        styles = await asyncio.to_thread(self.store.all, interaction.guild_id)
+        styles = await read_redis(self.store.all, interaction.guild_id)
         text = "\n".join(describe_style(style) for style in styles) or t(
             interaction.locale, "This server has no styles yet. Moderators add them with /style add.")
         embed = discord.Embed(title=t(interaction.locale, "Styles"), description=text[:4000], colour=0xE39BD9)
