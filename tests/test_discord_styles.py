@@ -57,6 +57,8 @@ async def test_styles_applied_and_refused_by_policy(fake: FakeDiscord, discord_s
         await fake.wait_for(lambda: ephemeral_reply(fake, added))
         listed = await fake.slash("style", subcommand="list")
         await fake.wait_for(lambda: listed.responded)
+        typing = await fake.autocomplete("generate", {"prompt": "pinkie pie", "style": "c"}, "style")
+        offered = await fake.wait_for(lambda: fake.choices(typing))
         refused = await fake.slash("generate", {"prompt": "pinkie pie", "style": "Spicy"})
         refused_reply = await fake.wait_for(lambda: ephemeral_reply(fake, refused))
         unknown = await fake.slash("generate", {"prompt": "pinkie pie", "style": "Nope"})
@@ -69,6 +71,7 @@ async def test_styles_applied_and_refused_by_policy(fake: FakeDiscord, discord_s
                                    permissions=moderator)
         await fake.wait_for(lambda: ephemeral_reply(fake, removed))
     assert "Manage Server" in denied_reply
+    assert [choice["value"] for choice in offered] == ["Cinematic", "Spicy", "Watercolor"]  # names holding "c"
     embed = fake.original(listed)["embeds"][0]  # type: ignore[index]
     assert "**Spicy**" in embed["description"] and "**Watercolor**" in embed["description"]
     assert "Not queued" in refused_reply and "nude" in refused_reply  # the style's words meet the channel's terms

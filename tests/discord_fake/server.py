@@ -254,6 +254,25 @@ class FakeDiscord:
         await self._pending
         return interaction
 
+    async def autocomplete(self, name: str, options: dict[str, Any], focused: str, *,
+                           user: dict[str, Any] | None = None, locale: str = "en-US") -> Interaction:
+        """A member typing in option ``focused`` of /``name``; the bot's choices arrive as a type 8 callback."""
+        typed = [{"name": key, "type": _option_type(value), "value": value, **({"focused": True} if key == focused
+                                                                                else {})}
+                 for key, value in options.items()]
+        data = {"id": str(snowflake()), "name": name, "type": 1, "options": typed, "guild_id": str(self.guild_id)}
+        interaction = self._interaction(4, data, user or MEMBER, None, MEMBER_PERMISSIONS, 0.0, locale=locale)
+        await self._pending
+        return interaction
+
+    def choices(self, interaction: Interaction) -> list[dict[str, Any]] | None:
+        """The choices the bot answered an autocomplete with (None until it answered)."""
+        for request in self.requests:
+            if request.path.endswith(f"/{interaction.token}/callback") and request.body.get("type") == 8:
+                found: list[dict[str, Any]] = request.body["data"]["choices"]
+                return found
+        return None
+
     async def click(self, message_id: int, custom_id: str, *, user: dict[str, Any] | None = None,
                     permissions: int = MEMBER_PERMISSIONS) -> Interaction:
         message = self.messages[message_id]
