@@ -50,6 +50,9 @@ async def test_defaults_used_overridden_capped_and_reset(fake: FakeDiscord, sett
         capped_reply = ephemeral_reply(fake, capped)
         PolicyStore(conn).reset_channel(fake.guild_id, fake.default_channel, by=1)
 
+        StyleStore(conn).remove(fake.guild_id, "Soft")
+        orphan = await generate(fake, {"prompt": "rainbow dash"})
+        orphan_reply = ephemeral_reply(fake, orphan)
         too_many = await fake.slash("settings", {"steps": 60}, subcommand="set")
         too_many_reply = await fake.wait_for(lambda: ephemeral_reply(fake, too_many))
         reset = await fake.slash("settings", subcommand="reset")
@@ -69,6 +72,7 @@ async def test_defaults_used_overridden_capped_and_reset(fake: FakeDiscord, sett
         5, 256, True)
     assert overridden.request.sampler is Sampler.EULER_A  # what was not typed still comes from the defaults
     assert capped_reply is not None and "this channel allows steps up to 6" in capped_reply
+    assert orphan_reply is not None and "your default style Soft no longer exists" in orphan_reply
     assert "**steps**" in too_many_reply and "at most 50" in too_many_reply
     assert (after_reset.request.steps, after_reset.request.sampler, after_reset.request.prompt) == (
         settings.defaults.steps, settings.defaults.sampler, "fluttershy")

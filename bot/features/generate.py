@@ -117,7 +117,11 @@ class Generate(commands.Cog):
         personal = await read_redis(MemberDefaultsStore(self.bot.sync_redis).get, interaction.guild_id,
                                     interaction.user.id)
         if style is None and personal.style:
-            style = await find_style(self.bot, interaction.guild_id, personal.style)
+            try:
+                style = await find_style(self.bot, interaction.guild_id, personal.style)
+            except MemberError:
+                raise MemberError("your default style {name} no longer exists on this server: pick another with "
+                                  "/settings set, or /settings reset", field="style", name=personal.style) from None
         request = make_request(settings, {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
             "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip,
