@@ -18,15 +18,18 @@ from discord import app_commands
 from bot.i18n import DOMAIN, LANGUAGES, LOCALE_DIR, catalog_path
 
 BOT_DIR = Path(__file__).parent
+CONTRACT_DIR = BOT_DIR.parent / "ponybot"
 #: gettext keywords: t(locale, message), tp(locale, context, message), N_(message), MemberError(message)
 KEYWORDS = {"t": (2,), "tp": ((2, "c"), 3), "N_": None, "NP_": ((1, "c"), 2), "MemberError": (1,)}
 Key = tuple[str | None, str]  # (msgctxt, msgid)
 
 
 def code_messages() -> Iterator[Key]:
-    for _file, _line, message, _comments, context in extract_from_dir(BOT_DIR, keywords=KEYWORDS,
-                                                                      comment_tags=()):
-        yield context, message if isinstance(message, str) else message[0]
+    """Marked messages in the bot, and the ones ``ponybot`` marks with ``N_`` for the bot to translate."""
+    for folder in (BOT_DIR, CONTRACT_DIR):
+        for _file, _line, message, _comments, context in extract_from_dir(folder, keywords=KEYWORDS,
+                                                                          comment_tags=()):
+            yield context, message if isinstance(message, str) else message[0]
 
 
 def command_strings(commands: list[app_commands.Command | app_commands.Group]) -> Iterator[Key]:  # type: ignore[type-arg]

@@ -32,10 +32,12 @@ def describe_error(error: BaseException, locale: str | discord.Locale | None = N
     if isinstance(error, MemberError):
         return error.render(locale)
     if isinstance(error, InvalidRequestError):
-        return f"**{error.field}**: {error.reason}"
+        return f"**{error.field}**: {t(locale, error.template, **error.params)}"
     if isinstance(error, RedisUnavailableError):
         return t(locale, messages.REDIS_DOWN)
-    if isinstance(error, (QueueFullError, PolicyRefusal, PonybotError)):
+    if isinstance(error, QueueFullError):
+        return t(locale, error.template, **error.params)
+    if isinstance(error, (PolicyRefusal, PonybotError)):
         return str(error)
     if isinstance(error, app_commands.MissingPermissions):
         names = [name.replace("guild", "server").replace("_", " ").title() for name in error.missing_permissions]

@@ -11,7 +11,7 @@ from rq import Queue, Retry, Worker
 from rq.serializers import JSONSerializer
 
 from ponybot import keys
-from ponybot.errors import NoWorkerError, QueueFullError, RedisUnavailableError
+from ponybot.errors import N_, NoWorkerError, QueueFullError, RedisUnavailableError
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
 
@@ -111,12 +111,11 @@ def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild:
     )
     verdict, count = int(answer[0]), int(answer[1])
     if verdict == 1:
-        raise QueueFullError(
-            f"you already have {count} job(s) queued or running (the limit is {per_member}): "
-            "try again when one finishes, or /cancel one"
-        )
+        raise QueueFullError(N_("you already have {count} job(s) queued or running (the limit is {limit}): "
+                                "try again when one finishes, or /cancel one"), count=count, limit=per_member)
     if verdict == 2:
-        raise QueueFullError(f"this server already has {per_guild} jobs queued or running: try again in a minute")
+        raise QueueFullError(N_("this server already has {limit} jobs queued or running: try again in a minute"),
+                             limit=per_guild)
 
 
 def record_ttl(result_ttl_s: int) -> int:
@@ -133,7 +132,8 @@ def enqueue(
     try:
         depth = queue.count
         if depth >= max_queue:
-            raise QueueFullError(f"the queue is full ({depth} jobs waiting): try again in a few minutes")
+            raise QueueFullError(N_("the queue is full ({depth} jobs waiting): try again in a few minutes"),
+                                 depth=depth)
         if per_member is not None and per_guild is not None:
             check_fair_share(conn, job, per_member=per_member, per_guild=per_guild, reserve=True)
         else:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ponybot.errors import InvalidRequestError, SchemaVersionError
+from ponybot.errors import N_, InvalidRequestError, SchemaVersionError
 
 if TYPE_CHECKING:
     from ponybot.settings import LimitSettings
@@ -117,14 +117,15 @@ class GenerationRequest(BaseModel):
 def check_limits(request: GenerationRequest, limits: LimitSettings) -> GenerationRequest:
     """Refuse what the operator's limits forbid, naming the option."""
     if request.steps > limits.max_steps:
-        raise InvalidRequestError("steps", f"at most {limits.max_steps} on this bot, got {request.steps}")
+        raise InvalidRequestError("steps", N_("at most {limit} on this bot, got {value}"), limit=limits.max_steps,
+                                  value=request.steps)
     if request.count > limits.max_count:
-        raise InvalidRequestError("count", f"at most {limits.max_count} on this bot, got {request.count}")
+        raise InvalidRequestError("count", N_("at most {limit} on this bot, got {value}"), limit=limits.max_count,
+                                  value=request.count)
     if request.width * request.height > limits.max_pixels:
         raise InvalidRequestError(
-            "size",
-            f"{request.width}x{request.height} is over this bot's budget of {limits.max_pixels:,} pixels "
-            "(768x768 by default)",
+            "size", N_("{width}x{height} is over this bot's budget of {pixels} pixels (768x768 by default)"),
+            width=request.width, height=request.height, pixels=format(limits.max_pixels, ","),
         )
     return request
 

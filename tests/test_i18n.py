@@ -69,7 +69,7 @@ async def test_member_gets_their_language_and_commands_are_localised(
                                    locale="de")
         refused_reply = await fake.wait_for(lambda: ephemeral_reply(fake, refused))
         french = await fake.slash("generate", {"prompt": "pony", "steps": 99}, locale="fr")
-        await fake.wait_for(lambda: ephemeral_reply(fake, french))
+        french_reply = await fake.wait_for(lambda: ephemeral_reply(fake, french))
         interaction = await fake.slash("generate", {"prompt": "pinkie pie", "seed": 4}, locale="de")
         queued = copy.deepcopy(await fake.wait_for(lambda: (fake.original(interaction) or {}).get(
             "content", "").startswith("Eingereiht") and fake.original(interaction)))
@@ -84,6 +84,7 @@ async def test_member_gets_their_language_and_commands_are_localised(
     labels = [button["label"] for row in done["components"] for button in row["components"]]
     assert labels[:3] == ["Neu würfeln", "Details", "Löschen"] and "Variieren 1" in labels
     assert english_reply == "You have no jobs waiting."
+    assert french_reply == "**steps**: au plus 50 sur ce bot, reçu 99"  # the bot's limits, in French too
 
     commands = {command["name"]: command for command in fake.synced[-1]}
     generate = commands["generate"]
