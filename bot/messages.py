@@ -7,13 +7,12 @@ from ponybot.schemas import JobEvent
 
 FAILURE_REASONS = {
     "out_of_memory": N_("the GPU ran out of memory. Try a smaller size or fewer images."),
-    "worker_died": N_("the GPU worker stopped while making it, more than once. Try again in a few minutes."),
-    "timeout": N_("it took longer than this bot allows. Try fewer steps or a smaller size."),
+    "worker_died": N_("the GPU worker stopped while making it{attempts}. Try again in a few minutes."),
+    "timeout": N_("it took longer than this bot allows{attempts}. Try fewer steps or a smaller size."),
     "invalid_request": N_("the worker could not use these options."),
     "expired": N_("the images expired before they could be posted. Please generate them again."),
+    "unsafe_source": N_("the image it starts from did not pass this channel's image check, so it was not used."),
     "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
-    "upload_flagged": N_("your picture was flagged by this channel's image check, so it cannot be used here "
-                         "(SFW channel). Nothing was generated."),
 }
 
 REDIS_DOWN = N_("The image queue is unreachable right now, so nothing was queued. Please try again in a minute.")
@@ -70,10 +69,19 @@ def failed(event: JobEvent, *, mention: bool) -> str:
     if event.error_code == "policy":
         reason = t(locale, "this channel's rules changed while it waited: {reason}.", reason=event.error_message)
     elif event.error_code in FAILURE_REASONS:
-        reason = t(locale, FAILURE_REASONS[event.error_code])
+        reason = t(locale, FAILURE_REASONS[event.error_code], attempts=attempts_note(locale, event.attempts))
     else:
         reason = event.error_message or t(locale, "something went wrong.")
     return who + t(locale, "Sorry, this generation failed: {reason}", reason=reason)
+
+
+def attempts_note(locale: str, attempts: int) -> str:
+    """How often a job was tried, as the end of a clause ("" when not counted)."""
+    if attempts <= 0:
+        return ""
+    if attempts == 1:
+        return " " + t(locale, "(tried once)")
+    return " " + t(locale, "(tried {count} times)", count=attempts)
 
 
 def too_large(locale: str, skipped: int) -> str:

@@ -21,8 +21,9 @@ from ponybot.policy_store import PolicyStore
 from ponybot.queue import generation_queue
 from ponybot.settings import Settings
 from tests.bot_harness import bot_settings, drain, ephemeral_reply, running_bot
+from tests.conftest import announce
 from tests.discord_fake.server import FakeDiscord
-from tests.test_policy import make_wd14
+from tests.test_policy import FlagAll
 from worker.png import read_parameters
 from worker.schedulers import CARD_DDIM
 from worker.tiny import TINY_REVISION
@@ -124,6 +125,7 @@ BAD_UPLOADS = {
 async def test_bad_uploads_are_refused_before_queueing(fake: FakeDiscord, settings: Settings, redis_url: str,
                                                        conn: redis.Redis, case: str) -> None:
     make, expected = BAD_UPLOADS[case]
+    announce(conn, [settings.default_model])  # a worker for the model: the upload is what gets refused
     strict = bot_settings(settings.model_copy(update={"uploads": settings.uploads.model_copy(
         update={"max_bytes": 100_000})}), fake)
     name, data, content_type = make()
@@ -146,12 +148,8 @@ async def test_declared_size_refused_without_downloading(fake: FakeDiscord, disc
 
 
 async def test_flagged_upload_refused_in_sfw_channel(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
-                                                     runtime: Any, conn: redis.Redis, tmp_path: Path) -> None:
-    from ponybot.settings import SafetySettings
-    from worker.safety import load_classifier
-
-    make_wd14(tmp_path / "flags", flag_weight=1.0)
-    runtime.classifier = load_classifier(SafetySettings(classifiers=["wd14"], wd14_model=str(tmp_path / "flags")))
+                                                     runtime: Any, conn: redis.Redis) -> None:
+    runtime.classifier = FlagAll()
     async with running_bot(discord_settings, redis_url):
         interaction = await fake.slash("generate", {"prompt": "pony", "image": fake.upload("a.png", picture(),
                                                                                            "image/png")})
@@ -159,6 +157,6 @@ async def test_flagged_upload_refused_in_sfw_channel(fake: FakeDiscord, discord_
         await drain(runtime)
         message = await fake.wait_for(lambda: "failed" in (fake.original(interaction) or {}).get("content", "")
                                       and fake.original(interaction))
-    assert "your picture was flagged by this channel's image check" in message["content"]
+    assert "the image it starts from did not pass this channel's image check" in message["content"]
     assert message["attachments"] == []
     assert not conn.keys(keys.image("*", 0))

@@ -10,7 +10,7 @@ from ponybot.queue import cancel_job, generation_queue, load_job
 from ponybot.schemas import Job, Sampler
 from ponybot.settings import Settings
 from ponybot.styles import Style, StyleStore
-from tests.bot_harness import bot_settings, ephemeral_reply, running_bot
+from tests.bot_harness import ephemeral_reply, running_bot
 from tests.discord_fake.server import FakeDiscord, Interaction
 
 
@@ -29,10 +29,10 @@ async def generate(fake: FakeDiscord, options: dict[str, object]) -> Interaction
     return interaction
 
 
-async def test_defaults_used_overridden_capped_and_reset(fake: FakeDiscord, settings: Settings, redis_url: str,
-                                                         conn: redis.Redis) -> None:
+async def test_defaults_used_overridden_capped_and_reset(fake: FakeDiscord, discord_settings: Settings,
+                                                         redis_url: str, conn: redis.Redis) -> None:
     StyleStore(conn).put(fake.guild_id, [Style(name="Soft", prompt="{prompt}, pastel colors")])
-    async with running_bot(bot_settings(settings, fake), redis_url):
+    async with running_bot(discord_settings, redis_url):
         saved = await fake.slash("settings", {"steps": 7, "size": "256x320", "sampler": "euler_a",
                                               "negative_prompt": "blurry", "quality": False, "style": "Soft",
                                               "ephemeral": True, "cfg": 5.0}, subcommand="set")
@@ -75,5 +75,5 @@ async def test_defaults_used_overridden_capped_and_reset(fake: FakeDiscord, sett
     assert orphan_reply is not None and "your default style Soft no longer exists" in orphan_reply
     assert "**steps**" in too_many_reply and "at most 50" in too_many_reply
     assert (after_reset.request.steps, after_reset.request.sampler, after_reset.request.prompt) == (
-        settings.defaults.steps, settings.defaults.sampler, "fluttershy")
+        discord_settings.defaults.steps, discord_settings.defaults.sampler, "fluttershy")
     assert after_reset.interaction is not None and not after_reset.interaction.ephemeral

@@ -18,11 +18,13 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from ponybot import keys
-from ponybot.errors import GenerationError
+from ponybot.cpus import available_cpus
+from ponybot.errors import GenerationError, InvalidRequestError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
+from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
-from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply, resolve
+from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
@@ -37,11 +39,13 @@ from ponybot.schemas import (
     utcnow,
 )
 from ponybot.settings import Settings
+from ponybot.status import SafetyState, publish_safety
 from worker.generate import BatchItem, GenerationOutput, Generator
 from worker.loading import compile_model, load_model, resolve_device
+from worker.networks import Catalog
 from worker.png import encode_png, latent_preview
 from worker.resize import resize_image
-from worker.safety import ImageClassifier, load_classifier
+from worker.safety import ImageCheck, Verdict, load_safety
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,19 +55,36 @@ R = TypeVar("R")
 class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
-                 classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, conn: redis.Redis, generators: Generator | dict[str, Generator], name: str,
+                 classifier: ImageCheck | None = None, registry: CollectorRegistry | None = None) -> None:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
-        self.generator = generator
+        #: model name -> its resident pipeline; one generator alone is the default model's
+        self.generators = generators if isinstance(generators, dict) else {settings.default_model: generators}
         self.name = name
         self.classifier = classifier
+        self.publish_safety()
         self.policies = PolicyStore(conn)
         #: CPU work after the GPU (classifier, PNG encoding), spread over the host's cores
-        self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ponybot-post")
+        self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
+
+    @property
+    def generator(self) -> Generator:
+        """The first model's generator (the only one of a single-model worker)."""
+        return next(iter(self.generators.values()))
+
+    @generator.setter
+    def generator(self, value: Generator) -> None:
+        self.generators[next(iter(self.generators))] = value
+
+    def generator_for(self, job: Job) -> Generator:
+        model = job.request.model or self.settings.default_model
+        if model not in self.generators:
+            raise GenerationError("model", f"this worker does not hold the model {model!r}")
+        return self.generators[model]
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -72,18 +93,29 @@ class WorkerRuntime:
         rules = self.policies.rules_for(job.origin.guild_id, job.origin.channel_id)
         return resolve(rules, age_restricted=job.origin.channel_nsfw, settings=self.settings.policy)
 
-    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[bool | None]:
-        """The classifier's flags; None where it could not tell (then SFW withholds: fail closed)."""
+    def publish_safety(self) -> None:
+        """The image check as loaded, for ``ponybot status`` and ``/status``, and its metric."""
+        state = self.classifier.state if self.classifier else SafetyState(classifiers=[], missing={
+            "image check": "not loaded"})
+        for name in state.missing:
+            self.metrics.safety_missing.labels(name).set(1)
+        with_redis_retry("-", lambda: publish_safety(self.conn, self.name, state))
+
+    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[Verdict]:
+        """The image check's verdicts at the channel's strictness; None where it could not tell (SFW withholds)."""
+        strictness = policy.strictness if policy is not None else Strictness.STANDARD
+        verdicts = [Verdict(None)] * len(images)
         if self.classifier is None:
             if policy is not None and policy.mode is Mode.SFW:
                 log.error("job=%s no image classifier is loaded: withholding its images in an SFW channel", job.id)
-            return [None] * len(images)
-        try:
-            return list(self.classifier.classify(images))
-        except Exception:  # any failure of the classifier must withhold, never post
-            log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
-                          self.classifier.name)
-            return [None] * len(images)
+        else:
+            try:
+                verdicts = list(self.classifier.classify(images, strictness))
+            except Exception:  # any failure of the classifier must withhold, never post
+                log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
+                              self.classifier.name)
+        self.metrics.unchecked.inc(sum(verdict.flagged is None for verdict in verdicts))
+        return verdicts
 
     def run(self, payload: str) -> dict[str, Any]:
         """Run the job in ``payload`` (with any jobs batched beside it) and publish each one's event."""
@@ -102,10 +134,13 @@ class WorkerRuntime:
                      job.request.width, job.request.height, job.request.count, job.request.steps,
                      job.request.sampler.value, len(jobs))
             policy = self.policy_for(job)
-            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
-            if decision.allowed and (refusal := self.screen_upload(job, policy)):
-                events[job.id] = self._failed(job, "upload_flagged", refusal, queued[job.id])
-            elif decision.allowed:
+            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag,
+                             model=self.settings.models.get(job.request.model or self.settings.default_model))
+            try:
+                check_lora_count(parse_loras(job.request.prompt), self.settings.model.max_loras)
+            except InvalidRequestError as error:
+                decision = Decision(False, str(error), decision.prompt, decision.negative_prompt, "prompt")
+            if decision.allowed:
                 planned.append((job, policy, decision))
             else:
                 events[job.id] = self._failed(job, "policy", decision.reason or "refused", queued[job.id])
@@ -135,11 +170,13 @@ class WorkerRuntime:
                 self._progress(job, step, total, None if host is None else host[offset])
 
         try:
-            request, init_image = self.follow_up(leader)
+            request, init_image = self.follow_up(leader, planned[0][1])
+            generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
-            outputs = self.generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
-                                                    strength=leader.strength)
+            outputs = generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
+                                               strength=leader.strength,
+                                               loras=parse_loras(leader.request.prompt))  # one LoRA set per batch
         except GenerationError as error:
             return {job.id: self._failed(job, error.code, str(error), queued[job.id]) for job, _p, _d in planned}
         except torch.OutOfMemoryError:
@@ -149,9 +186,9 @@ class WorkerRuntime:
         # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
         screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
                                      list(zip(planned, outputs, strict=True)))
-        for output, flags in zip(outputs, screened, strict=True):
-            output.nsfw = flags
-        return self._store(planned, outputs, queued)
+        for output, verdicts in zip(outputs, screened, strict=True):
+            output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
+        return self._store(planned, outputs, queued, generator)
 
     def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
         """``work`` over ``items`` on the CPU pool (in this thread when there is only one)."""
@@ -161,31 +198,16 @@ class WorkerRuntime:
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
-        metrics.wait.observe(max(0.0, event.queued_s))
+        model = event.job.request.model or self.settings.default_model
+        metrics.wait.labels(model).observe(max(0.0, event.queued_s))
         if event.kind == "failed":
-            metrics.failures.labels(event.error_code or "internal").inc()
+            metrics.failures.labels(model, event.error_code or "internal").inc()
             return
-        metrics.generation.observe(event.generation_s)
-        metrics.images.inc(len(event.images))
-        metrics.withheld.inc(event.withheld)
+        metrics.generation.labels(model).observe(event.generation_s)
+        metrics.images.labels(model).inc(len(event.images))
+        metrics.withheld.labels(model).inc(event.withheld)
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
-
-    def screen_upload(self, job: Job, policy: EffectivePolicy | None) -> str | None:
-        """Step one of an img2img job from an upload in an SFW channel: the classifier sees the upload first.
-
-        Returns why the job is refused (flagged, or the classifier could not tell: fail closed), else None.
-        """
-        if job.upload is None or policy is None or policy.mode is not Mode.SFW:
-            return None
-        source = self.uploaded(job)
-        if source is None:
-            return None  # expired: follow_up fails the job with its own message
-        flags = self.screen(job, policy, [source])
-        if flags[0] is False:
-            return None
-        log.info("job=%s uploaded picture refused in an SFW channel (flag %s)", job.id, flags[0])
-        return "the uploaded picture was flagged by this channel's image check (SFW)"
 
     def uploaded(self, job: Job) -> Image.Image | None:
         """The member's uploaded picture as stored by the bot, or None once expired."""
@@ -195,12 +217,18 @@ class WorkerRuntime:
             return None
         return Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
 
-    def follow_up(self, job: Job) -> tuple[GenerationRequest, Image.Image | None]:
-        """The request as generated, and the image an upscale, variation or upload img2img starts from."""
+    def follow_up(self, job: Job, policy: EffectivePolicy | None = None
+                  ) -> tuple[GenerationRequest, Image.Image | None]:
+        """The request as generated, and the image an upscale, variation or upload img2img starts from
+        (checked in SFW channels)."""
+        sfw = policy is not None and policy.mode is Mode.SFW
+        unsafe = GenerationError("unsafe_source", "the image it starts from did not pass this channel's image check")
         if job.kind is JobKind.IMG2IMG and job.upload is not None:
             picture = self.uploaded(job)
             if picture is None:
                 raise GenerationError("expired", "the uploaded picture it starts from has expired")
+            if sfw and self.screen(job, policy, [picture])[0].flagged is not False:
+                raise unsafe
             request = job.request
             return request, resize_image(picture, request.width, request.height, job.upload.resize_mode)
         if job.kind is JobKind.TXT2IMG or job.source is None:
@@ -209,6 +237,8 @@ class WorkerRuntime:
         if data is None:
             raise GenerationError("expired", "the image it starts from has expired")
         source = Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+        if sfw and self.screen(job, policy, [source])[0].flagged is not False:
+            raise unsafe
         width, height = source.size
         if job.kind is JobKind.UPSCALE:
             width, height = upscale_size(width, height, self.settings.limits.max_upscale_pixels)
@@ -224,7 +254,7 @@ class WorkerRuntime:
             log.warning("job=%s progress not sent: %s", job.id, error)
 
     def _store(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], outputs: list[GenerationOutput],
-               queued: dict[str, float]) -> dict[str, JobEvent]:
+               queued: dict[str, float], generator: Generator) -> dict[str, JobEvent]:
         """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
         results: dict[str, list[ImageResult]] = {}
@@ -239,11 +269,12 @@ class WorkerRuntime:
                 if not withheld:
                     key = keys.image(job.id, index)
                     text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
-                                             self.generator.model.name, size=image.size)
+                                             generator.model.name, size=image.size, extra=output.hashes)
                     pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
-                    withheld=withheld, spoiler=spoiler and not withheld))
+                    withheld=withheld, spoiler=spoiler and not withheld,
+                    tags=output.tags[index] if output.tags else {}))
         encoded = dict(zip(pngs, self.side_by_side(lambda item: encode_png(*item), list(pngs.values())), strict=True))
 
         def write() -> None:  # a fresh pipeline each attempt: a failed execute() empties its commands
@@ -292,28 +323,58 @@ def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 12
 
 
 
+def cpu_threads(settings: Settings) -> int:
+    """This worker's CPU threads: ``worker.cpu_threads``, else ``OMP_NUM_THREADS`` when set, else every CPU
+    its cgroup and affinity allow."""
+    if settings.worker.cpu_threads:
+        return settings.worker.cpu_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return int(omp) if omp.isdigit() and int(omp) > 0 else available_cpus()
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Cap torch's (and OpenMP's) threads in this process: several workers on one host share its cores."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(max(1, min(threads, 4)))
+    except RuntimeError:  # only possible before torch's first parallel work; the intra-op cap still holds
+        log.debug("torch inter-op threads were already set")
+
+
 def default_worker_name(device: torch.device) -> str:
     return f"ponybot-{socket.gethostname()}-{device}-{uuid.uuid4().hex[:6]}"
 
 
 def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
-                  name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
-    """Load the model (once, before any job is taken) and bind it to Redis."""
+                  name: str | None = None, metrics_port: int = 0, models: list[str] | None = None) -> WorkerRuntime:
+    """Load the models (once, before any job is taken; default: the default model) and bind them to Redis.
+
+    ``model_source`` replaces the source of the first model (``ponybot worker --model``).
+    """
     device = resolve_device(settings.worker.device)
+    threads = cpu_threads(settings)
+    limit_cpu_threads(threads)
+    log.info("using %d CPU thread(s)", threads)
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
-    model = load_model(model_source or settings.model.source, settings.model, device)
-    generator = Generator(model)
-    if settings.worker.compile and device.type == "cuda":
-        compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
-        warm_up(generator, settings)
-    classifier: ImageClassifier | None = None
-    try:
-        classifier = load_classifier(settings.safety)
-    except ImportError as error:
-        log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
-    registry = serve_metrics(metrics_port, conn)
-    return WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry)
+    names = models or [settings.default_model]
+    for key in names:
+        settings.model_entry(key)  # a ConfigError naming a model that is not configured, before any load
+    generators: dict[str, Generator] = {}
+    for index, key in enumerate(names):
+        entry = settings.model_entry(key)
+        model = load_model(model_source if model_source and index == 0 else entry.source, settings.model, device,
+                           entry=entry, key=key)
+        catalog = Catalog(settings.model.lora_dir, settings.model.embeddings_dir, [model.architecture])
+        generators[key] = Generator(model, catalog, settings.model.lora_cache)
+        if settings.worker.compile and device.type == "cuda":
+            compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
+            warm_up(generators[key], settings)
+    classifier = load_safety(settings.safety, settings.model.cache_dir, threads=min(2, threads))
+    registry = serve_metrics(metrics_port, conn, names)
+    return WorkerRuntime(settings, conn, generators, name or default_worker_name(device), classifier, registry)
 
 
 def warm_up(generator: Generator, settings: Settings) -> None:

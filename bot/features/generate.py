@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ from ponybot.member_defaults import MemberDefaultsStore
 from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, parse_size
 from ponybot.settings import Settings
 from ponybot.styles import Style, StyleStore
+from ponybot.workers import WorkerRecord, models_online_from, online_workers
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -74,6 +76,17 @@ async def find_style(bot: PonyBot, guild_id: int | None, name: str) -> Style:
     return style
 
 
+def model_choices(settings: Settings, records: list[WorkerRecord], typed: str) -> list[app_commands.Choice[str]]:
+    """The configured models some worker online holds, with their descriptions, matching what was typed."""
+    online = models_online_from(records)
+    choices = []
+    for name, entry in settings.models.items():
+        label = f"{name}: {entry.description}" if entry.description else name
+        if name in online and typed.lower() in label.lower():
+            choices.append(app_commands.Choice(name=label[:100], value=name))
+    return choices[:25]
+
+
 class Generate(commands.Cog):
     def __init__(self, bot: PonyBot) -> None:
         self.bot = bot
@@ -94,6 +107,7 @@ class Generate(commands.Cog):
         strength="With a picture: how much to change it (0.05 = barely, 1 = completely)",
         resize_mode="With a picture: how to fit it to the size",
         style="One of this server's styles (see /style list)",
+        model="Which model draws it (those with a worker online)",
     )
     async def generate(
         self,
@@ -112,6 +126,7 @@ class Generate(commands.Cog):
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
         resize_mode: ResizeMode | None = None,
         style: app_commands.Transform[Style, StyleTransformer] | None = None,
+        model: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         settings = self.bot.settings
         personal = await read_redis(MemberDefaultsStore(self.bot.sync_redis).get, interaction.guild_id,
@@ -124,7 +139,7 @@ class Generate(commands.Cog):
                                   "/settings set, or /settings reset", field="style", name=personal.style) from None
         request = make_request(settings, {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
-            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip,
+            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "model": model,
         }, personal, style)
         upload = None
         if image is not None:
@@ -137,6 +152,13 @@ class Generate(commands.Cog):
                             if value is not None)
         await queue_job(self.bot, interaction, request, quality=quality_tags, upload=upload,
                         ephemeral=bool(personal.ephemeral))
+
+
+    @generate.autocomplete("model")
+    async def model_autocomplete(self, interaction: discord.Interaction[PonyBot], value: str
+                                 ) -> list[app_commands.Choice[str]]:
+        records = await asyncio.to_thread(online_workers, self.bot.sync_redis)
+        return model_choices(self.bot.settings, records, value)
 
 
 async def setup(bot: PonyBot) -> None:

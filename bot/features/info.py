@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.i18n import t
+from ponybot.settings import Settings
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -39,17 +40,30 @@ USE_RESTRICTIONS = (
 )
 
 
-def license_embed(locale: Any = "en-US") -> discord.Embed:
-    items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
-    description = "\n".join([
-        t(locale, "Images here come from **pony-diffusion-v4**, a Stable Diffusion 1.5 fine-tune licensed under "
-          "**CreativeML OpenRAIL-M**. By using this bot you agree not to use the model or its outputs "
-          "(the license's own words, which bind in English):"),
-        items, "",
-        t(locale, "You own the images you generate, and you are responsible for how you use them. "
-          "Full license: {url}", url=LICENSE_URL),
-    ])
-    return discord.Embed(title=t(locale, "License and use restrictions"), description=description, colour=0xE39BD9)
+OPENRAIL = "CreativeML OpenRAIL-M"
+
+
+def license_embed(settings: Settings, locale: Any = "en-US") -> discord.Embed:
+    """Each model's license; the OpenRAIL-M use restrictions once for every model under it."""
+    openrail = [name for name, entry in settings.models.items()
+                if entry.license_name == OPENRAIL and entry.license_text is None]
+    parts = []
+    if openrail:
+        items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
+        parts.append("\n".join([
+            t(locale, "Images from **{models}** (Stable Diffusion 1.5 fine-tunes) are made under **{license}**. "
+              "By using this bot you agree not to use these models or their outputs (the license's own words, "
+              "which bind in English):", models=", ".join(openrail), license=OPENRAIL),
+            items,
+            t(locale, "Full license: {url}", url=LICENSE_URL),
+        ]))
+    for name, entry in settings.models.items():
+        if name not in openrail:
+            licensed = t(locale, "**{name}**: licensed under **{license}**.", name=name, license=entry.license_name)
+            parts.append(f"{licensed} {entry.license_text or ''}".strip())
+    parts.append(t(locale, "You own the images you generate, and you are responsible for how you use them."))
+    return discord.Embed(title=t(locale, "License and use restrictions"), description="\n\n".join(parts)[:4096],
+                         colour=0xE39BD9)
 
 
 def help_embed(locale: Any = "en-US") -> discord.Embed:
@@ -61,8 +75,11 @@ def help_embed(locale: Any = "en-US") -> discord.Embed:
         "Quality tags are added for you (turn off with `quality: False`)."))
     embed.add_field(name=t(locale, "Options"), inline=False, value=t(
         locale, "`negative_prompt` what to avoid · `seed` to repeat a picture · `steps` · `cfg` · `size` · "
-        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice) · `image` and `strength` to "
-        "start from your own picture · `style` for one of this server's styles"))
+        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice) · `model` · `image` and "
+        "`strength` to start from your own picture · `style` for one of this server's styles"))
+    embed.add_field(name=t(locale, "LoRAs and embeddings"), inline=False, value=t(
+        locale, "`<lora:NAME:0.8>` in the prompt applies a LoRA (weight -2 to 2, default 1); `/loras` lists them. "
+        "An embedding's name in the prompt or negative prompt uses it."))
     embed.add_field(name=t(locale, "Your defaults"), inline=False, value=t(
         locale, "`/settings set` keeps your own defaults (size, steps, sampler, style...) for this server; "
         "what you type in /generate still wins."))
@@ -84,7 +101,8 @@ class Info(commands.Cog):
 
     @app_commands.command(name="license", description="The model's license and its use restrictions")
     async def license(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await interaction.response.send_message(embed=license_embed(interaction.locale), ephemeral=True)
+        await interaction.response.send_message(embed=license_embed(self.bot.settings, interaction.locale),
+                                                ephemeral=True)
 
 
 async def setup(bot: PonyBot) -> None:

@@ -121,7 +121,8 @@ def details(job: Job, locale: Any = "en-US") -> str:
         t(locale, "**Negative prompt**: {negative}", negative=request.negative_prompt or "—"),
         t(locale, "Seeds {seeds} · {width}x{height} · {steps} steps · {sampler} · CFG {cfg} · CLIP skip {clip_skip} · "
           "quality tags {quality}", seeds=seeds, width=request.width, height=request.height, steps=request.steps,
-          sampler=request.sampler.label, cfg=cfg, clip_skip=request.clip_skip, quality=quality),
+          sampler=request.sampler.label, cfg=cfg, clip_skip=request.clip_skip, quality=quality)
+        + (" · " + t(locale, "model {model}", model=request.model) if request.model else ""),
     ]
     if job.upload is not None:
         upload = job.upload

@@ -56,6 +56,7 @@ class Interaction:
     ephemeral: bool = False
     original_id: int | None = None
     followups: list[int] = field(default_factory=list)
+    choices: list[dict[str, Any]] | None = None  #: what an autocomplete callback offered
 
 
 #: When a REST request reached the fake (time.time()), before its parsing and validation.
@@ -377,6 +378,8 @@ class FakeDiscord:
         interaction.responded_at = request.get(ARRIVED, time.time())
         data = body.get("data") or {}
         interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
+        if body["type"] == 8:
+            interaction.choices = list(data.get("choices") or [])
         resource = None
         if body["type"] in (4, 5):
             message = self._store(interaction.channel_id, data, files, interaction=interaction)
