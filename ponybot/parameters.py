@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind
+from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind, Speed
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
-                      size: tuple[int, int] | None = None) -> str:
+                      size: tuple[int, int] | None = None, fast_interval: int = 3) -> str:
     """The text A1111 writes into its PNGs, so the image can be reproduced there too."""
     request = job.request
     fields: dict[str, object] = {
@@ -19,6 +19,8 @@ def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, m
         "Clip skip": request.clip_skip,
         "Job": job.id,
     }
+    if request.speed is Speed.FAST:
+        fields["Speed"] = f"fast (DeepCache interval {fast_interval})"
     if job.kind is not JobKind.TXT2IMG:
         fields["Denoising strength"] = STRENGTH[job.kind]
         if job.source:

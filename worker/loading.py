@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ponybot.errors import ModelLoadError
-from ponybot.settings import ModelSettings
+from ponybot.settings import ModelSettings, WorkerSettings
 from worker.tiny import TINY_SOURCE, ensure_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,34 @@ def _guarded(source: str, load: Any) -> Any:
         raise ModelLoadError(f"could not load model {source}: {type(error).__name__}: {error}") from error
 
 
+#: torch.compile modes that replay CUDA graphs.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(settings: WorkerSettings, device: torch.device) -> str | None:
+    """The torch.compile mode for this worker, or None to run eagerly (always on the CPU).
+
+    ``worker.cuda_graphs`` (on by default) compiles on CUDA even when ``worker.compile`` is off, in
+    the mode of ``worker.compile_mode`` that also captures CUDA graphs (``reduce-overhead``, or
+    ``max-autotune`` for ``max-autotune-no-cudagraphs``). Without it, ``worker.compile`` uses
+    ``compile_mode`` as it is.
+    """
+    if device.type != "cuda" or not (settings.compile or settings.cuda_graphs):
+        return None
+    if not settings.cuda_graphs:
+        return settings.compile_mode
+    return {"max-autotune-no-cudagraphs": "max-autotune", "default": "reduce-overhead"}.get(
+        settings.compile_mode, settings.compile_mode)
+
+
 def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     """torch.compile the UNet and the VAE decoder, kernels cached on disk across restarts.
 
     Before compiling: the attention's q, k and v projections fused into one matmul, and
     inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
-    (diffusers' guide to fast text-to-image inference). The VAE decodes batches in slices,
-    so its decoder compiles once, for batch 1.
+    (diffusers' guide to fast text-to-image inference). Each shape (size, batch size) compiles,
+    and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.runtime.warm_up`
+    runs them before the first job. ``speed: fast`` runs the UNet's modules eagerly (worker/deepcache.py).
     """
     import torch._inductor.config as inductor
 
