@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ponybot.schemas import JobEvent
+from ponybot.schemas import JobEvent, Speed
 
 FAILURE_REASONS = {
     "out_of_memory": "the GPU ran out of memory. Try a smaller size or fewer images.",
@@ -34,7 +34,8 @@ def done(event: JobEvent, *, mention: bool) -> str:
     lines = [
         f"{who}**{prompt}**",
         f"-# seed {seeds or event.job.seed} · {request.width}x{request.height} · {request.steps} steps · "
-        f"{request.sampler.label} · CFG {request.cfg:g} · {event.generation_s:.1f} s",
+        f"{request.sampler.label} · CFG {request.cfg:g}{' · fast' if request.speed is Speed.FAST else ''} · "
+        f"{event.generation_s:.1f} s",
     ]
     if event.withheld:
         lines.append(f"{event.withheld} image(s) withheld by this channel's safety policy.")

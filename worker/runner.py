@@ -296,8 +296,8 @@ class GenerationWorker(SimpleWorker):
         except UNREADABLE:
             return None
         a, b = lead.request, payload.request
-        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip) == (
-            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip)
+        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip, a.speed) == (
+            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip, b.speed)
         return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,

@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.jobs import queue_job
 from ponybot.errors import InvalidRequestError
-from ponybot.schemas import MAX_SEED, GenerationRequest, Sampler, build_request, parse_size
+from ponybot.schemas import MAX_SEED, GenerationRequest, Sampler, Speed, build_request, parse_size
 from ponybot.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class Generate(commands.Cog):
         sampler="The sampling method",
         clip_skip="2 = the model card's advice (penultimate CLIP layer), 1 = last layer",
         quality="Add the model card's quality tags (derpibooru_p_95 / derpibooru_p_low)",
+        speed="fast: quicker, with a little less fine detail (reuses the model's deep features between steps)",
     )
     async def generate(
         self,
@@ -89,11 +90,12 @@ class Generate(commands.Cog):
         sampler: Sampler | None = None,
         clip_skip: app_commands.Range[int, 1, 2] | None = None,
         quality: bool | None = None,
+        speed: Speed | None = None,
     ) -> None:
         settings = self.bot.settings
         request = make_request(settings, {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
-            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip,
+            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "speed": speed,
         })
         await queue_job(self.bot, interaction, request, quality=settings.defaults.quality if quality is None
                         else quality)
