@@ -55,6 +55,7 @@ def load_model(source: str, settings: ModelSettings, device: torch.device) -> Lo
     if device.type == "cuda":
         pipeline.unet.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
+        pipeline.fuse_qkv_projections()  # q, k and v in one matmul (kept exact to diffusers on the CPU)
     log.info("loaded model %s on %s (%s) in %.1f s", source, device, dtype, time.perf_counter() - started)
     return LoadedModel(pipeline, model_name(source, settings), device, dtype)
 
@@ -140,12 +141,20 @@ def compile_mode(settings: WorkerSettings, device: torch.device) -> str | None:
 def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     """torch.compile the UNet and the VAE decoder, kernels cached on disk across restarts.
 
-    Before compiling: the attention's q, k and v projections fused into one matmul, and
+    Before compiling (the attention's q, k and v are already fused at load on CUDA):
     inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
     (diffusers' guide to fast text-to-image inference). Each shape (size, batch size) compiles,
     and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.runtime.warm_up`
     runs them before the first job. ``speed: fast`` runs the UNet's modules eagerly (worker/deepcache.py).
     """
+    configure_inductor(cache_dir)
+    pipeline = model.pipeline
+    pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
+    pipeline.vae.decoder = torch.compile(pipeline.vae.decoder, mode=mode, fullgraph=True)
+
+
+def configure_inductor(cache_dir: Path) -> None:
+    """Kernels cached on disk under ``cache_dir``; 1x1 convolutions as matmuls, tiling tuned."""
     import torch._inductor.config as inductor
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / "inductor").resolve()))
@@ -154,7 +163,3 @@ def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     inductor.coordinate_descent_tuning = True
     inductor.epilogue_fusion = False
     inductor.coordinate_descent_check_all_directions = True
-    pipeline = model.pipeline
-    pipeline.fuse_qkv_projections()
-    pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
-    pipeline.vae.decoder = torch.compile(pipeline.vae.decoder, mode=mode, fullgraph=True)
