@@ -86,18 +86,10 @@ class Generator:
         item = BatchItem(prompt, negative_prompt, seed, request.count)
         return self.generate_batch(request, [item], on_step=on_step, init_image=init_image, strength=strength)[0]
 
-    def generate_batch(
-        self,
-        request: GenerationRequest,
-        items: list[BatchItem],
-        *,
-        on_step: StepCallback | None = None,
-        init_image: Image.Image | None = None,
-        strength: float = 1.0,
-    ) -> list[GenerationOutput]:
-        """Several jobs of the same shape as one batch, as images (see :meth:`generate_deferred`)."""
-        return self.generate_deferred(request, items, on_step=on_step, init_image=init_image,
-                                      strength=strength).outputs()
+    def generate_batch(self, request: GenerationRequest, items: list[BatchItem], **options: Any
+                       ) -> list[GenerationOutput]:
+        """Several jobs of the same shape as one batch, as images (options: :meth:`generate_deferred`'s)."""
+        return self.generate_deferred(request, items, **options).outputs()
 
     def generate_deferred(
         self,
