@@ -29,7 +29,7 @@ class PendingPreview:
 
     step: int
     total: int
-    host: torch.Tensor  #: one row of latents per job
+    host: torch.Tensor  #: the batch's latents
     ready: torch.cuda.Event | None  #: None on the CPU: the copy is already done
 
     def done(self) -> bool:
@@ -77,8 +77,7 @@ class BatchProgress:
             return
         if self.pending is not None:  # the previous copy has not landed yet: skip this tick, never wait
             return
-        index = torch.tensor(self.offsets, device=latents.device)
-        host, ready = copy_to_host(latents.index_select(0, index))
+        host, ready = copy_to_host(latents)  # the whole batch (a few KiB an image): no index on the device
         self.pending = PendingPreview(step, total, host, ready)
         self.flush()
 
@@ -95,7 +94,8 @@ class BatchProgress:
         self.pending = None
 
         def event() -> ProgressEvent:  # the JPEGs are made where the event is published, off this thread
-            previews = {job_id: latent_preview(pending.host[row]) for row, job_id in enumerate(self.job_ids)}
+            previews = {job_id: latent_preview(pending.host[offset])
+                        for job_id, offset in zip(self.job_ids, self.offsets, strict=True)}
             return ProgressEvent.create(self.job_ids, pending.step, pending.total, previews)
 
         self._send(event)

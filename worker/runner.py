@@ -191,10 +191,12 @@ class GenerationWorker(SimpleWorker):
     def _finalize_success(self, job: RQJob, queue: Any, execution: Any, return_value: Any) -> None:
         """The leader's GPU stage succeeded: hand its batch to the post stage, which tells RQ when done."""
         flight = self._flight
-        if flight is None or flight.running[0][0] is not job:
+        pending = self.runtime.take_pending()
+        if flight is None or flight.running[0][0] is not job:  # not a batch this worker started: finish here
+            if pending is not None:
+                self.runtime.finish_batch(pending)
             super()._finalize_success(job, queue, execution, return_value)
             return
-        pending = self.runtime.take_pending()
         flight.handed_over = True
         self.stage.submit(lambda: self._post(flight, pending, return_value))
 

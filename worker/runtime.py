@@ -355,7 +355,8 @@ def warm_up(generator: Generator, settings: Settings) -> None:
     sizes = sorted({1, *(2**i for i in range(1, 5) if 2**i <= settings.worker.max_batch), settings.worker.max_batch})
     for size in sizes:
         started = time.perf_counter()
-        generator.generate_batch(request, [BatchItem("warm-up", "", 0, 1)] * size)
+        for _run in range(2):  # CUDA graphs are recorded on a call after the first
+            generator.generate_batch(request, [BatchItem("warm-up", "", 0, 1)] * size)
         log.info("compiled and warmed up batch size %d in %.1f s", size, time.perf_counter() - started)
 
 
