@@ -242,6 +242,7 @@ class DeferredBatch:
     started: float
     timer: GpuTimer
     end: torch.cuda.Event | None = field(default=None, init=False)
+    seconds: float = field(default=0.0, init=False)  #: on the device, start to pixels on the host
 
     def __post_init__(self) -> None:
         self.end = self.timer.end()
@@ -252,6 +253,7 @@ class DeferredBatch:
         """Back to one output per job, as PIL images (waits for the GPU to finish this batch)."""
         images = self.images.pil()
         if self.end is not None and self.timer.begin is not None:
+            self.end.synchronize()  # recorded just after the copy: nothing more to wait for
             self.seconds = self.timer.begin.elapsed_time(self.end) / 1000
         outputs, offset = [], 0
         for job_seeds in self.seeds:
