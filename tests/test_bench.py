@@ -8,17 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.timeout(600)  # six paths x two batch sizes, each warmed up twice: a minute here, more on a busy VM
 def test_gpu_bench_skips_without_cuda_and_runs_tiny_on_cpu(tmp_path: Path) -> None:
     skipped = subprocess.run([sys.executable, "bench/gpu.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert skipped.returncode == 0
     assert "no CUDA device" in skipped.stdout
     env = {**os.environ, "OUT": str(tmp_path)}
-    tiny = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "2",
+    tiny = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "1",
                            "--batches", "1,2", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env)
+                          timeout=540, env=env)
     assert tiny.returncode == 0, tiny.stderr
     table = tiny.stdout.split("best of 1 round(s)", 1)[1]
     rows = {(line[:26].strip(), int(line[26:32])) for line in table.splitlines()
