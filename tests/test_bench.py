@@ -20,8 +20,8 @@ def test_gpu_bench_skips_without_cuda_and_runs_tiny_on_cpu(tmp_path: Path) -> No
     assert "no CUDA device" in skipped.stdout
     env = {**os.environ, "OUT": str(tmp_path)}
     tiny = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "1",
-                           "--batches", "1,2", "--rounds", "1", "--budget-s", "3000"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=540, env=env)
+                           "--batches", "1,2", "--rounds", "1", "--budget-s", "3000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=540, env=env)
     assert tiny.returncode == 0, tiny.stderr
     table = tiny.stdout.split("best of 1 round(s)", 1)[1]
     rows = {(line[:26].strip(), int(line[26:32])) for line in table.splitlines()
