@@ -45,4 +45,4 @@ def generate_line(request: GenerationRequest, seed: int, quality: bool) -> str:
     negative = f" negative_prompt:{request.negative_prompt}" if request.negative_prompt else ""
     return (f"/generate prompt:{request.prompt}{negative} seed:{seed} steps:{request.steps} cfg:{request.cfg:g} "
             f"size:{request.width}x{request.height} sampler:{request.sampler.value} clip_skip:{request.clip_skip} "
-            f"count:{request.count} quality:{quality}")
+            f"count:{request.count} quality:{quality}{' speed:fast' if request.speed is Speed.FAST else ''}")
