@@ -5,7 +5,8 @@ events). The image classifier is replaced by one that sleeps as long as the last
 took, so post-processing costs as much as the GPU stage: one after another
 (``worker.overlap_depth = 0``, the loop before the post stage existed) a job takes both;
 with the post stage (depth 1 and 2) the next job generates while the last one is post-processed,
-so images/s should approach twice as many (goal: at least 1.8x). Alternating rounds, best of each.
+so images/s should approach twice as many: 2N/(N+1) for N jobs (1.88x for the default 16;
+goal: at least 1.8x). Alternating rounds, best of each.
 Run: ``.venv/bin/python bench/overlap.py``
 """
 
@@ -72,7 +73,7 @@ def through_worker(runtime: WorkerRuntime, conn, requests: list[GenerationReques
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -101,6 +102,7 @@ def main() -> None:
     print(table(f"{args.jobs} jobs of 256x256, {args.steps} DDIM steps, tiny model on the CPU, best of {args.rounds}",
                 ["overlap_depth", "loop", "seconds", "images/s", "speed-up"], rows))
     best = max(serial / min(elapsed) for depth, elapsed in timings.items() if depth)
+    print(f"ceiling with {args.jobs} jobs of equal stages: {2 * args.jobs / (args.jobs + 1):.2f}x")
     print(f"goal >= 1.8x: {best:.2f}x {'met' if best >= 1.8 else 'not met'}")
 
 
