@@ -24,7 +24,7 @@ from worker.generate import Generator
 from worker.loading import load_model, resolve_device
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
-from worker.safety import load_classifier
+from worker.safety import load_safety
 from worker.schedulers import CARD_DDIM
 from worker.tiny import ensure_tiny_pipeline
 
@@ -51,7 +51,7 @@ def main() -> None:
         conn = connect(redis.url)
         settings = Settings(model=ModelSettings(source="tiny", cache_dir=cache))
         generator = Generator(load_model("tiny", settings.model, resolve_device("cpu")))
-        runtime = WorkerRuntime(settings, conn, generator, "bench", load_classifier(SafetySettings()))
+        runtime = WorkerRuntime(settings, conn, generator, "bench", load_safety(SafetySettings(tagger="none"), cache))
         requests = [build_request(settings.limits, prompt=PROMPTS[i % 4], negative_prompt="blurry", steps=10,
                                   width=512, height=512, seed=i, clip_skip=1) for i in range(8)]
 

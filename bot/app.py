@@ -19,17 +19,18 @@ from bot.delivery import Delivery
 from bot.features.results import CancelButton, ResultButton
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
+from ponybot.connection import RedisTarget
 from ponybot.errors import RedisUnavailableError
 from ponybot.metrics import BotMetrics
 from ponybot.metrics import serve as serve_metrics
-from ponybot.queue import resolve_redis_url
+from ponybot.queue import resolve_redis
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
 
 FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.status",
-            "bot.features.info", "bot.features.gallery")
+            "bot.features.info", "bot.features.gallery", "bot.features.models")
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -51,7 +52,7 @@ class PonyTree(app_commands.CommandTree["PonyBot"]):
 
 
 class PonyBot(commands.Bot):
-    def __init__(self, settings: Settings, redis_url: str, **options: Any) -> None:
+    def __init__(self, settings: Settings, redis_target: RedisTarget | str, **options: Any) -> None:
         intents = discord.Intents.default()
         if settings.discord.application_id:
             options.setdefault("application_id", settings.discord.application_id)
@@ -64,13 +65,13 @@ class PonyBot(commands.Bot):
             **options,
         )
         self.settings = settings
-        self.redis_url = redis_url
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+        target = RedisTarget.of(redis_target)
+        self.redis: aioredis.Redis = target.async_client(socket_timeout=5, socket_connect_timeout=2)
         # short timeouts: these calls run before the interaction is acknowledged (3 s)
-        self.sync_redis: redis.Redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=1)
+        self.sync_redis: redis.Redis = target.client(socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
         self.tracker = Tracker(self)
-        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis))
+        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis, list(settings.models)))
 
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
         self.metrics.commands.labels(command.qualified_name).inc()
@@ -107,13 +108,14 @@ def run_bot(settings: Settings) -> None:
     token = settings.require_discord_token()
     configure_endpoints(settings)
     embedded: EmbeddedRedis | None = None
+    target: RedisTarget | str
     try:
-        redis_url = resolve_redis_url(settings)
+        target = resolve_redis(settings)
     except RedisUnavailableError:
         embedded = EmbeddedRedis(Path(settings.redis.embedded_dir))
-        redis_url = embedded.start()
+        target = embedded.start()
     try:
-        bot = PonyBot(settings, redis_url)
+        bot = PonyBot(settings, target)
         asyncio.run(_run(bot, token))
     finally:
         if embedded:

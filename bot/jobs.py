@@ -12,11 +12,13 @@ import redis
 
 from bot import messages
 from ponybot import keys
-from ponybot.errors import PolicyRefusal, RedisUnavailableError
+from ponybot.errors import NoWorkerError, PolicyRefusal, RedisUnavailableError
+from ponybot.networks import parse_loras
 from ponybot.policy import Decision, apply, resolve
 from ponybot.policy_store import PolicyStore
-from ponybot.queue import check_fair_share, enqueue, estimate_wait
+from ponybot.queue import check_fair_share, enqueue, estimate_wait, job_model
 from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage
+from ponybot.workers import check_networks, models_online
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -41,19 +43,28 @@ def interaction_ref(interaction: discord.Interaction[Any], message_id: int | Non
     )
 
 
-def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> Decision:
-    """The channel's policy, the member's share and cooldown, before anything is queued (runs in a thread)."""
+def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> tuple[Decision, list[str]]:
+    """The channel's policy, a worker for the model, the LoRAs, the member's share and cooldown, before
+    anything is queued (runs in a thread). Returns the decision and the embeddings the prompts name."""
     store = PolicyStore(bot.sync_redis)
-    limits = bot.settings.limits
+    settings = bot.settings
+    limits = settings.limits
     try:
-        probe = Job.create(request, origin=origin)
+        probe = Job.create(request, origin=origin, loras=[])
         check_fair_share(bot.sync_redis, probe, per_member=limits.max_queued_per_member,
                          per_guild=limits.max_queued_per_guild)
         rules = store.rules_for(origin.guild_id, origin.channel_id)
-        policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=bot.settings.policy)
-        decision = apply(policy, request, quality=quality, safe_tag=bot.settings.policy.safe_tag)
+        policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=settings.policy)
+        model = request.model or settings.default_model
+        decision = apply(policy, request, quality=quality, safe_tag=settings.policy.safe_tag,
+                         model=settings.models.get(model))
         if not decision.allowed:
             raise PolicyRefusal(f"Not queued: {decision.reason}.")
+        records = models_online(bot.sync_redis).get(model)
+        if not records:
+            raise NoWorkerError(f"Not queued: no worker holding the model **{model}** is online right now. "
+                                "Pick another model, or try again later.")
+        _loras, embeddings = check_networks(records, request, settings.model.max_loras)
         if policy.cooldown_s:
             key = keys.cooldown(origin.guild_id, origin.channel_id, origin.user_id)
             if not bot.sync_redis.set(key, 1, nx=True, ex=policy.cooldown_s):
@@ -61,7 +72,7 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
                 raise PolicyRefusal(f"This channel has a cooldown: you can generate again in {max(1, int(wait))} s.")
     except redis.RedisError as error:
         raise RedisUnavailableError(str(error)) from None
-    return decision
+    return decision, embeddings
 
 
 async def submit(bot: PonyBot, job: Job) -> int:
@@ -80,14 +91,15 @@ async def queue_job(
 ) -> Job:
     """Check, acknowledge, enqueue, and show the member where the job is."""
     origin = origin_of(interaction)
-    await asyncio.to_thread(admit, bot, origin, request, quality)
+    _decision, embeddings = await asyncio.to_thread(admit, bot, origin, request, quality)
     callback = await interaction.response.defer(thinking=True)
     message_id = callback.message_id if callback is not None else None
     fields: dict[str, Any] = {"quality_tags": quality, "origin": origin, "kind": kind, "source": source,
-                              "interaction": interaction_ref(interaction, message_id)}
+                              "interaction": interaction_ref(interaction, message_id), "embeddings": embeddings,
+                              "loras": parse_loras(request.prompt)}
     job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
     position = await submit(bot, job)
-    eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position)
+    eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position, job_model(job))
     log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,
              interaction.channel_id, position)
     from bot.features.results import queued_view

@@ -6,10 +6,11 @@ from ponybot.schemas import JobEvent, Speed
 
 FAILURE_REASONS = {
     "out_of_memory": "the GPU ran out of memory. Try a smaller size or fewer images.",
-    "worker_died": "the GPU worker stopped while making it, more than once. Try again in a few minutes.",
-    "timeout": "it took longer than this bot allows. Try fewer steps or a smaller size.",
+    "worker_died": "the GPU worker stopped while making it{attempts}. Try again in a few minutes.",
+    "timeout": "it took longer than this bot allows{attempts}. Try fewer steps or a smaller size.",
     "invalid_request": "the worker could not use these options.",
     "expired": "the images expired before they could be posted. Please generate them again.",
+    "unsafe_source": "the image it starts from did not pass this channel's image check, so it was not used.",
     "internal": "an unexpected error in the GPU worker (the operator can find it in the logs by its job id).",
 }
 
@@ -48,7 +49,15 @@ def failed(event: JobEvent, *, mention: bool) -> str:
         reason = f"this channel's rules changed while it waited: {event.error_message}."
     else:
         reason = FAILURE_REASONS.get(event.error_code or "", event.error_message or "something went wrong.")
+        reason = reason.replace("{attempts}", attempts_note(event.attempts))
     return f"{who}Sorry, this generation failed: {reason}"
+
+
+def attempts_note(attempts: int) -> str:
+    """How often a job was tried, as the end of a clause ("" when not counted)."""
+    if attempts <= 0:
+        return ""
+    return " (tried once)" if attempts == 1 else f" (tried {attempts} times)"
 
 
 def too_large(skipped: int) -> str:

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from bot import messages
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
-from ponybot.queue import QueueSnapshot, queue_snapshot, unfinished_jobs
+from ponybot.queue import QueueSnapshot, job_model, queue_snapshot, unfinished_jobs
 from ponybot.schemas import Job, ProgressEvent
 
 if TYPE_CHECKING:
@@ -128,10 +128,12 @@ class Tracker:
         while True:
             await asyncio.sleep(TICK_S)
             snapshot: QueueSnapshot | None = None  # read at most once a tick, for all waiting jobs
-            for tracked in [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]:
+            due = [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]
+            models = sorted({job_model(tracked.job) for tracked in due})
+            for tracked in due:
                 try:
                     if tracked.progress is None and snapshot is None:
-                        snapshot = await asyncio.to_thread(queue_snapshot, self.bot.sync_redis)
+                        snapshot = await asyncio.to_thread(queue_snapshot, self.bot.sync_redis, models)
                     await self.refresh(tracked, snapshot)
                 except (RedisError, OSError, discord.HTTPException) as error:
                     log.warning("job=%s progress edit failed: %s", tracked.job.id, error)
@@ -160,7 +162,7 @@ class Tracker:
             position = snapshot.positions.get(tracked.job.id) if snapshot is not None else None
             if snapshot is None or position is None:
                 return  # taken by a worker: its first progress event comes next
-            text = messages.queued(position, snapshot.eta(position))
+            text = messages.queued(position, snapshot.eta(position, job_model(tracked.job)))
         if text == tracked.shown:
             return
         async with tracked.lock:

@@ -13,4 +13,6 @@ ENV PONYBOT_MODEL__CACHE_DIR=/models PONYBOT_METRICS__WORKER_PORT=9100
 EXPOSE 9100
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=4)"
+# The worker fetches the model and the image tagger (safety.tagger) into /models at start, before its
+# first job; `docker compose run worker ponybot safety fetch` does the tagger ahead of time.
 CMD ["ponybot", "worker"]

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-import redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.templating import Jinja2Templates
@@ -24,6 +23,7 @@ from gallery.db import make_engine, optimize_search, upgrade
 from gallery.ingest import Ingest
 from gallery.site import TEMPLATES, Gallery, create_app
 from gallery.store import ImageStore, build_store
+from ponybot.connection import RedisTarget
 from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,10 @@ class _Server(uvicorn.Server):
         yield
 
 
-def run_gallery(settings: Settings, redis_url: str) -> None:
+def run_gallery(settings: Settings, redis_target: RedisTarget | str) -> None:
     app = build_app(settings)
     gallery: Gallery = app.state.gallery
-    conn = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+    conn = RedisTarget.of(redis_target).client(socket_timeout=10, socket_connect_timeout=5)
     stopping = threading.Event()
     ingest = threading.Thread(target=Ingest(gallery.engine, gallery.store, conn).run, args=(stopping,),
                               name="gallery-ingest", daemon=True)

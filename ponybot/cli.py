@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from ponybot import __version__
+from ponybot import __version__, safety_cli
 from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
-from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis_url, wait_for_event
+from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis, wait_for_event
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
 from ponybot.schemas import GenerationRequest, Job, Sampler, Speed, build_request, parse_size
 from ponybot.settings import Settings, load_settings
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run a GPU worker: load the model, then take jobs")
     worker.add_argument("--device", help="cpu, cuda, cuda:N (overrides worker.device)")
-    worker.add_argument("--model", help="model source (overrides model.source)")
+    worker.add_argument("--models", help="comma-separated model names from [models] to hold (default: model.default)")
+    worker.add_argument("--model", help="model source of the (first) model held (overrides its source)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     worker.add_argument("--name", help="worker name shown in status and logs (default: host, device, random)")
     worker.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.worker_port)")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
                        help="nsfw: as in an age-restricted channel whose policy allows NSFW")
     check.add_argument("--negative", default="", help="the member's negative prompt")
+    safety_cli.add_parser(commands)
     return parser
 
 
@@ -89,10 +91,12 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
     sampler = args.sampler or defaults.sampler.value
     if sampler not in {s.value for s in Sampler}:
         raise InvalidRequestError("sampler", f"must be one of {', '.join(s.value for s in Sampler)}, got {sampler!r}")
+    entry = settings.model_entry(None)  # the default model's own defaults first
+    negative = defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt
     return build_request(
         settings.limits,
         prompt=args.prompt,
-        negative_prompt=args.negative if args.negative is not None else defaults.negative_prompt,
+        negative_prompt=args.negative if args.negative is not None else negative,
         steps=args.steps if args.steps is not None else defaults.steps,
         cfg=args.cfg if args.cfg is not None else defaults.cfg,
         width=width,
@@ -100,7 +104,8 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         count=args.count if args.count is not None else defaults.count,
         seed=args.seed,
         sampler=sampler,
-        clip_skip=args.clip_skip if args.clip_skip is not None else defaults.clip_skip,
+        clip_skip=args.clip_skip if args.clip_skip is not None else entry.clip_skip or defaults.clip_skip,
+        model=settings.default_model,
         speed=args.speed or Speed.NORMAL.value,
     )
 
@@ -113,16 +118,16 @@ def cli_job_id(job: Job, model: str) -> str:
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     request = request_from_args(args, settings)
-    model = args.model or settings.model.source
+    model = args.model or settings.model_entry(None).source
     draft = Job.create(request, quality_tags=args.quality)
     job = draft.model_copy(update={"id": cli_job_id(draft, model)})
     out_dir: Path = args.out or settings.cli.out_dir
     with ExitStack() as stack:
         url = settings.redis.url or running_embedded_url(settings.redis.embedded_dir)
-        if url is None and args.local:
+        if url is None and args.local and not settings.redis.sentinels:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ponybot-redis-")))
             url = stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url
-        conn = connect(url or resolve_redis_url(settings))
+        conn = connect(url if url and not settings.redis.sentinels else resolve_redis(settings))
         after = last_event_id(conn)
         worker = settings.worker
         position = enqueue(conn, job, max_queue=settings.limits.max_queue, job_timeout_s=worker.timeout_for(job),
@@ -134,7 +139,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 
             run_worker(build_runtime(settings, conn, model_source=model), burst=True)
         try:
-            event = wait_for_event(conn, job.id, after=after, timeout=None,
+            event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
                                    no_worker_timeout=settings.cli.no_worker_timeout_s)
         except NoWorkerError:
             cancel_job(conn, job.id)  # nobody would ever read its result
@@ -158,8 +163,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.device:
         settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
-    conn = connect(resolve_redis_url(settings))
-    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name,
+    conn = connect(resolve_redis(settings))
+    models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
+    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name, models=models,
                             metrics_port=args.metrics_port if args.metrics_port is not None
                             else settings.metrics.worker_port)
     run_worker(runtime, burst=args.burst)
@@ -184,14 +190,14 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.gallery.enabled:
         log.warning("gallery.enabled is false: the bot hands no images over; serving what is already kept")
-    run_gallery(settings, resolve_redis_url(settings))
+    run_gallery(settings, resolve_redis(settings))
     return 0
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ponybot.status import collect_status, describe_status
 
-    say(describe_status(collect_status(connect(resolve_redis_url(settings)))))
+    say(describe_status(collect_status(connect(resolve_redis(settings)), list(settings.models))))
     return 0
 
 
@@ -207,7 +213,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
-            "status": cmd_status, "gallery": cmd_gallery}
+            "status": cmd_status, "gallery": cmd_gallery, "safety": safety_cli.cmd_safety}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,8 +4,31 @@ from __future__ import annotations
 
 PREFIX = "ponybot"
 
-#: The RQ queue generation jobs go through (RQ stores it as ``rq:queue:<name>``).
+#: The RQ queue of the default model's jobs (RQ stores it as ``rq:queue:<name>``); other models: :func:`generate_queue`.
 GENERATE_QUEUE = "ponybot-generate"
+#: The model configured out of the box; its queue keeps the name of the single-model versions.
+DEFAULT_MODEL_NAME = "pony-v4"
+#: What a model's name may look like (it becomes part of queue and key names).
+MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,39}"
+
+
+def generate_queue(model: str) -> str:
+    """The RQ queue of one model's jobs: ``ponybot-generate`` for pony-v4, ``ponybot-generate:<model>`` for others."""
+    return GENERATE_QUEUE if model == DEFAULT_MODEL_NAME else f"{GENERATE_QUEUE}:{model}"
+
+
+def worker_record(name: str) -> str:
+    """A worker's heartbeat record (JSON: the models it holds, its LoRAs and embeddings); expires unless renewed."""
+    return f"{PREFIX}:worker:{name}"
+
+
+#: Sorted set of worker name -> time its record expires: who to read records of, without a SCAN.
+WORKERS = f"{PREFIX}:workers"
+
+
+def recent_durations(model: str) -> str:
+    """List of one model's recent generation durations (seconds), for the ETA shown to members."""
+    return RECENT_DURATIONS if model == DEFAULT_MODEL_NAME else f"{RECENT_DURATIONS}:{model}"
 #: The job name a ponybot worker runs (mapped to its resident pipeline, never imported);
 #: a job naming anything else is refused, so Redis access cannot run code in a worker.
 GENERATE_FUNC = "ponybot.generate"
@@ -85,3 +108,8 @@ GALLERY_GUILDS = f"{PREFIX}:gallery:guilds"
 def gallery_image(job_id: str, index: int) -> str:
     """The gallery's own copy of a posted PNG, kept for ``gallery.handoff_ttl_s`` until the gallery stores it."""
     return f"{PREFIX}:gallery:image:{job_id}:{index}"
+
+
+def worker_safety(worker: str) -> str:
+    """A worker's image check as it loaded it (JSON: classifiers loaded, those missing and why)."""
+    return f"{PREFIX}:worker-safety:{worker}"

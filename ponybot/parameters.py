@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind, Speed
+
+#: A1111's pattern for one ``key: value`` pair of the settings line (a value may be a JSON string).
+PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def quote(value: object) -> str:
+    """A1111's quoting: a value holding a comma, colon or newline is written as a JSON string."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(char in text for char in ",:\n") else text
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
-                      size: tuple[int, int] | None = None, fast_interval: int = 3) -> str:
-    """The text A1111 writes into its PNGs, so the image can be reproduced there too."""
+                      size: tuple[int, int] | None = None, extra: dict[str, str | None] | None = None,
+                      fast_interval: int = 3) -> str:
+    """The text A1111 writes into its PNGs, so the image can be reproduced there too.
+
+    ``extra``: ``Model hash`` and ``Lora hashes`` as A1111 writes them (empty ones are left out).
+    """
     request = job.request
+    extra = {key: value for key, value in (extra or {}).items() if value}
     fields: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler.label,
         "CFG scale": f"{request.cfg:g}",
         "Seed": job.image_seed(index),
         "Size": "{}x{}".format(*(size or (request.width, request.height))),
+        **({"Model hash": extra.pop("Model hash")} if "Model hash" in extra else {}),
         "Model": model,
         "Clip skip": request.clip_skip,
+        **extra,
         "Job": job.id,
     }
     if request.speed is Speed.FAST:
@@ -25,7 +44,7 @@ def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, m
         fields["Denoising strength"] = STRENGTH[job.kind]
         if job.source:
             fields["Source"] = f"{job.source.job_id}:{job.source.index}"
-    settings = ", ".join(f"{key}: {value}" for key, value in fields.items())
+    settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
     return f"{prompt}\nNegative prompt: {negative_prompt}\n{settings}"
 
 
@@ -34,9 +53,9 @@ def parse_parameters(text: str) -> dict[str, str]:
     prompt, _, rest = text.partition("\nNegative prompt: ")
     negative, _, settings = rest.rpartition("\n")
     parsed = {"prompt": prompt, "negative_prompt": negative}
-    for pair in settings.split(", "):
-        key, _, value = pair.partition(": ")
-        parsed[key] = value
+    for match in PARAM.finditer(settings):
+        key, value = match.group(1), match.group(2)
+        parsed[key] = json.loads(value) if value.startswith('"') else value
     return parsed
 
 
@@ -45,4 +64,5 @@ def generate_line(request: GenerationRequest, seed: int, quality: bool) -> str:
     negative = f" negative_prompt:{request.negative_prompt}" if request.negative_prompt else ""
     return (f"/generate prompt:{request.prompt}{negative} seed:{seed} steps:{request.steps} cfg:{request.cfg:g} "
             f"size:{request.width}x{request.height} sampler:{request.sampler.value} clip_skip:{request.clip_skip} "
-            f"count:{request.count} quality:{quality}{' speed:fast' if request.speed is Speed.FAST else ''}")
+            f"count:{request.count} quality:{quality}{' speed:fast' if request.speed is Speed.FAST else ''}"
+            + (f" model:{request.model}" if request.model else ""))

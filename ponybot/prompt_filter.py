@@ -1,7 +1,11 @@
 """Forbidden-term matching that sees through evasions without refusing harmless words.
 
-A prompt is normalised before matching: A1111 emphasis syntax is removed, Unicode
-is folded (NFKC, case folding, accents, Cyrillic and Greek look-alikes), zero-width
+A prompt is read three ways before matching, and refused when any reading carries a
+term: folded (NFKC, case folding, no accents), as its Unicode confusables skeleton
+(UTS #39, from the ``confusable_homoglyphs`` package's copy of Unicode's
+``confusables.txt``: ``ԁ``, ``ꓠ``, ``Ꭺ`` read as the Latin letters they look like), and
+transliterated to ASCII (``anyascii``: ``нуде`` reads ``nude``). Terms are read the
+same three ways. In every reading A1111 emphasis syntax is removed, zero-width
 characters are dropped, and digits or symbols standing in for letters are read as
 letters. Matching is by whole words (``class`` never matches ``ass``), and also
 across the separators people put inside a word: ``n u d e``, ``n.u.d.e``, ``nu de``
@@ -13,19 +17,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 from ponybot.prompt_syntax import strip_emphasis
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u034f"))
-#: Letters that look Latin but are not (NFKC leaves them alone).
-CONFUSABLES = str.maketrans({
-    "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c", "т": "t",
-    "у": "y", "х": "x", "ѕ": "s", "і": "i", "ї": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ь": "b", "п": "n",
-    "α": "a", "β": "b", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
-    "χ": "x", "ω": "w", "ɑ": "a", "ɡ": "g", "ɩ": "i", "ı": "i", "ʀ": "r", "ꜱ": "s", "ᴅ": "d", "ᴇ": "e", "ɴ": "n",
-    "ᴜ": "u", "ᴏ": "o", "ᴘ": "p", "ʏ": "y",
-})
+#: What neither Unicode's confusables nor a transliteration reads as the Latin letter it looks like in
+#: lowercase (``confusables.txt`` pairs ``п`` with ``π``, ``ω`` with ``ɷ``; anyascii reads ``п`` as ``p``).
+#: A test keeps this list to the letters the readings below miss.
+SHAPES = str.maketrans({"п": "n", "ь": "b", "β": "b", "χ": "x", "ω": "w"})
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
                       "!": "i", "|": "l", "+": "t"})
 WORD = re.compile(r"[^\W_]+|[@$!|+]+")
@@ -46,11 +48,61 @@ class FilterResult:
         return f"the prompt contains a term this channel does not allow: “{self.term}”"
 
 
+def _no_marks(text: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
+
+
 def fold(text: str) -> str:
-    """NFKC, case folding, no accents, no zero-width characters, look-alikes as Latin letters."""
-    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).casefold()
-    text = "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))
-    return text.translate(CONFUSABLES)
+    """NFKC, case folding, no accents, no zero-width characters, :data:`SHAPES` as Latin letters."""
+    return _no_marks(unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH).casefold()).translate(SHAPES)
+
+
+@cache
+def _prototypes() -> dict[str, str]:
+    """Each confusable character -> the representative of its class (UTS #39's prototype).
+
+    ``confusable_homoglyphs`` keeps Unicode's ``confusables.txt`` both ways: a source lists
+    its one prototype, a prototype lists its sources. A pair that lists only each other
+    gets the smaller code point as its representative, so both map to the same one.
+    """
+    from confusable_homoglyphs.utils import load
+
+    data: dict[str, list[dict[str, str]]] = load("confusables.json")
+    table: dict[str, str] = {}
+    for char, entries in data.items():
+        if len(char) != 1 or len(entries) != 1:
+            continue  # a prototype with several look-alikes maps to itself
+        target = entries[0]["c"].replace("\u200e", "").replace("\u200f", "")
+        back = [entry["c"] for entry in data.get(target, [])]
+        if back == [char]:  # two characters that list only each other
+            target = min(char, target)
+        if target != char:
+            table[char] = target
+    return table
+
+
+def skeleton(text: str) -> str:
+    """UTS #39's skeleton (NFD, each confusable as its prototype, NFD), case-folded, without accents."""
+    table = _prototypes()
+    mapped = "".join(table.get(c, c) for c in unicodedata.normalize("NFD", fold(text)))
+    return _no_marks(mapped.casefold())
+
+
+def transliterate(text: str) -> str:
+    """Letters of any script in ASCII (``anyascii``); symbols and emoji stay as they are."""
+    from anyascii import anyascii
+
+    text = unicodedata.normalize("NFKC", text).translate(ZERO_WIDTH)
+    return _no_marks("".join(anyascii(c) if unicodedata.category(c)[0] == "L" else c for c in text).casefold())
+
+
+def skeleton_transliterated(text: str) -> str:
+    """The skeleton in ASCII: prototypes that are small capitals (``ʜ``, ``ʙ``) read as their letters."""
+    return transliterate(skeleton(text))
+
+
+#: The readings of a prompt; a term found in any of them refuses it.
+READINGS: tuple[Callable[[str], str], ...] = (fold, skeleton, transliterate, skeleton_transliterated)
 
 
 def squeeze(word: str) -> str:
@@ -58,10 +110,10 @@ def squeeze(word: str) -> str:
     return re.sub(r"(.)\1{2,}", r"\1", word)
 
 
-def words(text: str) -> list[str]:
-    """The words of a prompt as the matcher reads them."""
-    folded = fold(strip_emphasis(text))
-    return [match.group(0).translate(LEET) for match in WORD.finditer(folded)]
+def words(text: str, reading: Callable[[str], str] = fold) -> list[str]:
+    """The words of a prompt as the matcher reads them in one reading."""
+    read = reading(strip_emphasis(text))
+    return [match.group(0).translate(LEET) for match in WORD.finditer(read)]
 
 
 def _variants(word: str) -> set[str]:
@@ -84,10 +136,18 @@ def _spans(prompt: list[str], phrase_lengths: set[int]) -> list[str]:
 
 
 def check_prompt(text: str, terms: list[str]) -> FilterResult:
-    """The first forbidden term the prompt carries, read through the evasions above."""
-    phrases = {term: " ".join(words(term)) for term in terms}
+    """The first forbidden term the prompt carries in any reading, seen through the evasions above."""
+    for reading in READINGS:
+        found = _check_reading(text, terms, reading)
+        if not found.allowed:
+            return found
+    return FilterResult(True)
+
+
+def _check_reading(text: str, terms: list[str], reading: Callable[[str], str]) -> FilterResult:
+    phrases = {term: " ".join(words(term, reading)) for term in terms}
     lengths = {phrase.count(" ") + 1 for phrase in phrases.values() if phrase}
-    spans = [(span, _variants(span)) for span in _spans(words(text), lengths)]
+    spans = [(span, _variants(span)) for span in _spans(words(text, reading), lengths)]
     for term, phrase in phrases.items():
         if not phrase:
             continue

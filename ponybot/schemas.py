@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ponybot.errors import InvalidRequestError, SchemaVersionError
+from ponybot.keys import MODEL_NAME_PATTERN
 
 if TYPE_CHECKING:
     from ponybot.settings import LimitSettings
@@ -108,6 +109,7 @@ class GenerationRequest(BaseModel):
     sampler: Sampler = Sampler.DDIM
     clip_skip: Literal[1, 2] = 2
     speed: Speed = Speed.NORMAL
+    model: str | None = Field(None, pattern=f"^{MODEL_NAME_PATTERN}$")  #: None: the worker's default model
 
     @field_validator("prompt")
     @classmethod
@@ -204,8 +206,17 @@ def upscale_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(64, int(width * factor) // 64 * 64), max(64, int(height * factor) // 64 * 64)
 
 
+class LoraRef(BaseModel):
+    """One ``<lora:NAME:WEIGHT>`` of a prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    weight: float = Field(1.0, ge=-2, le=2)
+
+
 class Job(Versioned):
-    """One generation job as it sits on the queue."""
+    """One generation job as it sits on the queue: the model, LoRAs and embeddings it needs travel with it."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     request: GenerationRequest
@@ -216,12 +227,23 @@ class Job(Versioned):
     origin: Origin | None = None
     interaction: InteractionRef | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    loras: list[LoraRef] = Field(default_factory=list)  #: from the prompt's ``<lora:NAME:WEIGHT>``
+    embeddings: list[str] = Field(default_factory=list)  #: textual inversions named in the prompts
 
     @classmethod
     def create(cls, request: GenerationRequest, **fields: Any) -> Job:
         """A job for ``request``; a random seed is chosen here, once, and always reported."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        if "loras" not in fields:
+            from ponybot.networks import parse_loras
+
+            fields["loras"] = parse_loras(request.prompt)
         return cls(request=request, seed=seed, **fields)
+
+    @property
+    def lora_set(self) -> tuple[tuple[str, float], ...]:
+        """The LoRAs and weights, in a form that compares equal for the same set (batching)."""
+        return tuple(sorted((lora.name, lora.weight) for lora in self.loras if lora.weight != 0))
 
     def image_seed(self, index: int) -> int:
         """A1111's convention: image i of a job gets seed + i."""
@@ -259,6 +281,8 @@ class ImageResult(BaseModel):
     flagged: bool = False  #: the image classifier flagged it as NSFW (or could not tell)
     withheld: bool = False  #: not posted: flagged in an SFW channel
     spoiler: bool = False  #: posted behind a spoiler: flagged in an NSFW channel that asks for it
+    #: the booru tags the image tagger read, best first, with their scores (for search and a gallery)
+    tags: dict[str, float] = Field(default_factory=dict)
 
 
 class JobEvent(Versioned):
@@ -275,6 +299,8 @@ class JobEvent(Versioned):
     generation_s: float = 0.0
     worker: str = ""
     mode: Literal["sfw", "nsfw"] | None = None  #: the effective policy mode the worker applied (None: no channel)
+    #: times a worker started the job (0: not counted, e.g. refused before it ran)
+    attempts: int = Field(0, ge=0)
 
     @property
     def withheld(self) -> int:

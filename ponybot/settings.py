@@ -8,18 +8,33 @@ Precedence, highest first: ``PONYBOT_SECTION__KEY`` environment variables (and
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ponybot.errors import ConfigError
+from ponybot.keys import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN
+from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG
 from ponybot.schemas import Job, JobKind, Sampler, parse_size
 
 DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
+#: Keys of the single-model ``[model]`` section of earlier versions, read as the default model's.
+LEGACY_MODEL_KEYS = ("source", "config_dir", "name")
 #: Refused in SFW channels (whole words; ``*`` matches every word it begins).
 SFW_FORBIDDEN_TERMS = (
     "nsfw", "nude", "nudity", "naked", "explicit", "questionable", "sex", "sexy", "porn*", "hentai", "penis",
@@ -45,13 +60,73 @@ class _Section(BaseModel):
 class RedisSettings(_Section):
     url: str | None = None
     embedded_dir: Path = Path("data/redis")
+    #: from the environment as JSON or comma-separated: ``sentinel-0:26379,sentinel-1:26379``
+    sentinels: Annotated[list[Annotated[str, AfterValidator(lambda item: sentinel_address(item) and item)]],
+                         NoDecode] = Field(default_factory=list)
+    master_name: str = "ponybot"
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _sentinel_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.startswith("["):
+                return [item.strip() for item in text.split(",") if item.strip()]
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                raise ValueError("is neither a JSON list nor comma-separated host:port items") from None
+        return value
+
+
+
+def sentinel_address(item: str) -> tuple[str, int]:
+    """``host:port`` of a Redis Sentinel, or ValueError saying what is wrong with it."""
+    host, sep, port = item.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{item!r} is not host:port (e.g. sentinel-0.redis:26379)")
+    return host.strip("[]"), int(port)
 
 
 class ModelSettings(_Section):
-    source: str = DEFAULT_MODEL
-    config_dir: Path | None = None
+    """What every model shares: the default's name, caches, LoRA and embedding folders.
+
+    ``source``, ``config_dir`` and ``name`` are the single-model settings of earlier versions:
+    when given (and no ``[models.NAME]`` table is), they describe the default model.
+    """
+
+    default: str | None = None
     cache_dir: Path = Path("data/models")
+    lora_dir: Path = Path("models/lora")
+    embeddings_dir: Path = Path("models/embeddings")
+    max_loras: int = Field(4, ge=0, le=16)
+    lora_cache: int = Field(8, ge=1, le=64)
+    source: str | None = None
+    config_dir: Path | None = None
     name: str | None = None
+
+
+class ModelEntry(_Section):
+    """One model of the ``[models.NAME]`` table: where it comes from and its own prompt conventions."""
+
+    source: str
+    config_dir: Path | None = None
+    name: str | None = None
+    description: str = ""
+    clip_skip: Literal[1, 2] | None = None
+    negative_prompt: str | None = None
+    quality_tag: str = ""
+    quality_negative: str = ""
+    safe_tag: bool = True
+    license_name: str = "CreativeML OpenRAIL-M"
+    license_text: str | None = None
+
+
+def _default_models() -> dict[str, ModelEntry]:
+    return {DEFAULT_MODEL_NAME: ModelEntry(
+        source=DEFAULT_MODEL, description="pony-diffusion v4 (SD 1.5): ponies, booru tags",
+        quality_tag=QUALITY_TAG, quality_negative=QUALITY_NEGATIVE,
+    )}
 
 
 class WorkerSettings(_Section):
@@ -73,6 +148,7 @@ class WorkerSettings(_Section):
     fast_interval: int = Field(3, ge=2, le=10)
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
+    cpu_threads: int = Field(0, ge=0, le=256)
 
     def timeout_for(self, job: Job) -> int:
         """A job's time limit: a minute plus ``step_budget_s`` per 512x512 step, at most ``job_timeout_s``."""
@@ -142,18 +218,62 @@ class PolicySettings(_Section):
     safe_tag: str = "safe"
 
 
-Classifier = Literal["opennsfw", "wd14"]
-
-
-def _default_classifiers() -> list[Classifier]:
-    return ["opennsfw"]
+#: A WD v3 tagger's general tags that mean an image is explicit, each with the score at or above which it
+#: flags the image. Genitals and sex acts at 0.3: on drawn art the tagger rarely gives them even 0.3
+#: without cause, and a miss is what an SFW channel cannot afford. Plain nudity at 0.4 and the
+#: partial kinds at 0.5: they also appear, weakly, on swimsuits and on ponies (who wear nothing).
+#: 0.35 is the threshold the WD tagger's own demo uses for general tags.
+DEFAULT_EXPLICIT_TAGS: dict[str, float] = {
+    "penis": 0.3, "pussy": 0.3, "testicles": 0.3, "anus": 0.3, "clitoris": 0.3, "erection": 0.3,
+    "sex": 0.3, "vaginal": 0.3, "anal": 0.3, "oral": 0.3, "fellatio": 0.3, "cunnilingus": 0.3,
+    "masturbation": 0.3, "handjob": 0.3, "paizuri": 0.3, "cum": 0.3, "ejaculation": 0.3, "after_sex": 0.3,
+    "sex_toy": 0.3, "dildo": 0.3, "nipples": 0.4, "nude": 0.4, "completely_nude": 0.4, "pubic_hair": 0.4,
+    "areolae": 0.4, "topless": 0.5, "bottomless": 0.5, "censored": 0.5, "mosaic_censoring": 0.4,
+}
+DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"
 
 
 class SafetySettings(_Section):
-    classifiers: list[Classifier] = Field(default_factory=_default_classifiers)
+    opennsfw: bool = True
     opennsfw_threshold: float = Field(0.5, gt=0, lt=1)
-    wd14_model: str | None = None
-    wd14_threshold: float = Field(0.35, gt=0, lt=1)
+    tagger: str = DEFAULT_TAGGER
+    tagger_threshold: float = Field(0.35, gt=0, lt=2)
+    explicit_tags: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EXPLICIT_TAGS))
+    strict_factor: float = Field(0.6, gt=0, le=1)
+    tags_kept: int = Field(20, ge=0, le=200)
+    tag_min_score: float = Field(0.35, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        """The settings before the tagger became the default: ``classifiers``, ``wd14_model``, ``wd14_threshold``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        old = data.pop("classifiers", None)
+        model, threshold = data.pop("wd14_model", None), data.pop("wd14_threshold", None)
+        if old is not None:
+            unknown = set(old) - {"opennsfw", "wd14"}
+            if unknown:
+                raise ValueError(f"classifiers: unknown {sorted(unknown)} (now: safety.opennsfw and safety.tagger)")
+            data.setdefault("opennsfw", "opennsfw" in old)
+        if model and (old is None or "wd14" in old):
+            data.setdefault("tagger", model)
+        if threshold is not None:
+            data.setdefault("tagger_threshold", threshold)
+        return data
+
+    @field_validator("explicit_tags")
+    @classmethod
+    def _tag_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [f"{tag} = {score}" for tag, score in value.items() if not 0 < score < 1]
+        if bad:
+            raise ValueError(f"each threshold must be between 0 and 1, not {', '.join(bad)}")
+        return value
+
+    @property
+    def tagger_enabled(self) -> bool:
+        return self.tagger.strip().lower() not in ("", "none")
 
 
 class MetricsSettings(_Section):
@@ -220,6 +340,7 @@ class Settings(BaseSettings):
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    models: dict[str, ModelEntry] = Field(default_factory=_default_models)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     defaults: DefaultSettings = Field(default_factory=DefaultSettings)
@@ -243,8 +364,56 @@ class Settings(BaseSettings):
         # The TOML file arrives as init data; the environment overrides it.
         return (env_settings, init_settings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _single_model_style(cls, data: Any) -> Any:
+        """``[model] source = ...`` (earlier versions) becomes the default model's entry."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model") or {}
+        if isinstance(model, BaseModel):
+            model = model.model_dump(exclude_none=True)
+        legacy = {key: model[key] for key in LEGACY_MODEL_KEYS if model.get(key) is not None}
+        if not legacy:
+            return data
+        if data.get("models"):
+            raise ValueError(
+                f"model.{', model.'.join(legacy)} (the single-model style) and [models.NAME] tables are both set: "
+                "move them into the [models.NAME] table of the model they describe"
+            )
+        name = model.get("default") or DEFAULT_MODEL_NAME
+        entry = _default_models()[DEFAULT_MODEL_NAME].model_dump(exclude_none=True) | legacy
+        rest = {key: value for key, value in model.items() if key not in LEGACY_MODEL_KEYS}
+        return {**data, "model": rest, "models": {name: entry}}
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        if not value:
+            raise ValueError("at least one model must be configured")
+        for name in value:
+            if not re.fullmatch(MODEL_NAME_PATTERN, name):
+                raise ValueError(f"model name {name!r}: lower-case letters, digits, '.', '_' and '-', at most 40")
+        return value
+
+    @property
+    def default_model(self) -> str:
+        """``model.default``, else ``pony-v4`` when configured, else the first model of the table."""
+        if self.model.default:
+            return self.model.default
+        return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in self.models else next(iter(self.models))
+
+    def model_entry(self, name: str | None) -> ModelEntry:
+        """The named model's settings (None: the default); ConfigError for a name not configured."""
+        entry = self.models.get(name or self.default_model)
+        if entry is None:
+            raise ConfigError(f"model {name!r} is not configured (configured: {', '.join(self.models)})")
+        return entry
+
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Settings:
+        if self.model.default and self.model.default not in self.models:
+            raise ValueError(f"model.default ({self.model.default}) is not one of [models]: {', '.join(self.models)}")
         width, height = parse_size(self.defaults.size)
         if self.defaults.steps > self.limits.max_steps:
             raise ValueError(f"defaults.steps ({self.defaults.steps}) is above limits.max_steps")

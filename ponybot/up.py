@@ -1,10 +1,11 @@
 """``ponybot up``: everything on one machine, supervised.
 
 An embedded Redis when none is configured (append-only file in ``redis.embedded_dir``,
-so queued jobs and policies survive a restart), one worker process per visible GPU
-(or one on the CPU), and the bot when a token is set. Children run in their own
-process sessions and get exactly one SIGTERM at shutdown: workers finish their job,
-the bot finishes the deliveries in hand. A child that dies is restarted.
+so queued jobs and policies survive a restart), the image tagger fetched into the model
+cache, one worker process per visible GPU (or one on the CPU), and the bot when a token
+is set. Children run in their own process sessions and get exactly one SIGTERM at
+shutdown: workers finish their job, the bot finishes the deliveries in hand. A child that
+dies is restarted.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
+from ponybot.connection import RedisTarget
+from ponybot.cpus import cpu_share
 from ponybot.errors import RedisUnavailableError
-from ponybot.queue import connect
+from ponybot.queue import connect, resolve_redis
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
 from ponybot.settings import Settings
 
@@ -38,6 +41,17 @@ def visible_devices(setting: str) -> list[str]:
                            capture_output=True, text=True, check=False)
     count = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
     return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+
+
+def spread_models(models: list[str], workers: int) -> list[list[str]]:
+    """The models each of ``workers`` holds: every model on at least one worker, each worker at least one.
+
+    More workers than models: the models take turns (two GPUs, one model: both hold it). More models
+    than workers: each worker holds several (three models, two GPUs: [a, c] and [b]).
+    """
+    if workers >= len(models):
+        return [[models[index % len(models)]] for index in range(workers)]
+    return [models[index::workers] for index in range(workers)]
 
 
 @dataclass
@@ -70,7 +84,9 @@ class Supervisor:
         config = ["--config", self.config] if self.config else []
         return [sys.executable, "-m", "ponybot", *config, *args]
 
-    def start_redis(self) -> str:
+    def start_redis(self) -> RedisTarget | str:
+        if self.settings.redis.sentinels:
+            return resolve_redis(self.settings)  # the children read the same sentinels from the settings
         if self.settings.redis.url:
             return self.settings.redis.url
         if url := running_embedded_url(self.settings.redis.embedded_dir):
@@ -78,16 +94,24 @@ class Supervisor:
         self.redis = EmbeddedRedis(self.settings.redis.embedded_dir, persistent=True)
         return self.redis.start()
 
-    def plan(self, url: str) -> None:
-        env = {**os.environ, "PONYBOT_REDIS__URL": url}
+    def plan(self, url: RedisTarget | str) -> None:
+        """A worker per device, the configured models spread over them (:func:`spread_models`), and the bot."""
+        env = {**os.environ, **({"PONYBOT_REDIS__URL": url} if isinstance(url, str) else {})}
         devices = visible_devices(self.settings.worker.device)
         if devices == ["cpu"]:
             log.warning("no GPU found: one worker on the CPU; a real SD1.5 model takes minutes per image there")
         if self.workers is not None:
             devices = (devices * self.workers)[: self.workers]
+        if self.settings.worker.cpu_threads == 0 and len(devices) > 1:
+            # each worker's torch and onnxruntime get their share of the cores, not all of them each
+            env["PONYBOT_WORKER__CPU_THREADS"] = str(cpu_share(len(devices)))
+            log.info("%d workers share this host: %s CPU thread(s) each", len(devices),
+                     env["PONYBOT_WORKER__CPU_THREADS"])
         port = self.settings.metrics.worker_port
-        for index, device in enumerate(devices):
-            args = self.command("worker", "--device", device, "--name", f"{socket.gethostname()}-{device}-{index}")
+        for index, (device, models) in enumerate(zip(devices, spread_models(list(self.settings.models), len(devices)),
+                                                     strict=True)):
+            args = self.command("worker", "--device", device, "--name", f"{socket.gethostname()}-{device}-{index}",
+                                "--models", ",".join(models))
             if port:
                 args += ["--metrics-port", str(port + index)]
             self.children.append(Child(f"worker {index} on {device}", args, env))
@@ -111,8 +135,9 @@ class Supervisor:
         except RedisUnavailableError:
             self.shutdown()
             raise
-        log.info("Redis at %s", url)
+        log.info("Redis at %s", RedisTarget.of(url).describe())
         self.plan(url)
+        self.fetch_tagger()
         for child in self.children:
             child.start()
         try:
@@ -122,6 +147,15 @@ class Supervisor:
         finally:
             self.shutdown()
         return 0
+
+    def fetch_tagger(self) -> None:
+        """The image tagger into the model cache once, before the workers start (they would each fetch it)."""
+        if not self.settings.safety.tagger_enabled or not any(c.name.startswith("worker") for c in self.children):
+            return
+        fetched = subprocess.run(self.command("safety", "fetch"), check=False)
+        if fetched.returncode != 0:
+            log.error("the image tagger %s could not be fetched: the workers start without it, and SFW channels "
+                      "get no images until it is there", self.settings.safety.tagger)
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         log.info("stopping (signal %d): workers finish their jobs first", signum)

@@ -10,6 +10,7 @@ from typing import Any
 from rq.timeouts import TimerDeathPenalty
 
 from bot.app import PonyBot, configure_endpoints
+from ponybot.connection import RedisTarget
 from ponybot.settings import Settings
 from tests.discord_fake.server import FakeDiscord, Interaction
 from worker.runner import GenerationWorker
@@ -23,7 +24,7 @@ def bot_settings(settings: Settings, fake: FakeDiscord, **discord_options: Any) 
 
 
 @contextlib.asynccontextmanager
-async def running_bot(settings: Settings, redis_url: str) -> AsyncIterator[PonyBot]:
+async def running_bot(settings: Settings, redis_url: RedisTarget | str) -> AsyncIterator[PonyBot]:
     """The real client, logged in through the fake and ready; closed on exit."""
     configure_endpoints(settings)
     bot = PonyBot(settings, redis_url, guild_ready_timeout=0.05)

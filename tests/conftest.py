@@ -17,6 +17,10 @@ from ponybot.redis_server import EmbeddedRedis
 from ponybot.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Tests never reach the hub (read by huggingface_hub at import, and inherited by the CLI's subprocesses).
+os.environ["HF_HUB_OFFLINE"] = "1"
+#: The default image tagger comes from the hub; tests that want one build a tiny one (tests/tagger.py).
+NO_TAGGER = {"tagger": "none"}
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +57,7 @@ def make_settings(redis_url: str | None, model_cache: Path, **sections: dict[str
         "model": {"source": "tiny", "cache_dir": model_cache},
         "defaults": {"size": "256x256", "steps": 4},
         "cli": {"no_worker_timeout_s": 2.0},
+        "safety": dict(NO_TAGGER),
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
@@ -76,11 +81,11 @@ def generator(model_cache: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def classifier() -> Any:
-    """The real default image classifier (open_nsfw, offline, from its wheel)."""
+    """The real open_nsfw classifier (offline, from its wheel); the tagger is left out (it comes from the hub)."""
     from ponybot.settings import SafetySettings
-    from worker.safety import load_classifier
+    from worker.safety import load_safety
 
-    return load_classifier(SafetySettings())
+    return load_safety(SafetySettings(**NO_TAGGER), Path("unused"), download=False, fail_fast=True)
 
 
 @pytest.fixture
@@ -93,7 +98,7 @@ def runtime(settings: Settings, conn: redis.Redis, generator: Any, classifier: A
 def cli_env(redis_url: str | None, model_cache: Path, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PONYBOT_", "DISCORD_"))}
     env.update({"PONYBOT_MODEL__CACHE_DIR": str(model_cache), "PONYBOT_MODEL__SOURCE": "tiny",
-                "PONYBOT_LOG__LEVEL": "WARNING", **extra})
+                "PONYBOT_LOG__LEVEL": "WARNING", "PONYBOT_SAFETY__TAGGER": "none", **extra})
     if redis_url:
         env["PONYBOT_REDIS__URL"] = redis_url
     return env
@@ -117,10 +122,20 @@ async def fake() -> Any:
     assert server.rejected == [], "requests Discord's OpenAPI description rejects"
 
 
+def announce(conn: redis.Redis, models: list[str], name: str = "announced-worker", **fields: Any) -> None:
+    """A worker's heartbeat record, as a worker that will run (in the test, later) writes it."""
+    from ponybot.workers import WorkerRecord, publish_worker
+
+    publish_worker(conn, WorkerRecord(name=name, models=models, **fields), heartbeat_s=600)
+
+
 @pytest.fixture
-def discord_settings(settings: Settings, fake: Any) -> Settings:
+def discord_settings(settings: Settings, fake: Any, conn: redis.Redis) -> Settings:
+    """Settings for the bot against the fake Discord; the default model is announced as held by a worker
+    (the tests run the real worker in-process after queueing, with ``drain``)."""
     from tests.bot_harness import bot_settings
 
+    announce(conn, [settings.default_model])
     return bot_settings(settings, fake)
 
 

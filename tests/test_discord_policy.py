@@ -55,6 +55,22 @@ async def test_moderator_change_shows_in_history_and_show(fake: FakeDiscord, dis
     assert "`spiders`" in embed_text(fake, show) and "steps ≤ 20" in embed_text(fake, show)
 
 
+async def test_strictness_set_and_shown(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
+                                        conn: redis.Redis) -> None:
+    async with running_bot(discord_settings, redis_url):
+        before = await fake.slash("policy", subcommand="show")
+        await fake.wait_for(lambda: fake.original(before))
+        changed = await fake.slash("policy", {"strictness": "strict"}, subcommand="set", user=MODERATOR,
+                                   permissions=MOD_PERMISSIONS)
+        await fake.wait_for(lambda: fake.original(changed))
+        after = await fake.slash("policy", subcommand="show")
+        await fake.wait_for(lambda: fake.original(after))
+    assert "Image check: **standard**" in embed_text(fake, before)
+    assert "Image check: **strict**" in embed_text(fake, changed)
+    assert "Image check: **strict**" in embed_text(fake, after)
+    assert PolicyStore(conn).rules_for(fake.guild_id, changed.channel_id).strictness == "strict"
+
+
 async def test_policy_test_command(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
                                    conn: redis.Redis) -> None:
     async with running_bot(discord_settings, redis_url):
@@ -117,3 +133,22 @@ async def test_withheld_images_are_counted_for_the_member(fake: FakeDiscord, dis
                                       and fake.original(interaction))
     assert "2 image(s) withheld by this channel's safety policy" in message["content"]
     assert message["attachments"] == []
+
+
+async def test_status_shows_an_incomplete_image_check(fake: FakeDiscord, discord_settings: Settings,
+                                                      redis_url: str, conn: redis.Redis) -> None:
+    from rq import Worker
+
+    from ponybot.status import SafetyState, publish_safety
+
+    worker = Worker([generation_queue(conn)], connection=conn, name="gpu-host-0")
+    worker.register_birth()
+    publish_safety(conn, "gpu-host-0", SafetyState(classifiers=["opennsfw"], missing={"tagger": "offline, no copy"}))
+    try:
+        async with running_bot(discord_settings, redis_url):
+            status = await fake.slash("status")
+            await fake.wait_for(lambda: fake.original(status))
+    finally:
+        worker.register_death()
+    text = embed_text(fake, status)
+    assert "gpu-host-0" in text and "IMAGE CHECK INCOMPLETE" in text and "tagger: offline, no copy" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -85,4 +86,8 @@ def test_single_file_checkpoint_as_a1111_users_have_it(tmp_path: Path, model_cac
     single_png, folder_png = (Path(tmp_path / r.stdout.split("\t")[0]).read_bytes() for r in (single, reference))
     assert np.asarray(Image.open(io.BytesIO(single_png))).tolist() == \
         np.asarray(Image.open(io.BytesIO(folder_png))).tolist()
-    assert parse_parameters(read_parameters(single_png) or "")["Model"] == "pony-v4-pruned"
+    parameters = parse_parameters(read_parameters(single_png) or "")
+    assert parameters["Model"] == "pony-v4-pruned"
+    # A1111's short model hash: the first 10 hex digits of the checkpoint file's sha256
+    assert parameters["Model hash"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
+    assert "Model hash" not in parse_parameters(read_parameters(folder_png) or "")

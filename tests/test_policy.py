@@ -6,21 +6,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
 from PIL import Image
 
 from ponybot import keys
-from ponybot.policy import FlaggedAction, Mode, PolicyRules, apply, effective_mode, resolve
+from ponybot.policy import FlaggedAction, Mode, PolicyRules, Strictness, apply, effective_mode, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.prompt_filter import check_prompt
 from ponybot.queue import enqueue
 from ponybot.schemas import Job, JobEvent, Origin, build_request
-from ponybot.settings import LimitSettings, PolicySettings, SafetySettings, Settings
+from ponybot.settings import LimitSettings, PolicySettings, Settings
+from ponybot.status import SafetyState
 from tests.conftest import cli_env, run_cli
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
+from worker.safety import Verdict
 
 POLICY = PolicySettings()
 SFW_TERMS = POLICY.always_forbidden_terms + POLICY.sfw_forbidden_terms
@@ -74,6 +75,38 @@ def test_harmless_prompts_allowed(prompt: str) -> None:
     assert check_prompt(prompt, SFW_TERMS).allowed, check_prompt(prompt, SFW_TERMS)
 
 
+#: Letters of other scripts that look like Latin ones, read through Unicode's confusables or anyascii.
+LOOKALIKES = {
+    "Cyrillic": "nudе pony",  # е U+0435
+    "Greek": "hεntai",  # ε U+03B5
+    "Armenian": "ոսde",  # ո U+0578, ս U+057D
+    "Lisu": "ꓠꓴꓓꓰ",  # U+A4E0 U+A4F4 U+A4D3 U+A4F0
+    "Coptic": "ⲛⲩⲇⲉ",  # U+2C9B U+2CA9 U+2C87 U+2C89
+    "Cherokee": "ᏚEX",  # U+13DA
+    "Latin small capitals": "ɴᴜᴅᴇ",
+}
+
+
+@pytest.mark.parametrize("script", LOOKALIKES)
+def test_lookalikes_of_other_scripts_refused(script: str) -> None:
+    prompt = LOOKALIKES[script]
+    assert any(not c.isascii() for c in prompt)
+    assert not check_prompt(prompt, SFW_TERMS).allowed, (script, prompt)
+
+
+def test_shapes_table_holds_only_what_unicode_data_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each entry of the small supplement is needed: without it, no reading catches its letter."""
+    from ponybot import prompt_filter
+
+    spelled = {"п": "пude", "ь": "questionaьle", "β": "questionaβle", "χ": "eχplicit", "ω": "nsfω"}
+    assert set(spelled) == {chr(c) for c in prompt_filter.SHAPES}
+    for word in spelled.values():
+        assert not check_prompt(word, SFW_TERMS).allowed
+    monkeypatch.setattr(prompt_filter, "SHAPES", {})
+    for word in spelled.values():
+        assert check_prompt(word, SFW_TERMS).allowed, word
+
+
 def test_nsfw_channels_refuse_young_characters_and_allow_adult_terms() -> None:
     nsfw = resolve(PolicyRules(mode=Mode.NSFW), age_restricted=True, settings=POLICY)
     terms = nsfw.forbidden_terms
@@ -122,15 +155,17 @@ def test_store_merges_and_audits(conn: redis.Redis) -> None:
 
 class FlagAll:
     name = "flag-all"
+    state = SafetyState(classifiers=["flag-all"])
 
-    def classify(self, images: list[Image.Image]) -> list[bool]:
-        return [True] * len(images)
+    def classify(self, images: list[Image.Image], strictness: Strictness = Strictness.STANDARD) -> list[Verdict]:
+        return [Verdict(True)] * len(images)
 
 
 class Broken:
     name = "broken"
+    state = SafetyState(classifiers=["broken"])
 
-    def classify(self, images: list[Image.Image]) -> list[bool]:
+    def classify(self, images: list[Image.Image], strictness: Strictness = Strictness.STANDARD) -> list[Verdict]:
         raise RuntimeError("onnxruntime fell over")
 
 
@@ -169,43 +204,9 @@ def test_real_classifier_runs_offline_on_a_generated_image(generator: Any, class
 
     request = GenerationRequest(prompt="pony", steps=3, width=512, height=512)
     image = generator.generate(request, seed=1, prompt="pony", negative_prompt="").images[0]
-    assert classifier.classify([image]) == [False]
-    assert classifier.classify([Image.new("RGB", (512, 512), (200, 160, 140))]) in ([True], [False])
-
-
-def make_wd14(folder: Path, flag_weight: float) -> None:
-    """A small ONNX model with WD14's inputs and outputs: (N, 64, 64, 3) BGR -> (N, 6) ratings + tags."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = np.zeros((3, 6), dtype=np.float32)
-    weights[:, 2] = weights[:, 3] = flag_weight  # questionable, explicit follow the mean colour
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["input"], ["mean"], axes=[1, 2], keepdims=0),
-         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
-         helper.make_node("Sigmoid", ["logits"], ["output"])],
-        "wd14", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 64, 64, 3])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 6])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [3, 6], weights.flatten().tolist())],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
-              folder / "model.onnx")
-    rows = ["tag_id,name,category,count", "0,general,9,0", "1,sensitive,9,0", "2,questionable,9,0",
-            "3,explicit,9,0", "4,pony,0,0", "5,smile,0,0"]
-    (folder / "selected_tags.csv").write_text("\n".join(rows) + "\n")
-
-
-def test_wd14_tagger_loads_and_maps_ratings(tmp_path: Path) -> None:
-    from worker.safety import load_classifier
-
-    make_wd14(tmp_path / "flags", flag_weight=1.0)
-    make_wd14(tmp_path / "calm", flag_weight=-1.0)
-    image = Image.new("RGB", (300, 200), (120, 120, 120))
-    flagging = load_classifier(SafetySettings(classifiers=["wd14"], wd14_model=str(tmp_path / "flags")))
-    calm = load_classifier(SafetySettings(classifiers=["opennsfw", "wd14"], wd14_model=str(tmp_path / "calm")))
-    assert flagging.classify([image, image]) == [True, True]
-    assert calm.classify([image]) == [False]
+    assert [verdict.flagged for verdict in classifier.classify([image])] == [False]
+    (verdict,) = classifier.classify([Image.new("RGB", (512, 512), (200, 160, 140))])
+    assert verdict.flagged in (True, False) and verdict.readings[0].classifier == "opennsfw"
 
 
 def test_policy_check_cli(tmp_path: Path, model_cache: Path) -> None:

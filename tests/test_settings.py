@@ -58,6 +58,9 @@ def test_discord_token_from_plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[defaults]\nsampler = "plms"\n', "defaults.sampler", "'ddim', 'euler_a' or 'dpmpp_2m_karras'"),
         ('[defaults]\nsize = "500x500"\n', "defaults.size", "multiple of 64"),
         ("[limits]\nmax_stepz = 5\n", "limits.max_stepz", "unknown setting"),
+        ('[redis]\nsentinels = ["sentinel-0"]\n', "redis.sentinels", "'sentinel-0' is not host:port"),
+        ('[redis]\nsentinels = ["s:99999"]\n', "redis.sentinels", "is not host:port"),
+        ("[worker]\ncpu_threads = -1\n", "worker.cpu_threads", "greater than or equal to 0"),
     ],
 )
 def test_bad_value_names_key_and_what_is_allowed(tmp_path: Path, toml: str, key: str, allowed: str) -> None:
@@ -112,3 +115,13 @@ def test_defaults_must_fit_limits(tmp_path: Path) -> None:
     config.write_text("[limits]\nmax_steps = 20\n")
     with pytest.raises(ConfigError, match=r"defaults.steps \(25\) is above limits.max_steps"):
         load_settings(config)
+
+
+def test_sentinels_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PONYBOT_REDIS__SENTINELS", "sentinel-0:26379, sentinel-1:26379")
+    assert load_settings().redis.sentinels == ["sentinel-0:26379", "sentinel-1:26379"]
+    monkeypatch.setenv("PONYBOT_REDIS__SENTINELS", '["[::1]:26379"]')
+    assert load_settings().redis.sentinels == ["[::1]:26379"]
+    monkeypatch.setenv("PONYBOT_REDIS__SENTINELS", "[oops")
+    with pytest.raises(ConfigError, match=r"redis\.sentinels: .*neither a JSON list nor comma-separated"):
+        load_settings()

@@ -11,6 +11,9 @@
   and the chunk's mean is restored afterwards, as A1111 does.
 * ``BREAK`` (the word, in capitals) ends the current chunk: what follows starts
   a new one, as in A1111.
+* Textual-inversion embeddings: where a loaded embedding's name appears as a
+  word, its vectors' token ids stand in for it (other words are tokenized as
+  usual, so an unknown name stays plain text).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ponybot.networks import split_embeddings
 from ponybot.prompt_syntax import BREAK, parse_emphasis
 
 CHUNK_TOKENS = 75
@@ -35,9 +39,11 @@ class TokenChunk:
 class PromptEncoder:
     """Turns prompts into the ``prompt_embeds`` a diffusers UNet takes."""
 
-    def __init__(self, tokenizer: Any, text_encoder: Any) -> None:
+    def __init__(self, tokenizer: Any, text_encoder: Any, embeddings: dict[str, list[int]] | None = None) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        #: embedding name -> its token ids (rows added to the text encoder's table)
+        self.embeddings: dict[str, list[int]] = {} if embeddings is None else embeddings
         self.bos = int(tokenizer.bos_token_id)
         self.eos = int(tokenizer.eos_token_id)
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos)
@@ -52,11 +58,21 @@ class PromptEncoder:
             if (text, weight) == BREAK:
                 segments.append(([], []))
             elif text:
-                tokens = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+                tokens = self.tokenize(text)
                 segments[-1][0].extend(tokens)
                 segments[-1][1].extend([weight] * len(tokens))
         chunks = [chunk for ids, weights in segments if ids for chunk in self._split(ids, weights)]
         return chunks or [TokenChunk([], [])]
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of plain text, with the ids of any loaded embedding named in it."""
+        ids: list[int] = []
+        for piece, embedding in split_embeddings(text, list(self.embeddings)):
+            if embedding is not None:
+                ids.extend(self.embeddings[embedding])
+            else:
+                ids.extend(self.tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+        return ids
 
     def _split(self, ids: list[int], weights: list[float]) -> list[TokenChunk]:
         """At most 75 tokens a chunk, cut after a comma within a chunk's last 20 tokens where there is one."""

@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,10 +14,13 @@ from diffusers.utils import numpy_to_pil
 from PIL import Image
 
 from ponybot.errors import GenerationError
-from ponybot.schemas import GenerationRequest, Speed
+from ponybot.networks import strip_loras
+from ponybot.schemas import GenerationRequest, LoraRef, Speed
+from worker.adapters import Adapters
 from worker.deepcache import deep_cache
 from worker.encoding import PromptEncoder
 from worker.loading import LoadedModel
+from worker.networks import Catalog
 from worker.schedulers import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -46,15 +50,20 @@ class GenerationOutput:
     seeds: list[int]
     nsfw: list[bool | None] = field(default_factory=list)  #: None: the classifier could not tell
     seconds: float = 0.0
+    hashes: dict[str, str | None] = field(default_factory=dict)  #: A1111's ``Model hash`` and ``Lora hashes``
+    tags: list[dict[str, float]] = field(default_factory=list)  #: the tags the image tagger read, per image
 
 
 class Generator:
-    """Owns the resident pipeline and the project's prompt encoder."""
+    """Owns the resident pipeline, its LoRAs and embeddings, and the project's prompt encoder."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, catalog: Catalog | None = None, lora_cache: int = 8) -> None:
         self.model = model
         self.pipeline = model.pipeline
-        self.encoder = PromptEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder)
+        if catalog is None:  # no folders configured: none to find
+            catalog = Catalog(Path("/nonexistent/loras"), Path("/nonexistent/embeddings"), [model.architecture])
+        self.adapters = Adapters(self.pipeline, catalog, lora_cache)
+        self.encoder = PromptEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder, self.adapters.embeddings)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self._img2img: Any = None
         self.vae_decode = "auto"  #: worker.vae_decode
@@ -99,11 +108,13 @@ class Generator:
         on_step: StepCallback | None = None,
         init_image: Image.Image | None = None,
         strength: float = 1.0,
+        loras: list[LoraRef] | None = None,
     ) -> DeferredBatch:
-        """Several jobs of the same shape (size, steps, sampler, CFG, CLIP skip, speed) as one batch.
+        """Several jobs of the same shape (size, steps, sampler, CFG, CLIP skip, speed, LoRA set) as one batch.
 
         ``request`` gives the shape; each item its own prompts, seed and count. Every image keeps
-        its own CPU generator (seed + i), so its starting noise is what it would be alone. Returns
+        its own CPU generator (seed + i), so its starting noise is what it would be alone. LoRA tags
+        in the prompts are taken out of the text; ``loras`` (the batch's one set) are applied. Returns
         as soon as the GPU has its work queued: the decoded pixels are on their way to pinned host
         memory, and :meth:`DeferredBatch.outputs` turns them into images (on another thread if
         the caller likes), so the next batch can start meanwhile.
@@ -119,9 +130,17 @@ class Generator:
         if init_image is not None and (not 0 < strength <= 1 or len(items) != 1):
             raise GenerationError("invalid_request", f"img2img takes one job and a strength in (0, 1], got {strength}")
 
-        # 2. Encode every prompt and negative prompt the same way (CLIP skip, chunks, emphasis), to one
+        # 2. The batch's LoRAs active with their weights, the embeddings its prompts name loaded.
+        loras = loras or []
+        self.adapters.use_loras(loras)
+        self.adapters.use_embeddings([text for item in items for text in (item.prompt, item.negative_prompt)])
+        hashes = {"Model hash": self.model.hash, "Lora hashes": ", ".join(
+            f"{lora.name.replace(':', '').replace(',', '')}: {self.adapters.hashes[lora.name]}"
+            for lora in loras if lora.weight != 0)}
+
+        # 3. Encode every prompt and negative prompt the same way (CLIP skip, chunks, emphasis), to one
         #    length, in one pass through CLIP.
-        chunked = [chunks for i in items for chunks in (self.encoder.chunks(i.prompt),
+        chunked = [chunks for i in items for chunks in (self.encoder.chunks(strip_loras(i.prompt)),
                                                         self.encoder.chunks(i.negative_prompt))]
         embeds = self.encoder.encode_many(chunked, request.clip_skip)
         counts = [i.count for i in items]
@@ -129,15 +148,15 @@ class Generator:
         negative = torch.cat([e.repeat(n, 1, 1) for e, n in zip(embeds[1::2], counts, strict=True)])
         positive, negative = (t.to(self.model.device, self.model.dtype) for t in (positive, negative))
 
-        # 3. A fresh scheduler for the chosen sampler, on the pipeline this batch runs.
+        # 4. A fresh scheduler for the chosen sampler, on the pipeline this batch runs.
         pipeline = self.pipeline if init_image is None else self.img2img
         pipeline.scheduler = make_scheduler(request.sampler, self.base_scheduler_config)
 
-        # 4. One CPU generator per image: image i of a job gets seed + i, the same on every device.
+        # 5. One CPU generator per image: image i of a job gets seed + i, the same on every device.
         seeds = [[item.seed + index for index in range(item.count)] for item in items]
         generators = [torch.Generator("cpu").manual_seed(seed) for job_seeds in seeds for seed in job_seeds]
 
-        # 5. Denoise and decode: the VAE decodes the batch in one pass when memory allows (else in slices).
+        # 6. Denoise and decode: the VAE decodes the batch in one pass when memory allows (else in slices).
         def step_end(pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if graphs:
                 # the next UNet call is a new replay: the last step's outputs may be overwritten
@@ -170,7 +189,7 @@ class Generator:
                 output_type="pt",
                 **size,
             )
-        return DeferredBatch(HostImages(result.images), seeds, started, timer)
+        return DeferredBatch(HostImages(result.images), seeds, started, timer, hashes)
 
 
 def vae_slicing(setting: str, device: torch.device, dtype: torch.dtype, images: int, width: int, height: int) -> bool:
@@ -241,6 +260,7 @@ class DeferredBatch:
     seeds: list[list[int]]
     started: float
     timer: GpuTimer
+    hashes: dict[str, str | None] = field(default_factory=dict)  #: A1111's ``Model hash`` and ``Lora hashes``
     end: torch.cuda.Event | None = field(default=None, init=False)
     seconds: float = field(default=0.0, init=False)  #: on the device, start to pixels on the host
 
@@ -258,6 +278,6 @@ class DeferredBatch:
         outputs, offset = [], 0
         for job_seeds in self.seeds:
             mine = images[offset : offset + len(job_seeds)]
-            outputs.append(GenerationOutput(mine, job_seeds, [None] * len(mine), self.seconds))
+            outputs.append(GenerationOutput(mine, job_seeds, [None] * len(mine), self.seconds, self.hashes))
             offset += len(job_seeds)
         return outputs

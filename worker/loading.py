@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from ponybot.errors import ModelLoadError
-from ponybot.settings import ModelSettings, WorkerSettings
+from ponybot.keys import DEFAULT_MODEL_NAME
+from ponybot.settings import ModelEntry, ModelSettings, WorkerSettings
+from worker.networks import Architecture, model_hash
 from worker.tiny import TINY_SOURCE, ensure_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,16 @@ class LoadedModel:
     """The resident pipeline and what describes it."""
 
     pipeline: Any
-    name: str
+    name: str  #: written into PNG metadata as ``Model``
     device: torch.device
     dtype: torch.dtype
+    key: str = DEFAULT_MODEL_NAME  #: the model's name in the settings' table (its queue)
+    hash: str | None = None  #: A1111's ``Model hash``: known for a single-file checkpoint
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(int(self.pipeline.text_encoder.config.hidden_size),
+                            int(self.pipeline.unet.config.cross_attention_dim))
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -38,29 +47,36 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
-def model_name(source: str, settings: ModelSettings) -> str:
-    """The name written into PNG metadata: ``model.name``, else the source's last part."""
-    if settings.name:
-        return settings.name
+def model_name(source: str, name: str | None) -> str:
+    """The name written into PNG metadata: the model's ``name``, else the source's last part."""
+    if name:
+        return name
     return Path(source.rstrip("/")).stem if source != TINY_SOURCE else TINY_SOURCE
 
 
-def load_model(source: str, settings: ModelSettings, device: torch.device) -> LoadedModel:
-    """Load ``source`` onto ``device`` (fp16 on CUDA, fp32 elsewhere); ModelLoadError says why not."""
+def load_model(source: str, settings: ModelSettings, device: torch.device, *, entry: ModelEntry | None = None,
+               key: str = DEFAULT_MODEL_NAME) -> LoadedModel:
+    """Load ``source`` onto ``device`` (fp16 on CUDA, fp32 elsewhere); ModelLoadError says why not.
+
+    ``entry`` is the model's ``[models.NAME]`` table (its ``config_dir`` and metadata name).
+    """
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()
-    pipeline = _load_pipeline(source, settings, dtype)
+    config_dir = entry.config_dir if entry is not None else settings.config_dir
+    pipeline = _load_pipeline(source, settings.cache_dir, config_dir, dtype)
     pipeline.set_progress_bar_config(disable=True)
     pipeline = pipeline.to(device)
     if device.type == "cuda":
         pipeline.unet.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
-        pipeline.fuse_qkv_projections()  # q, k and v in one matmul (kept exact to diffusers on the CPU)
-    log.info("loaded model %s on %s (%s) in %.1f s", source, device, dtype, time.perf_counter() - started)
-    return LoadedModel(pipeline, model_name(source, settings), device, dtype)
+    log.info("loaded model %s (%s) on %s (%s) in %.1f s", key, source, device, dtype, time.perf_counter() - started)
+    single = Path(source).expanduser()
+    checkpoint_hash = model_hash(single) if single.suffix == ".safetensors" and single.is_file() else None
+    name = model_name(source, entry.name if entry is not None else settings.name)
+    return LoadedModel(pipeline, name, device, dtype, key=key, hash=checkpoint_hash)
 
 
-def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> Any:
+def _load_pipeline(source: str, cache_dir: Path, config_dir: Path | None, dtype: torch.dtype) -> Any:
     import diffusers
     import transformers
     from diffusers import StableDiffusionPipeline
@@ -72,14 +88,14 @@ def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> 
         "dtype": dtype, "low_cpu_mem_usage": False, "safety_checker": None, "requires_safety_checker": False
     }
     if source == TINY_SOURCE:
-        source = str(ensure_tiny_pipeline(settings.cache_dir))
+        source = str(ensure_tiny_pipeline(cache_dir))
     path = Path(source).expanduser()
     if path.suffix in (".ckpt", ".pt", ".bin"):
         raise ModelLoadError(
             f"{path.name}: pickle checkpoints can run code when loaded; use the .safetensors file instead"
         )
     if path.suffix == ".safetensors":
-        return _load_single_file(path, settings, common)
+        return _load_single_file(path, config_dir, common)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"{path} is not a diffusers folder (no model_index.json)")
@@ -87,20 +103,20 @@ def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> 
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelLoadError(f"model path {source} does not exist (and it is no hub id of the form owner/name)")
     return _guarded(
-        source, lambda: StableDiffusionPipeline.from_pretrained(source, cache_dir=settings.cache_dir, **common)
+        source, lambda: StableDiffusionPipeline.from_pretrained(source, cache_dir=cache_dir, **common)
     )
 
 
-def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any]) -> Any:
+def _load_single_file(path: Path, config: Path | None, common: dict[str, Any]) -> Any:
     from diffusers import StableDiffusionPipeline
 
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist")
-    config = settings.config_dir
     if config is None or not (config / "model_index.json").is_file():
         raise ModelLoadError(
-            f"{path.name} is a single-file checkpoint: set model.config_dir to a local diffusers folder "
-            "of the same architecture (model_index.json, component configs, tokenizer) so it loads offline"
+            f"{path.name} is a single-file checkpoint: set model.config_dir (models.NAME.config_dir) to a local "
+            "diffusers folder of the same architecture (model_index.json, component configs, tokenizer) "
+            "so it loads offline"
         )
     os.environ["HF_HUB_OFFLINE"] = "1"  # never let diffusers fall back to a download
     return _guarded(
@@ -141,8 +157,7 @@ def compile_mode(settings: WorkerSettings, device: torch.device) -> str | None:
 def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     """torch.compile the UNet and the VAE decoder, kernels cached on disk across restarts.
 
-    Before compiling (the attention's q, k and v are already fused at load on CUDA):
-    inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
+    Before compiling: inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
     (diffusers' guide to fast text-to-image inference). Each shape (size, batch size) compiles,
     and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.runtime.warm_up`
     runs them before the first job. ``speed: fast`` runs the UNet's modules eagerly (worker/deepcache.py).

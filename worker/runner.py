@@ -20,16 +20,23 @@ from typing import Any, ClassVar
 import redis
 from rq import SimpleWorker
 from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.executions import Execution
 from rq.job import Job as RQJob
+from rq.registry import clean_registries as rq_clean_registries
 from rq.serializers import JSONSerializer
+from rq.utils import now as rq_now
+from rq.worker import WorkerStatus
+from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
-from ponybot.errors import ForgedJobError
+from ponybot.errors import ForgedJobError, InvalidRequestError
+from ponybot.networks import parse_loras
 from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import (
     Job,
     JobKind,
 )
+from worker.announce import Announcer
 from worker.runtime import Batch, WorkerRuntime, with_redis_retry
 from worker.stage import PostStage
 
@@ -79,6 +86,16 @@ UNREADABLE = (NoSuchJobError, DeserializationError, ValueError, IndexError, Type
 
 #: RQ's exception names -> the failure codes members are told about.
 FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
+#: Longest a sweep holds its lock (a sweep takes milliseconds; RQ's own lock lasts 899 s).
+SWEEP_LOCK_S = 60
+#: Field of RQ's job hash counting the times a worker started the job (RQ's own saves leave it alone).
+ATTEMPTS_FIELD = "ponybot_attempts"
+
+
+def attempts_of(conn: redis.Redis, job: RQJob) -> int:
+    """How many times a worker started ``job``."""
+    raw = conn.hget(job.key, ATTEMPTS_FIELD)
+    return int(raw) if raw else 0
 
 
 class Heartbeats:
@@ -97,12 +114,20 @@ class Heartbeats:
             self.thread.join()
 
     def _beat(self) -> None:
-        while not self.done.wait(self.worker.heartbeat_s):
-            for job, execution in self.running:
-                try:
-                    self.worker.maintain_heartbeats(job, execution)
-                except redis.RedisError as error:
-                    log.warning("job=%s heartbeat failed: %s", job.id, error)
+        """Heartbeats every ``heartbeat_s``, and the sweep for jobs abandoned by dead workers every
+        ``maintenance_s`` (RQ sweeps only between jobs, so busy workers would never sweep)."""
+        worker = self.worker
+        next_beat = time.monotonic() + worker.heartbeat_s
+        while not self.done.wait(max(0.0, min(next_beat - time.monotonic(), worker._next_sweep_in()))):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + worker.heartbeat_s
+                for job, execution in self.running:
+                    try:
+                        worker.maintain_heartbeats(job, execution)
+                    except redis.RedisError as error:
+                        log.warning("job=%s heartbeat failed: %s", job.id, error)
+            if worker.should_run_maintenance_tasks:
+                worker.sweep()
 
 
 @dataclass
@@ -122,7 +147,7 @@ class GenerationWorker(SimpleWorker):
         self._last_worker_beat = float("-inf")
         job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
         super().__init__(
-            [generation_queue(runtime.conn)],
+            [generation_queue(runtime.conn, model) for model in runtime.generators],
             connection=runtime.conn,
             name=runtime.name,
             job_class=job_class,
@@ -147,7 +172,30 @@ class GenerationWorker(SimpleWorker):
             if time.monotonic() - self._last_worker_beat < self.WORKER_BEAT_EVERY_S:
                 return
             self._last_worker_beat = time.monotonic()
-        super().heartbeat(timeout, pipeline)
+        try:
+            super().heartbeat(timeout, pipeline)
+        except self.REDIS_AWAY as error:
+            if pipeline is not None:
+                raise
+            log.warning("worker heartbeat failed, Redis unavailable: %s", error)
+
+    #: Redis away for a moment (a restart, a Sentinel failover): RQ's own loop quits on these outside its dequeue.
+    REDIS_AWAY: ClassVar[tuple[type[Exception], ...]] = (redis.ConnectionError, redis.TimeoutError)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's, but Redis being away waits for it instead of ending the worker (the dequeue retries)."""
+        try:
+            super().check_for_suspension(burst)
+        except self.REDIS_AWAY as error:
+            log.warning("Redis unavailable (%s): waiting for it", error)
+            time.sleep(1)
+
+    def run_maintenance_tasks(self) -> None:
+        """RQ's, skipped (not fatal) while Redis is away."""
+        try:
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        except self.REDIS_AWAY as error:
+            log.warning("maintenance skipped, Redis unavailable: %s", error)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
         """Write the worker's state only when it changes (RQ sets ``idle`` twice between jobs)."""
@@ -155,11 +203,35 @@ class GenerationWorker(SimpleWorker):
             return
         super().set_state(state, pipeline)
 
+    @property
+    def dequeue_timeout(self) -> int:
+        """An idle worker wakes at least every ``maintenance_s`` to sweep (RQ waits ``worker_ttl - 15`` s)."""
+        return max(1, min(self.worker_ttl - 15, self.maintenance_interval))
+
+    def prepare_execution(self, job: RQJob) -> Execution:
+        """RQ's, plus counting the attempt in the same round trip."""
+        with self.connection.pipeline() as pipeline:
+            execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipeline, worker_name=self.name)
+            self.executions[execution.id] = execution
+            self.set_state(WorkerStatus.BUSY, pipeline=pipeline)
+            pipeline.hincrby(job.key, ATTEMPTS_FIELD, 1)
+            pipeline.execute()
+        return execution
+
     def get_heartbeat_ttl(self, job: RQJob, working_time: float = 0.0) -> int:
         """Short: a heartbeat thread renews it, so a killed worker's job is found and retried soon."""
         return self.heartbeat_s * 3
 
     def execute_job(self, job: RQJob, queue: Any) -> None:
+        """:meth:`run_job`; Redis going away around a job leaves it to RQ's sweep instead of ending the worker."""
+        try:
+            self.run_job(job, queue)
+        except self.REDIS_AWAY as error:
+            # not started: RQ's intermediate-list cleanup retries it; started: the sweep does, once it is abandoned
+            log.error("job=%s Redis went away around the job (%s): carrying on", job.id, error)
+            self.executions.clear()
+
+    def run_job(self, job: RQJob, queue: Any) -> None:
         """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none), batching, and overlap.
 
         The GPU stage runs here (``perform_job`` under the job's time limit). Once it has queued
@@ -195,7 +267,7 @@ class GenerationWorker(SimpleWorker):
         if flight is None or flight.running[0][0] is not job:  # not a batch this worker started: finish here
             if pending is not None:
                 self.runtime.finish_batch(pending)
-            super()._finalize_success(job, queue, execution, return_value)
+            self._finished(job, queue, execution, return_value)
             return
         flight.handed_over = True
         self.stage.submit(lambda: self._post(flight, pending, return_value))
@@ -215,14 +287,20 @@ class GenerationWorker(SimpleWorker):
             return
         flight.beats.stop()
         for job, execution in flight.running:
-            super()._finalize_success(job, flight.queue, execution, return_value)
+            self._finished(job, flight.queue, execution, return_value)
+
+    def _finished(self, job: RQJob, queue: Any, execution: Any, return_value: Any) -> None:
+        """RQ's ``_finalize_success``, retried while Redis is away (a failover): the job's event is out,
+        so failing here would end this worker and leave the job to run again."""
+        with_redis_retry(job.id, lambda: super(GenerationWorker, self)._finalize_success(job, queue, execution,
+                                                                                       return_value))
 
     def _finalize_rest(self, flight: InFlight, succeeded: bool) -> None:
         """The batched jobs of a leader whose GPU stage ended without a hand-over (it failed)."""
         leader = flight.running[0][0]
         for other, other_execution in flight.running[1:]:
             if succeeded:
-                super()._finalize_success(other, flight.queue, other_execution, None)
+                self._finished(other, flight.queue, other_execution, None)
             else:
                 failure = RuntimeError(f"the batch led by job {leader.id} failed")
                 self._finalize_failure(other, flight.queue, other_execution, (RuntimeError, failure, None))
@@ -298,9 +376,40 @@ class GenerationWorker(SimpleWorker):
         except UNREADABLE:
             return None
         a, b = lead.request, payload.request
-        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip, a.speed) == (
-            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip, b.speed)
+        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip, a.speed, a.model) == (
+            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip, b.speed, b.model)
+        try:  # one model and one LoRA set per batch: the adapters are the pipeline's state
+            same = same and lora_set(a.prompt) == lora_set(b.prompt)
+        except InvalidRequestError:
+            return None
         return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
+
+    def _next_sweep_in(self) -> float:
+        if self.last_cleaned_at is None:
+            return 0.0
+        return max(0.0, self.maintenance_interval - (rq_now() - self.last_cleaned_at).total_seconds()) + 0.01
+
+    def clean_registries(self) -> None:
+        """RQ's, but its lock lasts :data:`SWEEP_LOCK_S`, not 15 minutes: a worker killed mid-sweep (now more
+        likely, since busy workers sweep too) must not stop every sweep for that long."""
+        for queue in self.queues:
+            if self.connection.set(queue.registry_cleaning_key, self.name, nx=True, ex=SWEEP_LOCK_S):
+                try:
+                    rq_clean_registries(queue, self._exc_handlers)
+                    clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+                finally:
+                    queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]
+
+    def sweep(self) -> None:
+        """RQ's registry maintenance (abandoned jobs retried or failed); one worker at a time (the sweep lock)."""
+        try:
+            self.clean_registries()
+        except redis.RedisError as error:
+            log.warning("sweep for abandoned jobs failed: %s", error)
+            # try again at the next interval, not at every tick
+            self.last_cleaned_at = rq_now()  # type: ignore[assignment]
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                         _traceback: Any) -> bool:
@@ -312,8 +421,8 @@ class GenerationWorker(SimpleWorker):
         if job.func_name != keys.GENERATE_FUNC:
             return True
         if job.retries_left:
-            log.warning("job=%s failed (%s), %d attempt(s) left", job.id, exc_type and exc_type.__name__,
-                        job.retries_left)
+            log.warning("job=%s failed (%s) on attempt %d, %d retry(ies) left: back to the front of the queue",
+                        job.id, exc_type and exc_type.__name__, attempts_of(self.connection, job), job.retries_left)
             return True
         try:
             payload = Job.model_validate_json(job.args[0])
@@ -321,10 +430,16 @@ class GenerationWorker(SimpleWorker):
             log.error("job=%s failed and its payload cannot be read: %s", job.id, error)
             return True
         code = FAILURE_CODES.get(exc_type.__name__ if exc_type else "", "internal")
-        event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value}", 0.0)
+        attempts = attempts_of(self.connection, job)
+        event = self.runtime._failed(payload, code, f"{exc_type and exc_type.__name__}: {exc_value} "
+                                     f"(after {attempts} attempt(s))", 0.0).model_copy(update={"attempts": attempts})
         with_redis_retry(job.id, lambda: publish_event(self.runtime.conn, event))
         self.runtime.record(event)
         return True
+
+
+def lora_set(prompt: str) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((lora.name, lora.weight) for lora in parse_loras(prompt) if lora.weight != 0))
 
 
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
@@ -332,9 +447,11 @@ def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
     or, in burst mode, drained."""
     worker = GenerationWorker(runtime)
     started = time.perf_counter()
-    log.info("worker %s listening on %s", runtime.name, keys.GENERATE_QUEUE)
+    log.info("worker %s holds %s, listening on %s", runtime.name, ", ".join(runtime.generators),
+             ", ".join(queue.name for queue in worker.queues))
     # RQ's own per-job lines repeat ours (job=<id> ... started/done); keep its warnings and errors
     rq_level = "DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
-    result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
+    with Announcer(runtime):
+        result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
     log.info("worker %s stopped after %.1f s", runtime.name, time.perf_counter() - started)
     return bool(result)

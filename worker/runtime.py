@@ -19,11 +19,13 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from ponybot import keys
-from ponybot.errors import GenerationError
+from ponybot.cpus import available_cpus
+from ponybot.errors import GenerationError, InvalidRequestError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
+from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
-from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, apply, resolve
+from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
@@ -40,11 +42,13 @@ from ponybot.schemas import (
     utcnow,
 )
 from ponybot.settings import Settings
+from ponybot.status import SafetyState, publish_safety
 from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generator
 from worker.loading import CUDA_GRAPH_MODES, compile_mode, compile_model, load_model, resolve_device
+from worker.networks import Catalog
 from worker.png import encode_png
 from worker.progress import BatchProgress
-from worker.safety import ImageClassifier, load_classifier
+from worker.safety import ImageCheck, Verdict, load_safety
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +64,7 @@ class Batch:
     planned: list[tuple[Job, EffectivePolicy | None, Decision]] = field(default_factory=list)
     events: dict[str, JobEvent] = field(default_factory=dict)  #: decided before the post stage (refusals)
     generated: DeferredBatch | None = None  #: the planned jobs' images, on their way to the host
+    generator: Generator | None = None  #: the model that draws them
 
     def fail(self, event: Callable[[Job], JobEvent]) -> None:
         """Every planned job fails with ``event(job)``; nothing is left to post-process."""
@@ -70,21 +75,38 @@ class Batch:
 class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
-                 classifier: ImageClassifier | None = None, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, conn: redis.Redis, generators: Generator | dict[str, Generator], name: str,
+                 classifier: ImageCheck | None = None, registry: CollectorRegistry | None = None) -> None:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
-        self.generator = generator
+        #: model name -> its resident pipeline; one generator alone is the default model's
+        self.generators = generators if isinstance(generators, dict) else {settings.default_model: generators}
         self.name = name
         self.classifier = classifier
+        self.publish_safety()
         self.policies = PolicyStore(conn)
         #: CPU work after the GPU (classifier, PNG encoding), spread over the host's cores
-        self.pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="ponybot-post")
+        self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
         #: the batch :meth:`run` generated and left for the post stage
         self.pending: Batch | None = None
+
+    @property
+    def generator(self) -> Generator:
+        """The first model's generator (the only one of a single-model worker)."""
+        return next(iter(self.generators.values()))
+
+    @generator.setter
+    def generator(self, value: Generator) -> None:
+        self.generators[next(iter(self.generators))] = value
+
+    def generator_for(self, job: Job) -> Generator:
+        model = job.request.model or self.settings.default_model
+        if model not in self.generators:
+            raise GenerationError("model", f"this worker does not hold the model {model!r}")
+        return self.generators[model]
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -93,18 +115,29 @@ class WorkerRuntime:
         rules = self.policies.rules_for(job.origin.guild_id, job.origin.channel_id)
         return resolve(rules, age_restricted=job.origin.channel_nsfw, settings=self.settings.policy)
 
-    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[bool | None]:
-        """The classifier's flags; None where it could not tell (then SFW withholds: fail closed)."""
+    def publish_safety(self) -> None:
+        """The image check as loaded, for ``ponybot status`` and ``/status``, and its metric."""
+        state = self.classifier.state if self.classifier else SafetyState(classifiers=[], missing={
+            "image check": "not loaded"})
+        for name in state.missing:
+            self.metrics.safety_missing.labels(name).set(1)
+        with_redis_retry("-", lambda: publish_safety(self.conn, self.name, state))
+
+    def screen(self, job: Job, policy: EffectivePolicy | None, images: list[Image.Image]) -> list[Verdict]:
+        """The image check's verdicts at the channel's strictness; None where it could not tell (SFW withholds)."""
+        strictness = policy.strictness if policy is not None else Strictness.STANDARD
+        verdicts = [Verdict(None)] * len(images)
         if self.classifier is None:
             if policy is not None and policy.mode is Mode.SFW:
                 log.error("job=%s no image classifier is loaded: withholding its images in an SFW channel", job.id)
-            return [None] * len(images)
-        try:
-            return list(self.classifier.classify(images))
-        except Exception:  # any failure of the classifier must withhold, never post
-            log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
-                          self.classifier.name)
-            return [None] * len(images)
+        else:
+            try:
+                verdicts = list(self.classifier.classify(images, strictness))
+            except Exception:  # any failure of the classifier must withhold, never post
+                log.exception("job=%s image classifier %s failed: withholding in SFW channels", job.id,
+                              self.classifier.name)
+        self.metrics.unchecked.inc(sum(verdict.flagged is None for verdict in verdicts))
+        return verdicts
 
     def run(self, payload: str) -> dict[str, Any]:
         """Run the job in ``payload`` with any jobs batched beside it; publish each one's event.
@@ -153,7 +186,12 @@ class WorkerRuntime:
                      job.request.width, job.request.height, job.request.count, job.request.steps,
                      job.request.sampler.value, ", fast" if job.request.speed is Speed.FAST else "", len(jobs))
             policy = self.policy_for(job)
-            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
+            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag,
+                             model=self.settings.models.get(job.request.model or self.settings.default_model))
+            try:
+                check_lora_count(parse_loras(job.request.prompt), self.settings.model.max_loras)
+            except InvalidRequestError as error:
+                decision = Decision(False, str(error), decision.prompt, decision.negative_prompt, "prompt")
             if decision.allowed:
                 batch.planned.append((job, policy, decision))
             else:
@@ -170,9 +208,10 @@ class WorkerRuntime:
             # (onnxruntime and zlib release the GIL), instead of one after another
             screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
                                          list(zip(batch.planned, outputs, strict=True)))
-            for output, flags in zip(outputs, screened, strict=True):
-                output.nsfw = flags
-            batch.events.update(self._store(batch.planned, outputs, batch.queued))
+            for output, verdicts in zip(outputs, screened, strict=True):
+                output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
+            assert batch.generator is not None
+            batch.events.update(self._store(batch.planned, outputs, batch.queued, batch.generator))
         for job in batch.jobs:
             event = batch.events[job.id]
             with_redis_retry(job.id, lambda event=event: publish_event(self.conn, event))  # type: ignore[misc]
@@ -192,12 +231,15 @@ class WorkerRuntime:
                                  interval_s=self.settings.discord.progress_edit_interval_s,
                                  preview_from=self.settings.worker.preview_every)
         try:
-            request, init_image = self.follow_up(leader)
+            request, init_image = self.follow_up(leader, planned[0][1])
+            generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
-            batch.generated = self.generator.generate_deferred(request, items, on_step=progress.on_step,
-                                                               init_image=init_image,
-                                                               strength=STRENGTH.get(leader.kind, 1.0))
+            batch.generator = generator
+            batch.generated = generator.generate_deferred(request, items, on_step=progress.on_step,
+                                                          init_image=init_image,
+                                                          strength=STRENGTH.get(leader.kind, 1.0),
+                                                          loras=parse_loras(leader.request.prompt))
         except GenerationError as error:
             code, reason = error.code, str(error)
             batch.fail(lambda job: self._failed(job, code, reason, queued[job.id]))
@@ -223,24 +265,29 @@ class WorkerRuntime:
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
-        metrics.wait.observe(max(0.0, event.queued_s))
+        model = event.job.request.model or self.settings.default_model
+        metrics.wait.labels(model).observe(max(0.0, event.queued_s))
         if event.kind == "failed":
-            metrics.failures.labels(event.error_code or "internal").inc()
+            metrics.failures.labels(model, event.error_code or "internal").inc()
             return
-        metrics.generation.observe(event.generation_s)
-        metrics.images.inc(len(event.images))
-        metrics.withheld.inc(event.withheld)
+        metrics.generation.labels(model).observe(event.generation_s)
+        metrics.images.labels(model).inc(len(event.images))
+        metrics.withheld.labels(model).inc(event.withheld)
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
 
-    def follow_up(self, job: Job) -> tuple[GenerationRequest, Image.Image | None]:
-        """The request as generated, and the source image of an upscale or variation."""
+    def follow_up(self, job: Job, policy: EffectivePolicy | None = None
+                  ) -> tuple[GenerationRequest, Image.Image | None]:
+        """The request as generated, and the source image of an upscale or variation (checked in SFW channels)."""
         if job.kind is JobKind.TXT2IMG or job.source is None:
             return job.request, None
         data = self.conn.get(job.source.key)
         if data is None:
             raise GenerationError("expired", "the image it starts from has expired")
         source = Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+        sfw = policy is not None and policy.mode is Mode.SFW
+        if sfw and self.screen(job, policy, [source])[0].flagged is not False:
+            raise GenerationError("unsafe_source", "the image it starts from did not pass this channel's image check")
         width, height = source.size
         if job.kind is JobKind.UPSCALE:
             width, height = upscale_size(width, height, self.settings.limits.max_upscale_pixels)
@@ -248,7 +295,7 @@ class WorkerRuntime:
         return job.request.model_copy(update={"width": width, "height": height, "count": 1}), source
 
     def _store(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], outputs: list[GenerationOutput],
-               queued: dict[str, float]) -> dict[str, JobEvent]:
+               queued: dict[str, float], generator: Generator) -> dict[str, JobEvent]:
         """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
         results: dict[str, list[ImageResult]] = {}
@@ -263,12 +310,13 @@ class WorkerRuntime:
                 if not withheld:
                     key = keys.image(job.id, index)
                     text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
-                                             self.generator.model.name, size=image.size,
-                                             fast_interval=self.generator.fast_interval)
+                                             generator.model.name, size=image.size, extra=output.hashes,
+                                             fast_interval=generator.fast_interval)
                     pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
-                    withheld=withheld, spoiler=spoiler and not withheld))
+                    withheld=withheld, spoiler=spoiler and not withheld,
+                    tags=output.tags[index] if output.tags else {}))
         encoded = dict(zip(pngs, self.side_by_side(lambda item: encode_png(*item), list(pngs.values())), strict=True))
 
         def write() -> None:  # a fresh pipeline each attempt: a failed execute() empties its commands
@@ -317,32 +365,63 @@ def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 12
 
 
 
+def cpu_threads(settings: Settings) -> int:
+    """This worker's CPU threads: ``worker.cpu_threads``, else ``OMP_NUM_THREADS`` when set, else every CPU
+    its cgroup and affinity allow."""
+    if settings.worker.cpu_threads:
+        return settings.worker.cpu_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return int(omp) if omp.isdigit() and int(omp) > 0 else available_cpus()
+
+
+def limit_cpu_threads(threads: int) -> None:
+    """Cap torch's (and OpenMP's) threads in this process: several workers on one host share its cores."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(max(1, min(threads, 4)))
+    except RuntimeError:  # only possible before torch's first parallel work; the intra-op cap still holds
+        log.debug("torch inter-op threads were already set")
+
+
 def default_worker_name(device: torch.device) -> str:
     return f"ponybot-{socket.gethostname()}-{device}-{uuid.uuid4().hex[:6]}"
 
 
 def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
-                  name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
-    """Load the model (once, before any job is taken) and bind it to Redis."""
+                  name: str | None = None, metrics_port: int = 0, models: list[str] | None = None) -> WorkerRuntime:
+    """Load the models (once, before any job is taken; default: the default model) and bind them to Redis.
+
+    ``model_source`` replaces the source of the first model (``ponybot worker --model``).
+    """
     device = resolve_device(settings.worker.device)
+    threads = cpu_threads(settings)
+    limit_cpu_threads(threads)
+    log.info("using %d CPU thread(s)", threads)
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
-    model = load_model(model_source or settings.model.source, settings.model, device)
-    generator = Generator(model)
-    generator.vae_decode = settings.worker.vae_decode
-    generator.fast_interval = settings.worker.fast_interval
+    names = models or [settings.default_model]
+    for key in names:
+        settings.model_entry(key)  # a ConfigError naming a model that is not configured, before any load
+    generators: dict[str, Generator] = {}
     mode = compile_mode(settings.worker, device)
-    if mode is not None:
-        compile_model(model, settings.model.cache_dir, mode)
-        generator.cuda_graphs = mode in CUDA_GRAPH_MODES
-        warm_up(generator, settings)
-    classifier: ImageClassifier | None = None
-    try:
-        classifier = load_classifier(settings.safety)
-    except ImportError as error:
-        log.error("no image classifier (%s): install ponybot[safety]; SFW channels will get no images", error)
-    registry = serve_metrics(metrics_port, conn)
-    return WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry)
+    for index, key in enumerate(names):
+        entry = settings.model_entry(key)
+        model = load_model(model_source if model_source and index == 0 else entry.source, settings.model, device,
+                           entry=entry, key=key)
+        catalog = Catalog(settings.model.lora_dir, settings.model.embeddings_dir, [model.architecture])
+        generator = Generator(model, catalog, settings.model.lora_cache)
+        generator.vae_decode = settings.worker.vae_decode
+        generator.fast_interval = settings.worker.fast_interval
+        generators[key] = generator
+        if mode is not None:
+            compile_model(model, settings.model.cache_dir, mode)
+            generator.cuda_graphs = mode in CUDA_GRAPH_MODES
+            warm_up(generator, settings)
+    classifier = load_safety(settings.safety, settings.model.cache_dir, threads=min(2, threads))
+    registry = serve_metrics(metrics_port, conn, names)
+    return WorkerRuntime(settings, conn, generators, name or default_worker_name(device), classifier, registry)
 
 
 def warm_up(generator: Generator, settings: Settings) -> None:

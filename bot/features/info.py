@@ -8,6 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from ponybot.settings import Settings
+
 if TYPE_CHECKING:
     from bot.app import PonyBot
 
@@ -37,15 +39,27 @@ USE_RESTRICTIONS = (
 )
 
 
-def license_embed() -> discord.Embed:
-    items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
-    description = (
-        "Images here come from **pony-diffusion-v4**, a Stable Diffusion 1.5 fine-tune licensed under "
-        "**CreativeML OpenRAIL-M**. By using this bot you agree not to use the model or its outputs:\n"
-        f"{items}\n\nYou own the images you generate, and you are responsible for how you use them. "
-        f"Full license: {LICENSE_URL}"
-    )
-    return discord.Embed(title="License and use restrictions", description=description, colour=0xE39BD9)
+OPENRAIL = "CreativeML OpenRAIL-M"
+
+
+def license_embed(settings: Settings) -> discord.Embed:
+    """Each model's license; the OpenRAIL-M use restrictions once for every model under it."""
+    openrail = [name for name, entry in settings.models.items()
+                if entry.license_name == OPENRAIL and entry.license_text is None]
+    parts = []
+    if openrail:
+        items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
+        parts.append(
+            f"Images from **{', '.join(openrail)}** (Stable Diffusion 1.5 fine-tunes) are made under **{OPENRAIL}**. "
+            f"By using this bot you agree not to use these models or their outputs:\n{items}\nFull license: "
+            f"{LICENSE_URL}"
+        )
+    for name, entry in settings.models.items():
+        if name not in openrail:
+            parts.append(f"**{name}**: licensed under **{entry.license_name}**. {entry.license_text or ''}".strip())
+    parts.append("You own the images you generate, and you are responsible for how you use them.")
+    return discord.Embed(title="License and use restrictions", description="\n\n".join(parts)[:4096],
+                         colour=0xE39BD9)
 
 
 def help_embed() -> discord.Embed:
@@ -60,7 +74,11 @@ def help_embed() -> discord.Embed:
     ))
     embed.add_field(name="Options", inline=False, value=(
         "`negative_prompt` what to avoid · `seed` to repeat a picture · `steps` · `cfg` · `size` · "
-        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice)"
+        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice) · `model`"
+    ))
+    embed.add_field(name="LoRAs and embeddings", inline=False, value=(
+        "`<lora:NAME:0.8>` in the prompt applies a LoRA (weight -2 to 2, default 1); `/loras` lists them. "
+        "An embedding's name in the prompt or negative prompt uses it."
     ))
     embed.add_field(name="Channel rules", inline=False, value=(
         "Each channel's moderators decide what may be generated there. Images that break a channel's "
@@ -80,7 +98,7 @@ class Info(commands.Cog):
 
     @app_commands.command(name="license", description="The model's license and its use restrictions")
     async def license(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await interaction.response.send_message(embed=license_embed(), ephemeral=True)
+        await interaction.response.send_message(embed=license_embed(self.bot.settings), ephemeral=True)
 
 
 async def setup(bot: PonyBot) -> None:

@@ -18,7 +18,8 @@ from discord.ext import commands
 
 from bot.features.generate import SizeTransformer, make_request
 from bot.jobs import origin_of
-from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, apply, resolve
+from ponybot.errors import InvalidRequestError
+from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.settings import PolicySettings
 
@@ -55,12 +56,15 @@ def can_manage_server() -> Callable[[T], T]:
 RULE_OPTIONS = {
     "mode": "sfw, or nsfw (only takes effect in age-restricted channels)",
     "flagged": "In NSFW mode: post images the classifier flags, or put them behind a spoiler",
+    "strictness": "SFW image check: standard, or strict (lower thresholds; 'sensitive' art withheld too)",
     "forbidden_terms": "Extra terms to refuse, comma-separated ('none' clears)",
     "negative_prompt": "Added to every negative prompt",
     "max_steps": "Most steps allowed",
     "max_count": "Most images per job",
     "max_size": "Largest size allowed",
     "cooldown": "Seconds a member waits between jobs",
+    "models": "Only these models, comma-separated ('all' lifts the limit)",
+    "loras": "Only these LoRAs, comma-separated ('all' lifts the limit)",
 }
 
 
@@ -73,15 +77,37 @@ def parse_terms(text: str | None) -> list[str] | None:
     return [term.strip() for term in text.split(",") if term.strip()]
 
 
+def parse_allowed(text: str | None, known: list[str] | None = None, what: str = "model") -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; ``"all"`` lifts the limit (``[]``); None leaves it as it is.
+    With ``known``, a name not among them is refused (a typo would lock the channel out)."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("all", "any", "none", "-", ""):
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if known is not None and name not in known]
+    if unknown:
+        raise InvalidRequestError(f"{what}s", f"no {what} named {', '.join(unknown)} (known: {', '.join(known or [])})")
+    return names
+
+
 def rules_from(mode: Mode | None, flagged: FlaggedAction | None, forbidden_terms: str | None,
                negative_prompt: str | None, max_steps: int | None, max_count: int | None,
-               max_size: tuple[int, int] | None, cooldown: int | None, gallery: Literal["on", "off"] | None = None
-               ) -> PolicyRules:
+               max_size: tuple[int, int] | None, cooldown: int | None, gallery: Literal["on", "off"] | None = None,
+               models: list[str] | None = None, loras: list[str] | None = None,
+               strictness: Strictness | None = None) -> PolicyRules:
     return PolicyRules(
-        mode=mode, flagged=flagged, forbidden_terms=parse_terms(forbidden_terms), negative_prompt=negative_prompt,
+        mode=mode, flagged=flagged, strictness=strictness, forbidden_terms=parse_terms(forbidden_terms),
+        negative_prompt=negative_prompt,
         max_steps=max_steps, max_count=max_count, max_pixels=max_size[0] * max_size[1] if max_size else None,
-        cooldown_s=cooldown, gallery=None if gallery is None else gallery == "on",
+        cooldown_s=cooldown, gallery=None if gallery is None else gallery == "on", models=models, loras=loras,
     )
+
+
+STRICTNESS_SHOWN = {
+    Strictness.STANDARD: "Image check: **standard** (questionable or explicit art and explicit tags are withheld).",
+    Strictness.STRICT: "Image check: **strict** (lower thresholds; sensitive art is withheld too).",
+}
 
 
 def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
@@ -94,6 +120,7 @@ def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
     lines = [mode]
     if policy.mode is Mode.SFW:
         lines.append(f"Prompts get `{settings.safe_tag}`; flagged images are never posted.")
+        lines.append(STRICTNESS_SHOWN[policy.strictness])
     else:
         shown = "posted" if policy.flagged is FlaggedAction.POST else "posted behind a spoiler"
         lines.append(f"Images the classifier flags are {shown}.")
@@ -109,6 +136,8 @@ def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
     lines.append(f"Cooldown per member: {policy.cooldown_s} s" if policy.cooldown_s else "No cooldown.")
     if not policy.gallery:
         lines.append("Images made here are kept out of the gallery.")
+    lines.append(f"Models: {', '.join(policy.models) if policy.models else 'all'} · "
+                 f"LoRAs: {', '.join(policy.loras) if policy.loras else 'all'}")
     return "\n".join(lines)
 
 
@@ -152,15 +181,18 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     @app_commands.default_permissions(manage_channels=True)
     @can_manage_channels()
     async def set(self, interaction: discord.Interaction[PonyBot], mode: Mode | None = None,
-                  flagged: FlaggedAction | None = None, forbidden_terms: str | None = None,
+                  flagged: FlaggedAction | None = None, strictness: Strictness | None = None,
+                  forbidden_terms: str | None = None,
                   negative_prompt: app_commands.Range[str, 0, 500] | None = None,
                   max_steps: app_commands.Range[int, 1, 150] | None = None,
                   max_count: app_commands.Range[int, 1, 4] | None = None,
                   max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
                   cooldown: app_commands.Range[int, 0, 3600] | None = None,
-                  gallery: Literal["on", "off"] | None = None) -> None:
+                  gallery: Literal["on", "off"] | None = None, models: str | None = None,
+                  loras: str | None = None) -> None:
         rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
-                           gallery)
+                           gallery, parse_allowed(models, list(self.bot.settings.models)),
+                           parse_allowed(loras, what="LoRA"), strictness)
         assert interaction.guild_id is not None and interaction.channel_id is not None
         entry = await asyncio.to_thread(self.store.set_channel, interaction.guild_id, interaction.channel_id, rules,
                                         by=interaction.user.id)
@@ -185,13 +217,17 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     @app_commands.default_permissions(manage_guild=True)
     @can_manage_server()
     async def default(self, interaction: discord.Interaction[PonyBot], mode: Mode | None = None,
-                      flagged: FlaggedAction | None = None, forbidden_terms: str | None = None,
+                      flagged: FlaggedAction | None = None, strictness: Strictness | None = None,
+                      forbidden_terms: str | None = None,
                       negative_prompt: app_commands.Range[str, 0, 500] | None = None,
                       max_steps: app_commands.Range[int, 1, 150] | None = None,
                       max_count: app_commands.Range[int, 1, 4] | None = None,
                       max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
-                      cooldown: app_commands.Range[int, 0, 3600] | None = None) -> None:
-        rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown)
+                      cooldown: app_commands.Range[int, 0, 3600] | None = None, models: str | None = None,
+                      loras: str | None = None) -> None:
+        rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
+                           models=parse_allowed(models, list(self.bot.settings.models)),
+                           loras=parse_allowed(loras, what="LoRA"), strictness=strictness)
         assert interaction.guild_id is not None
         await asyncio.to_thread(self.store.set_guild, interaction.guild_id, rules, by=interaction.user.id)
         policy = await self.effective(interaction)
@@ -217,7 +253,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         policy = await self.effective(interaction)
         settings = self.bot.settings
         request = make_request(settings, {"prompt": prompt})
-        decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
+        decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag,
+                         model=settings.model_entry(request.model))
         if decision.allowed:
             text = f"**Allowed.**\nPrompt: `{decision.prompt}`\nNegative prompt: `{decision.negative_prompt}`"
         else:

@@ -12,7 +12,7 @@ from discord.ext import commands
 from bot.replies import is_moderator
 from ponybot import keys
 from ponybot.errors import PonybotError
-from ponybot.queue import active_jobs, cancel_job, load_job, queue_position
+from ponybot.queue import active_jobs, cancel_job, job_model, load_job, queue_position
 from ponybot.schemas import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def member_jobs(bot: PonyBot, guild_id: int | None, user_id: int) -> list[tuple[
     for job_id in active_jobs(bot.sync_redis, keys.member_jobs(guild_id, user_id)):
         job = load_job(bot.sync_redis, job_id)
         if job is not None:
-            position = queue_position(bot.sync_redis, job_id)
+            position = queue_position(bot.sync_redis, job_id, job_model(job))
             listed.append((job, JobStatus.QUEUED if position else JobStatus.RUNNING, position))
     return sorted(listed, key=lambda item: (item[2] or 0, item[0].created_at))  # running first, then by place
 
@@ -60,7 +60,8 @@ class Queue(commands.Cog):
         if not jobs:
             await interaction.response.send_message("You have no jobs waiting.", ephemeral=True)
             return
-        lines = [f"**{'generating now' if status is JobStatus.RUNNING else f'position {position}'}**: "
+        lines = [f"**{'generating now' if status is JobStatus.RUNNING else f'position {position}'}**"
+                 f"{f' for {job.request.model}' if len(self.bot.settings.models) > 1 else ''}: "
                  f"{snippet(job.request.prompt)} (`{job.id[:8]}`)" for job, status, position in jobs]
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 

@@ -115,7 +115,8 @@ def details(job: Job) -> str:
         f"**Prompt**: {request.prompt}",
         f"**Negative prompt**: {request.negative_prompt or '—'}",
         f"Seeds {seeds} · {request.width}x{request.height} · {request.steps} steps · {request.sampler.label} · "
-        f"CFG {request.cfg:g} · CLIP skip {request.clip_skip} · quality tags {'on' if job.quality_tags else 'off'}",
+        f"CFG {request.cfg:g} · CLIP skip {request.clip_skip} · quality tags {'on' if job.quality_tags else 'off'}"
+        + (f" · model {request.model}" if request.model else ""),
     ]
     if job.kind is not JobKind.TXT2IMG and job.source:
         lines.append(f"{job.kind.value.capitalize()} of image {job.source.index + 1} of job `{job.source.job_id}`")

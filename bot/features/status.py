@@ -21,7 +21,7 @@ class Status(commands.Cog):
 
     @app_commands.command(name="status", description="How busy the image workers are")
     async def status(self, interaction: discord.Interaction[PonyBot]) -> None:
-        status = await asyncio.to_thread(collect_status, self.bot.sync_redis)
+        status = await asyncio.to_thread(collect_status, self.bot.sync_redis, list(self.bot.settings.models))
         embed = discord.Embed(title="ponybot status", description=describe_status(status), colour=0xE39BD9)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

@@ -56,6 +56,7 @@ class Interaction:
     ephemeral: bool = False
     original_id: int | None = None
     followups: list[int] = field(default_factory=list)
+    choices: list[dict[str, Any]] | None = None  #: what an autocomplete callback offered
 
 
 #: When a REST request reached the fake (time.time()), before its parsing and validation.
@@ -219,6 +220,16 @@ class FakeDiscord:
         await self._pending
         return interaction
 
+    async def autocomplete(self, name: str, options: dict[str, Any], focused: str, *,
+                           user: dict[str, Any] | None = None) -> Interaction:
+        """A member typing in option ``focused`` of a slash command; the bot answers with choices."""
+        typed = [{"name": key, "type": _option_type(value), "value": value, **({"focused": True}
+                 if key == focused else {})} for key, value in options.items()]
+        data = {"id": str(snowflake()), "name": name, "type": 1, "options": typed, "guild_id": str(self.guild_id)}
+        interaction = self._interaction(4, data, user or MEMBER, None, MEMBER_PERMISSIONS, 0.0)
+        await self._pending
+        return interaction
+
     async def click(self, message_id: int, custom_id: str, *, user: dict[str, Any] | None = None,
                     permissions: int = MEMBER_PERMISSIONS) -> Interaction:
         message = self.messages[message_id]
@@ -322,6 +333,8 @@ class FakeDiscord:
         interaction.responded_at = request.get(ARRIVED, time.time())
         data = body.get("data") or {}
         interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
+        if body["type"] == 8:
+            interaction.choices = list(data.get("choices") or [])
         resource = None
         if body["type"] in (4, 5):
             message = self._store(interaction.channel_id, data, files, interaction=interaction)

@@ -1,0 +1,160 @@
+"""Calibrating the image check on a community's own labelled images.
+
+Every check reduces to one number per image compared with one threshold, so one pass of
+the classifiers gives the precision, recall and false-withhold rate at any threshold:
+
+* ``opennsfw``: its score against ``safety.opennsfw_threshold``;
+* ``tagger:rating``: questionable + explicit against ``safety.tagger_threshold``;
+* ``tagger:explicit_tags``: the highest explicit tag's score over its own threshold, against 1
+  (a scale: 0.8 means every tag threshold times 0.8);
+* ``tagger``: either of the two above, and ``combined``: any classifier, both as that scale.
+
+Positives are the ``nsfw`` images: recall is the share of them withheld, precision the share
+of withheld images that are nsfw, and the false-withhold rate the share of safe images withheld.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ponybot.errors import PonybotError
+from ponybot.policy import Strictness
+from ponybot.settings import SafetySettings
+from worker.safety import OpenNSFW, SafetyCheck
+from worker.tagger import FLAGGED_RATINGS, WdTagger
+
+LABELS = ("safe", "nsfw")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]
+SCALES = [round(0.2 * i, 1) for i in range(1, 11)]
+BATCH = 16
+
+
+class BadInputError(PonybotError):
+    """An image, folder or label file the tools cannot use; the message says which and why."""
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise BadInputError(f"{path}: not an image ({error})") from None
+
+
+def labelled_images(source: Path) -> list[tuple[Path, str]]:
+    """``source/safe`` and ``source/nsfw``, or a CSV of ``path,label`` (also ``source/labels.csv``)."""
+    if source.is_dir() and not (source / "labels.csv").is_file():
+        found = [(path, label) for label in LABELS if (source / label).is_dir()
+                 for path in sorted((source / label).iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+        if not (source / "safe").is_dir() or not (source / "nsfw").is_dir():
+            raise BadInputError(f"{source}: needs safe/ and nsfw/ subfolders of images, or a labels.csv "
+                                "(columns path,label)")
+        return found
+    table = source / "labels.csv" if source.is_dir() else source
+    if not table.is_file():
+        raise BadInputError(f"{source}: no such folder or CSV file")
+    try:
+        with table.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise BadInputError(f"{table}: not a readable CSV ({error})") from None
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise BadInputError(f"{table}: needs the columns path and label (safe or nsfw), one image a row")
+    bad = [f"line {i + 2}: {row['label']!r}" for i, row in enumerate(rows) if row["label"] not in LABELS]
+    if bad:
+        raise BadInputError(f"{table}: labels must be safe or nsfw ({'; '.join(bad[:5])})")
+    return [(table.parent / row["path"], row["label"]) for row in rows]
+
+
+def batches(paths: Sequence[Path]) -> Iterator[list[Image.Image]]:
+    for start in range(0, len(paths), BATCH):
+        yield [open_image(path) for path in paths[start : start + BATCH]]
+
+
+def signals(check: SafetyCheck, settings: SafetySettings, paths: Sequence[Path]) -> dict[str, np.ndarray]:
+    """Each check's number per image (see the module's docstring)."""
+    found: dict[str, list[float]] = {}
+    for images in batches(paths):
+        for classifier in check.classifiers:
+            if isinstance(classifier, WdTagger):
+                scores = classifier.scores(images)
+                rows = [classifier.rating_rows[r] for r in FLAGGED_RATINGS[Strictness.STANDARD]]
+                rating = scores[:, rows].sum(axis=1)
+                explicit = np.zeros(len(images), dtype=np.float64)
+                for tag, row in classifier.explicit_rows.items():
+                    explicit = np.maximum(explicit, scores[:, row] / classifier.explicit_thresholds[tag])
+                found.setdefault("tagger:rating", []).extend(rating.tolist())
+                found.setdefault("tagger:explicit_tags", []).extend(explicit.tolist())
+            elif isinstance(classifier, OpenNSFW):
+                found.setdefault("opennsfw", []).extend(r.score for r in classifier.classify(images))
+    result = {name: np.asarray(values, dtype=np.float64) for name, values in found.items()}
+    ratios = []
+    if "tagger:rating" in result:
+        result["tagger"] = np.maximum(result["tagger:rating"] / settings.tagger_threshold,
+                                      result["tagger:explicit_tags"])
+        ratios.append(result["tagger"])
+    if "opennsfw" in result:
+        ratios.append(result["opennsfw"] / settings.opennsfw_threshold)
+    if ratios:
+        result["combined"] = np.max(np.stack(ratios), axis=0)
+    return result
+
+
+def configured(name: str, settings: SafetySettings) -> float:
+    return {"opennsfw": settings.opennsfw_threshold, "tagger:rating": settings.tagger_threshold}.get(name, 1.0)
+
+
+def is_scale(name: str) -> bool:
+    return name not in ("opennsfw", "tagger:rating")
+
+
+@dataclass(frozen=True)
+class Score:
+    threshold: float
+    precision: float | None
+    recall: float | None
+    false_withhold: float | None
+
+
+def score(values: np.ndarray, nsfw: np.ndarray, threshold: float) -> Score:
+    withheld = values >= threshold - 1e-9
+    true_positives = int(np.sum(withheld & nsfw))
+    positives, negatives = int(np.sum(nsfw)), int(np.sum(~nsfw))
+    return Score(threshold,
+                 true_positives / int(np.sum(withheld)) if np.any(withheld) else None,
+                 true_positives / positives if positives else None,
+                 int(np.sum(withheld & ~nsfw)) / negatives if negatives else None)
+
+
+def suggest(values: np.ndarray, nsfw: np.ndarray, recall: float) -> float | None:
+    """The highest threshold (the fewest safe images withheld) whose recall on nsfw reaches ``recall``."""
+    positives = np.sort(values[nsfw])[::-1]
+    if positives.size == 0:
+        return None
+    needed = max(1, math.ceil(recall * positives.size - 1e-9))
+    threshold = math.floor(float(positives[needed - 1]) * 1000) / 1000
+    return threshold if threshold > 0 else None
+
+
+def table(rows: list[tuple[str, str, Score]]) -> str:
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"{'check':<22} {'threshold':>10} {'precision':>10} {'recall':>8} {'false_withhold':>15}"]
+    lines += [f"{name:<22} {shown:>10} {number(s.precision):>10} {number(s.recall):>8} {number(s.false_withhold):>15}"
+              for name, shown, s in rows]
+    return "\n".join(lines)
+
+
+def shown(name: str, threshold: float, mark: str = "") -> str:
+    return (f"x{threshold:.2f}" if is_scale(name) else f"{threshold:.2f}") + mark
