@@ -23,6 +23,7 @@ from ponybot.queue import connect, resolve_redis_url
 from ponybot.settings import load_settings
 from worker.runner import run_worker
 from worker.runtime import build_runtime
+from worker.safety import Verdict
 
 HELD = "test:held"  #: one entry per batch whose images reached the post stage
 RELEASE = "test:release"  #: set it to let the held post stage go on
@@ -34,11 +35,11 @@ class HeldClassifier:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
 
-    def classify(self, images: Sequence[Image.Image]) -> list[bool]:
+    def classify(self, images: Sequence[Image.Image], strictness: object = None) -> list[Verdict]:
         self.conn.rpush(HELD, len(images))
         while not self.conn.exists(RELEASE):
             time.sleep(0.05)
-        return [False] * len(images)
+        return [Verdict(False) for _image in images]
 
 
 def main() -> None:
