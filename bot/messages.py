@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.i18n import N_, t
-from ponybot.schemas import JobEvent
+from ponybot.schemas import JobEvent, Speed
 
 FAILURE_REASONS = {
     "out_of_memory": N_("the GPU ran out of memory. Try a smaller size or fewer images."),
@@ -54,6 +54,8 @@ def done(event: JobEvent, *, mention: bool) -> str:
     details = t(locale, "seed {seeds} · {width}x{height} · {steps} steps · {sampler} · CFG {cfg} · {seconds} s",
                 seeds=seeds or event.job.seed, width=request.width, height=request.height, steps=request.steps,
                 sampler=request.sampler.label, cfg=format(request.cfg, "g"), seconds=format(event.generation_s, ".1f"))
+    if request.speed is Speed.FAST:
+        details += " · " + t(locale, "fast")
     lines = [f"{who}**{prompt}**", f"-# {details}"]
     if event.job.upload is not None:
         strength = format(event.job.strength, "g")

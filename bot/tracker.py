@@ -115,10 +115,11 @@ class Tracker:
                             event = ProgressEvent.model_validate_json(message["data"])
                         except (ValidationError, SchemaVersionError):
                             continue
-                        tracked = self.jobs.get(event.job_id)
-                        if tracked is not None:
-                            tracked.progress = event
-                            tracked.preview = event.preview or tracked.preview
+                        for job_id in event.job_ids:  # one event per batch: every job in it moved on
+                            tracked = self.jobs.get(job_id)
+                            if tracked is not None:
+                                tracked.progress = event
+                                tracked.preview = event.preview(job_id) or tracked.preview
             except (RedisError, OSError) as error:
                 log.warning("progress feed lost (%s): reconnecting", error)
                 await asyncio.sleep(2)

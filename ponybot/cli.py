@@ -17,7 +17,7 @@ from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, Pony
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis, wait_for_event
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
-from ponybot.schemas import GenerationRequest, Job, Sampler, build_request, parse_size
+from ponybot.schemas import GenerationRequest, Job, Sampler, Speed, build_request, parse_size
 from ponybot.settings import Settings, load_settings
 
 log = logging.getLogger("ponybot")
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--sampler", help=", ".join(s.value for s in Sampler))
     generate.add_argument("--clip-skip", type=int, help="1 = last CLIP layer, 2 = penultimate (A1111's convention)")
     generate.add_argument("--quality", action="store_true", help="add the model card's quality tags")
+    generate.add_argument("--speed", help="normal, or fast: DeepCache feature reuse (quicker, a little less detail)")
     generate.add_argument("--model", help="model source for --local (overrides model.source)")
     generate.add_argument("--out", type=Path, help="output folder (default: cli.out_dir)")
     generate.add_argument("--local", action="store_true", help="run a worker in this process")
@@ -106,6 +107,7 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         sampler=sampler,
         clip_skip=args.clip_skip if args.clip_skip is not None else entry.clip_skip or defaults.clip_skip,
         model=settings.default_model,
+        speed=args.speed or Speed.NORMAL.value,
     )
 
 

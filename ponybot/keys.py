@@ -87,6 +87,11 @@ def cooldown(guild_id: int | None, channel_id: int, user_id: int) -> str:
     return f"{PREFIX}:cooldown:{guild_id or 0}:{channel_id}:{user_id}"
 
 
+def published(job_id: str) -> str:
+    """Set by the worker in the same step that appends a job's event, so a re-run never appends a second."""
+    return f"{PREFIX}:published:{job_id}"
+
+
 def delivered(job_id: str) -> str:
     """Marks a job's result as posted, so a redelivered event is not posted twice."""
     return f"{PREFIX}:delivered:{job_id}"

@@ -260,18 +260,39 @@ def last_event_id(conn: redis.Redis) -> str:
     return newest[0][0].decode() if newest else "0-0"
 
 
-def publish_event(conn: redis.Redis, event: JobEvent) -> str:
-    """Append a finished job's event; it stops counting against its member's share."""
-    with conn.pipeline() as pipe:
-        pipe.xadd(keys.EVENTS_STREAM, {"data": event.model_dump_json()}, maxlen=EVENTS_MAXLEN, approximate=True)
-        for key in _owner_keys(event.job):
-            pipe.zrem(key, event.job.id)
-        if event.kind == "done" and event.generation_s > 0:
-            durations = keys.recent_durations(job_model(event.job))
-            pipe.lpush(durations, f"{event.generation_s:.3f}")
-            pipe.ltrim(durations, 0, RECENT_DURATIONS_KEPT - 1)
-        entry_id = pipe.execute()[0]
+#: Append a job's event unless one was appended already (the marker and the entry in one step).
+#: KEYS: marker, stream, recent durations, owner sets... ARGV: marker ttl, maxlen, data, job id, duration or ''.
+PUBLISH_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3])
+for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[4]) end
+if ARGV[5] ~= '' then
+  redis.call('LPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+end
+return id
+"""
+
+
+def publish_event(conn: redis.Redis, event: JobEvent) -> str | None:
+    """Append a finished job's event (it stops counting against its member's share); exactly once a job.
+
+    Returns the stream entry id, or None when this job's event was appended before (a job re-run
+    after its worker died between publishing and telling RQ it was done): nothing is appended then.
+    """
+    duration = f"{event.generation_s:.3f}" if event.kind == "done" and event.generation_s > 0 else ""
+    owners = _owner_keys(event.job)
+    entry_id = conn.eval(PUBLISH_ONCE, 3 + len(owners), keys.published(event.job.id), keys.EVENTS_STREAM,
+                         keys.recent_durations(job_model(event.job)), *owners, OWNERSHIP_S, EVENTS_MAXLEN,
+                         event.model_dump_json(), event.job.id, duration, RECENT_DURATIONS_KEPT)
+    if entry_id is None:
+        return None
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def was_published(conn: redis.Redis, job_id: str) -> bool:
+    """Whether this job's ``done`` or ``failed`` event is already on the stream."""
+    return bool(conn.exists(keys.published(job_id)))
 
 
 def publish_progress(conn: redis.Redis, event: ProgressEvent) -> None:

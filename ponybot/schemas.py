@@ -39,6 +39,13 @@ class Sampler(StrEnum):
         return {"ddim": "DDIM", "euler_a": "Euler a", "dpmpp_2m_karras": "DPM++ 2M Karras"}[self.value]
 
 
+class Speed(StrEnum):
+    """How the UNet runs: every step in full, or DeepCache-style reuse of its deep features."""
+
+    NORMAL = "normal"
+    FAST = "fast"  #: the full UNet every few steps, only its shallowest blocks in between (worker/deepcache.py)
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -101,6 +108,7 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     sampler: Sampler = Sampler.DDIM
     clip_skip: Literal[1, 2] = 2
+    speed: Speed = Speed.NORMAL
     model: str | None = Field(None, pattern=f"^{MODEL_NAME_PATTERN}$")  #: None: the worker's default model
 
     @field_validator("prompt")
@@ -279,21 +287,23 @@ class Job(Versioned):
 
 
 class ProgressEvent(Versioned):
-    """Step ``step`` of ``total`` (lossy: sent on pub/sub)."""
+    """Step ``step`` of ``total`` of one batch: the jobs in it, and a preview per job (lossy: sent on pub/sub)."""
 
-    job_id: str
+    job_ids: list[str] = Field(min_length=1)
     step: int
     total: int
-    preview_jpeg: str | None = None  #: base64
+    previews_jpeg: dict[str, str] = Field(default_factory=dict)  #: job id -> base64 JPEG
 
     @classmethod
-    def create(cls, job_id: str, step: int, total: int, preview: bytes | None = None) -> ProgressEvent:
-        encoded = base64.b64encode(preview).decode() if preview else None
-        return cls(job_id=job_id, step=step, total=total, preview_jpeg=encoded)
+    def create(cls, job_ids: list[str], step: int, total: int,
+               previews: dict[str, bytes] | None = None) -> ProgressEvent:
+        encoded = {job_id: base64.b64encode(data).decode() for job_id, data in (previews or {}).items()}
+        return cls(job_ids=job_ids, step=step, total=total, previews_jpeg=encoded)
 
-    @property
-    def preview(self) -> bytes | None:
-        return base64.b64decode(self.preview_jpeg) if self.preview_jpeg else None
+    def preview(self, job_id: str) -> bytes | None:
+        """This job's preview in this event, if it carries one."""
+        data = self.previews_jpeg.get(job_id)
+        return base64.b64decode(data) if data else None
 
 
 class ImageResult(BaseModel):

@@ -142,6 +142,10 @@ class WorkerSettings(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
+    cuda_graphs: bool = True
+    overlap_depth: int = Field(1, ge=0, le=2)
+    vae_decode: Literal["auto", "batched", "sliced"] = "auto"
+    fast_interval: int = Field(3, ge=2, le=10)
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
     cpu_threads: int = Field(0, ge=0, le=256)

@@ -16,7 +16,7 @@ from bot.options import make_request
 from bot.uploads import PendingUpload, check_declared
 from ponybot.errors import InvalidRequestError
 from ponybot.member_defaults import MemberDefaultsStore
-from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, parse_size
+from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, Speed, parse_size
 from ponybot.settings import Settings
 from ponybot.styles import Style, StyleStore
 from ponybot.workers import WorkerRecord, models_online_from, online_workers
@@ -107,6 +107,7 @@ class Generate(commands.Cog):
         strength="With a picture: how much to change it (0.05 = barely, 1 = completely)",
         resize_mode="With a picture: how to fit it to the size",
         style="One of this server's styles (see /style list)",
+        speed="fast: quicker, with a little less fine detail (reuses the model's deep features between steps)",
         model="Which model draws it (those with a worker online)",
     )
     async def generate(
@@ -126,6 +127,7 @@ class Generate(commands.Cog):
         strength: app_commands.Range[float, 0.05, 1.0] | None = None,
         resize_mode: ResizeMode | None = None,
         style: app_commands.Transform[Style, StyleTransformer] | None = None,
+        speed: Speed | None = None,
         model: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         settings = self.bot.settings
@@ -139,7 +141,8 @@ class Generate(commands.Cog):
                                   "/settings set, or /settings reset", field="style", name=personal.style) from None
         request = make_request(settings, {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
-            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "model": model,
+            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "speed": speed,
+            "model": model,
         }, personal, style)
         upload = None
         if image is not None:
