@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from ponybot import __version__, safety_cli
+from ponybot import __version__, safety_cli, styles_cli
 from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis, wait_for_event
 from ponybot.redis_server import EmbeddedRedis, running_embedded_url
-from ponybot.schemas import GenerationRequest, Job, Sampler, build_request, parse_size
+from ponybot.schemas import GenerationRequest, Job, Sampler, Speed, build_request, parse_size
 from ponybot.settings import Settings, load_settings
 
 log = logging.getLogger("ponybot")
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--sampler", help=", ".join(s.value for s in Sampler))
     generate.add_argument("--clip-skip", type=int, help="1 = last CLIP layer, 2 = penultimate (A1111's convention)")
     generate.add_argument("--quality", action="store_true", help="add the model card's quality tags")
+    generate.add_argument("--speed", help="normal, or fast: DeepCache feature reuse (quicker, a little less detail)")
     generate.add_argument("--model", help="model source for --local (overrides model.source)")
     generate.add_argument("--out", type=Path, help="output folder (default: cli.out_dir)")
     generate.add_argument("--local", action="store_true", help="run a worker in this process")
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
                        help="nsfw: as in an age-restricted channel whose policy allows NSFW")
     check.add_argument("--negative", default="", help="the member's negative prompt")
+    styles_cli.add_parser(commands)
     safety_cli.add_parser(commands)
     return parser
 
@@ -105,6 +107,7 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         sampler=sampler,
         clip_skip=args.clip_skip if args.clip_skip is not None else entry.clip_skip or defaults.clip_skip,
         model=settings.default_model,
+        speed=args.speed or Speed.NORMAL.value,
     )
 
 
@@ -212,7 +215,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
-            "status": cmd_status, "gallery": cmd_gallery, "safety": safety_cli.cmd_safety}
+            "status": cmd_status, "gallery": cmd_gallery, "styles": styles_cli.cmd_styles,
+            "safety": safety_cli.cmd_safety}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -87,6 +87,11 @@ def cooldown(guild_id: int | None, channel_id: int, user_id: int) -> str:
     return f"{PREFIX}:cooldown:{guild_id or 0}:{channel_id}:{user_id}"
 
 
+def published(job_id: str) -> str:
+    """Set by the worker in the same step that appends a job's event, so a re-run never appends a second."""
+    return f"{PREFIX}:published:{job_id}"
+
+
 def delivered(job_id: str) -> str:
     """Marks a job's result as posted, so a redelivered event is not posted twice."""
     return f"{PREFIX}:delivered:{job_id}"
@@ -105,6 +110,19 @@ def gallery_image(job_id: str, index: int) -> str:
     return f"{PREFIX}:gallery:image:{job_id}:{index}"
 
 
+def upload(job_id: str) -> str:
+    """A member's uploaded picture (PNG bytes) for an img2img job; expires with the job's record."""
+    return f"{PREFIX}:upload:{job_id}"
+
+
+def guild_styles(guild_id: int) -> str:
+    """Hash of style name -> style (JSON) for one server."""
+    return f"{PREFIX}:styles:{guild_id}"
+
+
+def member_defaults(guild_id: int | None, user_id: int) -> str:
+    """A member's own generation defaults in one server (JSON)."""
+    return f"{PREFIX}:member-defaults:{guild_id or 0}:{user_id}"
 def worker_safety(worker: str) -> str:
     """A worker's image check as it loaded it (JSON: classifiers loaded, those missing and why)."""
     return f"{PREFIX}:worker-safety:{worker}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind
+from ponybot.schemas import GenerationRequest, Job, JobKind, Speed
 
 #: A1111's pattern for one ``key: value`` pair of the settings line (a value may be a JSON string).
 PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -18,7 +18,8 @@ def quote(value: object) -> str:
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
-                      size: tuple[int, int] | None = None, extra: dict[str, str | None] | None = None) -> str:
+                      size: tuple[int, int] | None = None, extra: dict[str, str | None] | None = None,
+                      fast_interval: int = 3) -> str:
     """The text A1111 writes into its PNGs, so the image can be reproduced there too.
 
     ``extra``: ``Model hash`` and ``Lora hashes`` as A1111 writes them (empty ones are left out).
@@ -37,8 +38,10 @@ def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, m
         **extra,
         "Job": job.id,
     }
+    if request.speed is Speed.FAST:
+        fields["Speed"] = f"fast (DeepCache interval {fast_interval})"
     if job.kind is not JobKind.TXT2IMG:
-        fields["Denoising strength"] = STRENGTH[job.kind]
+        fields["Denoising strength"] = job.strength
         if job.source:
             fields["Source"] = f"{job.source.job_id}:{job.source.index}"
     settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
@@ -61,4 +64,5 @@ def generate_line(request: GenerationRequest, seed: int, quality: bool) -> str:
     negative = f" negative_prompt:{request.negative_prompt}" if request.negative_prompt else ""
     return (f"/generate prompt:{request.prompt}{negative} seed:{seed} steps:{request.steps} cfg:{request.cfg:g} "
             f"size:{request.width}x{request.height} sampler:{request.sampler.value} clip_skip:{request.clip_skip} "
-            f"count:{request.count} quality:{quality}" + (f" model:{request.model}" if request.model else ""))
+            f"count:{request.count} quality:{quality}{' speed:fast' if request.speed is Speed.FAST else ''}"
+            + (f" model:{request.model}" if request.model else ""))

@@ -12,7 +12,7 @@ from rq.serializers import JSONSerializer
 
 from ponybot import keys
 from ponybot.connection import RedisTarget
-from ponybot.errors import NoWorkerError, QueueFullError, RedisUnavailableError
+from ponybot.errors import N_, NoWorkerError, QueueFullError, RedisUnavailableError
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
 from ponybot.settings import sentinel_address
@@ -123,12 +123,16 @@ def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild:
     )
     verdict, count = int(answer[0]), int(answer[1])
     if verdict == 1:
-        raise QueueFullError(
-            f"you already have {count} job(s) queued or running (the limit is {per_member}): "
-            "try again when one finishes, or /cancel one"
-        )
+        raise QueueFullError(N_("you already have {count} job(s) queued or running (the limit is {limit}): "
+                                "try again when one finishes, or /cancel one"), count=count, limit=per_member)
     if verdict == 2:
-        raise QueueFullError(f"this server already has {per_guild} jobs queued or running: try again in a minute")
+        raise QueueFullError(N_("this server already has {limit} jobs queued or running: try again in a minute"),
+                             limit=per_guild)
+
+
+def record_ttl(result_ttl_s: int) -> int:
+    """How long a job's record (and an uploaded picture it starts from) stays in Redis."""
+    return result_ttl_s * 24
 
 
 def enqueue(
@@ -144,7 +148,8 @@ def enqueue(
     try:
         depth = queue.count
         if depth >= max_queue:
-            raise QueueFullError(f"the queue is full ({depth} jobs waiting): try again in a few minutes")
+            raise QueueFullError(N_("the queue is full ({depth} jobs waiting): try again in a few minutes"),
+                                 depth=depth)
         if per_member is not None and per_guild is not None:
             check_fair_share(conn, job, per_member=per_member, per_guild=per_guild, reserve=True)
         else:
@@ -162,7 +167,7 @@ def enqueue(
             # a job whose worker died goes back to the front: whoever was first should not wait longest
             retry=Retry(max=max_attempts - 1, enqueue_at_front=True) if max_attempts > 1 else None,
         )
-        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=result_ttl_s * 24)
+        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=record_ttl(result_ttl_s))
         return queue_position(conn, job.id, job_model(job)) or 1
     except redis.RedisError as error:
         raise RedisUnavailableError(f"Redis is unreachable ({error})") from None
@@ -259,18 +264,39 @@ def last_event_id(conn: redis.Redis) -> str:
     return newest[0][0].decode() if newest else "0-0"
 
 
-def publish_event(conn: redis.Redis, event: JobEvent) -> str:
-    """Append a finished job's event; it stops counting against its member's share."""
-    with conn.pipeline() as pipe:
-        pipe.xadd(keys.EVENTS_STREAM, {"data": event.model_dump_json()}, maxlen=EVENTS_MAXLEN, approximate=True)
-        for key in _owner_keys(event.job):
-            pipe.zrem(key, event.job.id)
-        if event.kind == "done" and event.generation_s > 0:
-            durations = keys.recent_durations(job_model(event.job))
-            pipe.lpush(durations, f"{event.generation_s:.3f}")
-            pipe.ltrim(durations, 0, RECENT_DURATIONS_KEPT - 1)
-        entry_id = pipe.execute()[0]
+#: Append a job's event unless one was appended already (the marker and the entry in one step).
+#: KEYS: marker, stream, recent durations, owner sets... ARGV: marker ttl, maxlen, data, job id, duration or ''.
+PUBLISH_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3])
+for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[4]) end
+if ARGV[5] ~= '' then
+  redis.call('LPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+end
+return id
+"""
+
+
+def publish_event(conn: redis.Redis, event: JobEvent) -> str | None:
+    """Append a finished job's event (it stops counting against its member's share); exactly once a job.
+
+    Returns the stream entry id, or None when this job's event was appended before (a job re-run
+    after its worker died between publishing and telling RQ it was done): nothing is appended then.
+    """
+    duration = f"{event.generation_s:.3f}" if event.kind == "done" and event.generation_s > 0 else ""
+    owners = _owner_keys(event.job)
+    entry_id = conn.eval(PUBLISH_ONCE, 3 + len(owners), keys.published(event.job.id), keys.EVENTS_STREAM,
+                         keys.recent_durations(job_model(event.job)), *owners, OWNERSHIP_S, EVENTS_MAXLEN,
+                         event.model_dump_json(), event.job.id, duration, RECENT_DURATIONS_KEPT)
+    if entry_id is None:
+        return None
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def was_published(conn: redis.Redis, job_id: str) -> bool:
+    """Whether this job's ``done`` or ``failed`` event is already on the stream."""
+    return bool(conn.exists(keys.published(job_id)))
 
 
 def publish_progress(conn: redis.Redis, event: ProgressEvent) -> None:

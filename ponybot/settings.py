@@ -142,6 +142,10 @@ class WorkerSettings(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
+    cuda_graphs: bool = True
+    overlap_depth: int = Field(1, ge=0, le=2)
+    vae_decode: Literal["auto", "batched", "sliced"] = "auto"
+    fast_interval: int = Field(3, ge=2, le=10)
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
     cpu_threads: int = Field(0, ge=0, le=256)
@@ -164,6 +168,14 @@ class LimitSettings(_Section):
     max_upscale_pixels: int = Field(1024 * 1024, ge=256 * 256, le=2048 * 2048)
 
 
+class UploadSettings(_Section):
+    """Pictures members upload for img2img: checked by the bot before anything is queued."""
+
+    max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64, le=10_000 * 10_000)
+    max_side: int = Field(8192, ge=64, le=20_000)
+
+
 class DefaultSettings(_Section):
     steps: int = Field(25, ge=1, le=150)
     cfg: float = Field(7.5, ge=1, le=20)
@@ -173,6 +185,7 @@ class DefaultSettings(_Section):
     clip_skip: Literal[1, 2] = 2
     negative_prompt: str = ""
     quality: bool = True
+    strength: float = Field(0.75, ge=0.05, le=1.0)
 
     @field_validator("size")
     @classmethod
@@ -333,6 +346,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     defaults: DefaultSettings = Field(default_factory=DefaultSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)

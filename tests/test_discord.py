@@ -146,7 +146,7 @@ async def test_failed_job_is_explained(fake: FakeDiscord, discord_settings: Sett
     class OutOfMemory:
         model = runtime.generator.model
 
-        def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
+        def generate_deferred(self, *args: Any, **kwargs: Any) -> Any:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
     runtime.generator = OutOfMemory()

@@ -27,7 +27,7 @@ from worker.generate import BatchItem, Generator
 from worker.networks import Catalog, model_hash
 from worker.png import read_parameters
 from worker.runner import GenerationWorker
-from worker.runtime import WorkerRuntime
+from worker.runtime import Batch, WorkerRuntime
 from worker.schedulers import CARD_DDIM
 from worker.tiny import TINY_REVISION
 
@@ -208,13 +208,13 @@ def test_batches_never_mix_models_or_lora_sets(conn: redis.Redis, networked: Gen
     settings = make_settings(redis_url, model_cache, worker={"max_batch": 4, "batch_window_ms": 200})
     runtime = WorkerRuntime(settings, conn, networked, "batching")
     batches: list[list[Job]] = []
-    run_batch = runtime.run_batch
+    start_batch = runtime.start_batch
 
-    def recorded(jobs: list[Job]) -> list[JobEvent]:
+    def recorded(jobs: list[Job]) -> Batch:
         batches.append(jobs)
-        return run_batch(jobs)
+        return start_batch(jobs)
 
-    runtime.run_batch = recorded  # type: ignore[method-assign]
+    runtime.start_batch = recorded  # type: ignore[method-assign]
     from ponybot.queue import enqueue
 
     prompts = ["plain", "a <lora:shiny:0.8>", "b <lora:shiny:0.8>", "c <lora:shiny:0.5>", "d <lora:glow:0.8>",

@@ -91,11 +91,22 @@ class PromptEncoder:
         """``(1, 77 * chunks, dim)`` embeddings of one prompt."""
         return self.encode_chunks(self.chunks(prompt), clip_skip)
 
-    @torch.no_grad()
     def encode_chunks(self, chunks: list[TokenChunk], clip_skip: int, *, min_chunks: int = 1) -> torch.Tensor:
         """Encode token chunks, padded with empty chunks to ``min_chunks``."""
-        chunks = chunks + [TokenChunk([], [])] * (min_chunks - len(chunks))
-        rows = [[self.bos, *c.ids, self.eos] + [self.pad] * (CHUNK_TOKENS - len(c.ids)) for c in chunks]
+        return self.encode_many([chunks], clip_skip, min_chunks=min_chunks)[0]
+
+    @torch.no_grad()
+    def encode_many(self, prompts: list[list[TokenChunk]], clip_skip: int, *, min_chunks: int = 1
+                    ) -> list[torch.Tensor]:
+        """Several prompts' chunks through CLIP in one pass, each padded to the same number of chunks.
+
+        Returns one ``(1, 77 * chunks, dim)`` tensor per prompt. Every row of the batch is a chunk
+        encoded on its own (CLIP attends within a row), so the result is each prompt's alone.
+        """
+        count = max([min_chunks, *(len(chunks) for chunks in prompts)])
+        padded = [chunks + [TokenChunk([], [])] * (count - len(chunks)) for chunks in prompts]
+        flat = [chunk for chunks in padded for chunk in chunks]
+        rows = [[self.bos, *c.ids, self.eos] + [self.pad] * (CHUNK_TOKENS - len(c.ids)) for c in flat]
         device = self.text_encoder.device
         input_ids = torch.tensor(rows, dtype=torch.long, device=device)
         hidden: torch.Tensor
@@ -104,19 +115,15 @@ class PromptEncoder:
         else:
             states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
             hidden = self.final_layer_norm(states[-clip_skip])
-        for row, chunk in enumerate(chunks):
+        for row, chunk in enumerate(flat):
             if any(weight != 1.0 for weight in chunk.weights):
                 scale = torch.tensor([1.0, *chunk.weights, 1.0] + [1.0] * (CHUNK_TOKENS - len(chunk.ids)))
                 original_mean = hidden[row].mean()
                 hidden[row] = hidden[row] * scale.to(hidden)[:, None]
                 hidden[row] = hidden[row] * (original_mean / hidden[row].mean())
-        return hidden.reshape(1, -1, hidden.shape[-1])
+        return [part.reshape(1, -1, hidden.shape[-1]) for part in hidden.split(count)]  # type: ignore[no-untyped-call]
 
     def encode_pair(self, prompt: str, negative: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt and negative prompt, the same way and to the same length (for CFG)."""
-        positive, negative_chunks = self.chunks(prompt), self.chunks(negative)
-        count = max(len(positive), len(negative_chunks))
-        return (
-            self.encode_chunks(positive, clip_skip, min_chunks=count),
-            self.encode_chunks(negative_chunks, clip_skip, min_chunks=count),
-        )
+        """Prompt and negative prompt, the same way, to the same length (for CFG) and in one pass."""
+        positive, negative_embeds = self.encode_many([self.chunks(prompt), self.chunks(negative)], clip_skip)
+        return positive, negative_embeds

@@ -13,7 +13,7 @@ import torch
 
 from ponybot.errors import ModelLoadError
 from ponybot.keys import DEFAULT_MODEL_NAME
-from ponybot.settings import ModelEntry, ModelSettings
+from ponybot.settings import ModelEntry, ModelSettings, WorkerSettings
 from worker.networks import Architecture, model_hash
 from worker.tiny import TINY_SOURCE, ensure_tiny_pipeline
 
@@ -134,14 +134,42 @@ def _guarded(source: str, load: Any) -> Any:
         raise ModelLoadError(f"could not load model {source}: {type(error).__name__}: {error}") from error
 
 
+#: torch.compile modes that replay CUDA graphs.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(settings: WorkerSettings, device: torch.device) -> str | None:
+    """The torch.compile mode for this worker, or None to run eagerly (always on the CPU).
+
+    ``worker.cuda_graphs`` (on by default) compiles on CUDA even when ``worker.compile`` is off, in
+    the mode of ``worker.compile_mode`` that also captures CUDA graphs (``reduce-overhead``, or
+    ``max-autotune`` for ``max-autotune-no-cudagraphs``). Without it, ``worker.compile`` uses
+    ``compile_mode`` as it is.
+    """
+    if device.type != "cuda" or not (settings.compile or settings.cuda_graphs):
+        return None
+    if not settings.cuda_graphs:
+        return settings.compile_mode
+    return {"max-autotune-no-cudagraphs": "max-autotune", "default": "reduce-overhead"}.get(
+        settings.compile_mode, settings.compile_mode)
+
+
 def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     """torch.compile the UNet and the VAE decoder, kernels cached on disk across restarts.
 
-    Before compiling: the attention's q, k and v projections fused into one matmul, and
-    inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
-    (diffusers' guide to fast text-to-image inference). The VAE decodes batches in slices,
-    so its decoder compiles once, for batch 1.
+    Before compiling: inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
+    (diffusers' guide to fast text-to-image inference). Each shape (size, batch size) compiles,
+    and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.runtime.warm_up`
+    runs them before the first job. ``speed: fast`` runs the UNet's modules eagerly (worker/deepcache.py).
     """
+    configure_inductor(cache_dir)
+    pipeline = model.pipeline
+    pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
+    pipeline.vae.decoder = torch.compile(pipeline.vae.decoder, mode=mode, fullgraph=True)
+
+
+def configure_inductor(cache_dir: Path) -> None:
+    """Kernels cached on disk under ``cache_dir``; 1x1 convolutions as matmuls, tiling tuned."""
     import torch._inductor.config as inductor
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / "inductor").resolve()))
@@ -150,7 +178,3 @@ def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     inductor.coordinate_descent_tuning = True
     inductor.epilogue_fusion = False
     inductor.coordinate_descent_check_all_directions = True
-    pipeline = model.pipeline
-    pipeline.fuse_qkv_projections()
-    pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
-    pipeline.vae.decoder = torch.compile(pipeline.vae.decoder, mode=mode, fullgraph=True)
