@@ -23,6 +23,7 @@ from ponybot.queue import connect, enqueue
 from ponybot.redis_server import find_redis_server, free_port
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings, sentinel_address
+from ponybot.workers import models_online
 from tests.bot_harness import bot_settings, running_bot
 from tests.conftest import cli_env, make_settings, run_cli
 from tests.discord_fake.server import FakeDiscord
@@ -141,6 +142,8 @@ async def test_primary_dies_mid_queue(tmp_path: Path, model_cache: Path, fake: F
                "PONYBOT_WORKER__HEARTBEAT_S": "5"}
         async with running_bot(settings, target):
             with workers(None, model_cache, tmp_path, "w-1", "w-2", **env) as procs:
+                # the bot queues only for a model some worker holds: wait for both to announce theirs
+                await in_thread(lambda: len(models_online(conn).get(settings.default_model, [])) == 2, timeout=300)
                 before = await fake.slash("generate", {"prompt": "before the failover", "seed": 1})
                 await fake.wait_for(lambda: "Queued" in (fake.original(before) or {}).get("content", ""))
                 await in_thread(lambda: sum(done_counts(conn).values()) >= 3, timeout=300)
@@ -151,7 +154,9 @@ async def test_primary_dies_mid_queue(tmp_path: Path, model_cache: Path, fake: F
                 after = await fake.slash("generate", {"prompt": "after it", "seed": 2})
                 await fake.wait_for(lambda: "Queued" in (fake.original(after) or {}).get("content", ""), timeout=60)
                 await in_thread(lambda: set(done_counts(conn)) >= {job.id for job in jobs}, timeout=400)
-                await fake.wait_for(lambda: len(result_messages(fake)) == 2, timeout=300)
+                # both results posted (a progress message may carry a preview image meanwhile)
+                await fake.wait_for(lambda: all(any(prompt in message["content"] for message in result_messages(fake))
+                                                for prompt in ("before the failover", "after it")), timeout=300)
                 dead = {name: (tmp_path / f"{name}.log").read_text()[-4000:]
                         for name, process in procs.items() if process.poll() is not None}
                 assert not dead  # both carried on
