@@ -46,6 +46,11 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+def image_seed(seed: int, index: int) -> int:
+    """Image ``index`` of a job seeded ``seed``: ``(seed + index) mod 2**32``, always a valid ``--seed``."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -216,8 +221,8 @@ class Job(Versioned):
         return cls(request=request, seed=seed, **fields)
 
     def image_seed(self, index: int) -> int:
-        """A1111's convention: image i of a job gets seed + i."""
-        return self.seed + index
+        """A1111's convention: image i of a job gets seed + i, wrapped into 0..MAX_SEED."""
+        return image_seed(self.seed, index)
 
 
 class ProgressEvent(Versioned):

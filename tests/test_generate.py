@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ponybot.parameters import parse_parameters
+from ponybot.parameters import format_parameters, parse_parameters
 from ponybot.schemas import GenerationRequest, Sampler
 from tests.conftest import cli_env, run_cli
 from tests.ldm_checkpoint import save_single_file
@@ -86,3 +86,52 @@ def test_single_file_checkpoint_as_a1111_users_have_it(tmp_path: Path, model_cac
     assert np.asarray(Image.open(io.BytesIO(single_png))).tolist() == \
         np.asarray(Image.open(io.BytesIO(folder_png))).tolist()
     assert parse_parameters(read_parameters(single_png) or "")["Model"] == "pony-v4-pruned"
+
+
+def test_nan_pixels_fail_that_job_only(settings: Any, conn: Any, generator: Any) -> None:
+    """A decoder that yields NaN: that job fails with a clear message and a metric; its neighbour is posted."""
+    from prometheus_client import CollectorRegistry
+
+    from ponybot import keys
+    from ponybot.schemas import Job, build_request
+    from worker.runtime import WorkerRuntime
+
+    registry = CollectorRegistry()
+    runtime = WorkerRuntime(settings, conn, generator, "nan-test", None, registry)
+    broken, fine = (Job.create(build_request(settings.limits, prompt=p, seed=7, steps=2, width=256, height=256))
+                    for p in ("pony", "another pony"))
+    calls: list[int] = []
+
+    def first_slice_nan(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        calls.append(1)  # batched, the VAE decodes one image per call: the first is the broken job's
+        return torch.full_like(output, float("nan")) if len(calls) == 1 else output
+
+    hook = generator.pipeline.vae.decoder.register_forward_hook(first_slice_nan)
+    try:
+        events = {event.job.id: event for event in runtime.run_batch([broken, fine])}
+    finally:
+        hook.remove()
+    assert len(calls) == 2
+    failed = events[broken.id]
+    assert failed.kind == "failed" and failed.error_code == "non_finite"
+    assert "NaN" in (failed.error_message or "") and "seed 7" in (failed.error_message or "")
+    assert conn.get(keys.image(broken.id, 0)) is None  # no black square stored
+    assert events[fine.id].kind == "done" and conn.get(keys.image(fine.id, 0))
+    assert registry.get_sample_value("ponybot_failures_total", {"cause": "non_finite"}) == 1
+
+
+def test_seeds_wrap_at_2_32(generator: Any) -> None:
+    """Image i's seed is (seed + i) mod 2**32, and that seed alone draws the same image."""
+    from ponybot.schemas import MAX_SEED, Job
+
+    request = GenerationRequest(prompt="pony", steps=2, width=256, height=256, count=2, seed=MAX_SEED)
+    job = Job.create(request)
+    assert [job.image_seed(i) for i in range(2)] == [MAX_SEED, 0]
+    out = generator.generate(request, seed=MAX_SEED, prompt="pony", negative_prompt="")
+    assert out.seeds == [MAX_SEED, 0]
+    alone = generator.generate(request.model_copy(update={"count": 1, "seed": 0}), seed=0, prompt="pony",
+                               negative_prompt="")
+    # the same starting noise (batched kernels may round a level differently); seed 2**32 would differ wholly
+    difference = np.abs(np.asarray(out.images[1], np.int16) - np.asarray(alone.images[0], np.int16))
+    assert difference.max() <= 2
+    assert parse_parameters(format_parameters(job, 1, "pony", "", "tiny"))["Seed"] == "0"

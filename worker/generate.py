@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ponybot.errors import GenerationError
-from ponybot.schemas import GenerationRequest
+from ponybot.schemas import GenerationRequest, image_seed
 from worker.encoding import PromptEncoder
 from worker.loading import LoadedModel
 from worker.schedulers import make_scheduler
@@ -42,6 +43,22 @@ class GenerationOutput:
     nsfw: list[bool | None] = field(default_factory=list)  #: None: the classifier could not tell
     seconds: float = 0.0
     tags: list[dict[str, float]] = field(default_factory=list)  #: the tags the image tagger read, per image
+    #: set when the job's images are unusable (NaN or inf in the decoded pixels): the job fails with it
+    error: GenerationError | None = None
+
+
+#: The failure code (and metric label) of a job whose decoded images hold NaN or inf.
+NON_FINITE = "non_finite"
+
+
+def non_finite_error(seeds: list[int], bad: list[int]) -> GenerationError:
+    """A clear failure for images that would have been black squares."""
+    which = ", ".join(f"image {index} (seed {seeds[index]})" for index in bad)
+    return GenerationError(
+        NON_FINITE,
+        f"the model produced invalid pixels (NaN/inf) for {which}; nothing was posted. "
+        "Try another seed, a lower CFG scale or milder emphasis weights",
+    )
 
 
 class Generator:
@@ -117,8 +134,8 @@ class Generator:
         pipeline = self.pipeline if init_image is None else self.img2img
         pipeline.scheduler = make_scheduler(request.sampler, self.base_scheduler_config)
 
-        # 4. One CPU generator per image: image i of a job gets seed + i, the same on every device.
-        seeds = [[item.seed + index for index in range(item.count)] for item in items]
+        # 4. One CPU generator per image: image i of a job gets (seed + i) mod 2**32, the same on every device.
+        seeds = [[image_seed(item.seed, index) for index in range(item.count)] for item in items]
         generators = [torch.Generator("cpu").manual_seed(seed) for job_seeds in seeds for seed in job_seeds]
 
         # 5. Denoise and decode (the VAE decodes in slices when batched, to bound its memory).
@@ -145,16 +162,23 @@ class Generator:
                 generator=generators,
                 callback_on_step_end=step_end,
                 callback_on_step_end_tensor_inputs=["latents"],
-                output_type="pil",
+                output_type="np",
                 **size,
             )
-        images: list[Image.Image] = list(result.images)
+        pixels: np.ndarray = result.images
 
-        # 6. Back to one output per job.
+        # 6. Back to one output per job; a job with NaN/inf pixels fails instead of posting black squares.
         seconds = time.perf_counter() - started
+        finite = np.isfinite(pixels).reshape(len(pixels), -1).all(axis=1)
         outputs, offset = [], 0
         for job_seeds in seeds:
-            mine = images[offset : offset + len(job_seeds)]
-            outputs.append(GenerationOutput(mine, job_seeds, [None] * len(mine), seconds))
+            mine = slice(offset, offset + len(job_seeds))
+            bad = [index for index, ok in enumerate(finite[mine]) if not ok]
+            if bad:
+                log.error("generation produced NaN/inf pixels for seeds %s", [job_seeds[i] for i in bad])
+                outputs.append(GenerationOutput([], job_seeds, [], seconds, error=non_finite_error(job_seeds, bad)))
+            else:
+                images: list[Image.Image] = pipeline.numpy_to_pil(pixels[mine])
+                outputs.append(GenerationOutput(images, job_seeds, [None] * len(images), seconds))
             offset += len(job_seeds)
         return outputs

@@ -157,13 +157,24 @@ class WorkerRuntime:
         except torch.OutOfMemoryError:
             message = "the GPU ran out of memory: try a smaller size or count"
             return {job.id: self._failed(job, "out_of_memory", message, queued[job.id]) for job, _p, _d in planned}
+        failed = {job.id: self._failed(job, output.error.code, str(output.error), queued[job.id])
+                  for (job, _p, _d), output in zip(planned, outputs, strict=True) if output.error is not None}
+        if failed:
+            kept = [(plan, output) for plan, output in zip(planned, outputs, strict=True) if plan[0].id not in failed]
+            planned, outputs = [plan for plan, _o in kept], [output for _p, output in kept]
         # After the GPU: the classifier per job and the PNG per image run side by side on the CPU
         # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
         screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
                                      list(zip(planned, outputs, strict=True)))
+<<<<<<< HEAD
         for output, verdicts in zip(outputs, screened, strict=True):
             output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
         return self._store(planned, outputs, queued)
+=======
+        for output, flags in zip(outputs, screened, strict=True):
+            output.nsfw = flags
+        return {**failed, **self._store(planned, outputs, queued)}
+>>>>>>> 4085eb4 (Seeds wrap at 2**32; bounded emphasis mean restore; NaN/inf pixels fail the job (non_finite) instead of black squares)
 
     def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
         """``work`` over ``items`` on the CPU pool (in this thread when there is only one)."""
