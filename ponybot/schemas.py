@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -72,6 +73,29 @@ def check_side(value: int) -> int:
     return value
 
 
+#: Line and paragraph separators other than ``\n``: text tools split lines on them too.
+_LINE_BREAKS = {"Zl", "Zp"}
+
+
+def check_text(value: str) -> str:
+    """Refuse control characters (plain newlines and tabs are fine): they could forge the PNG metadata."""
+    for position, char in enumerate(value):
+        if char in "\n\t":
+            continue
+        if unicodedata.category(char) == "Cc" or unicodedata.category(char) in _LINE_BREAKS:
+            raise ValueError(
+                f"contains the control character U+{ord(char):04X} at position {position + 1}: "
+                "use plain text (line breaks are fine)"
+            )
+    return value
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error never echoes a whole 10,000-character prompt."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text):,} characters)"
+
+
 class Versioned(BaseModel):
     """Base of every model that crosses Redis."""
 
@@ -113,6 +137,11 @@ class GenerationRequest(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _plain_text(cls, value: str) -> str:
+        return check_text(value)
+
     @field_validator("width", "height")
     @classmethod
     def _side(cls, value: int) -> int:
@@ -142,7 +171,7 @@ def build_request(limits: LimitSettings, **options: Any) -> GenerationRequest:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"
         message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(field, f"{message} (got {first.get('input')!r})") from None
+        raise InvalidRequestError(field, f"{message} (got {shorten(first.get('input'))})") from None
     return check_limits(request, limits)
 
 
