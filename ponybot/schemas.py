@@ -61,7 +61,7 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().replace(" ", "").split("x"))
     except ValueError:
-        raise ValueError(f"size must look like 512x768, got {text!r}") from None
+        raise ValueError(f"must look like 512x768, got {shorten(text)}") from None
     check_side(width)
     check_side(height)
     return width, height

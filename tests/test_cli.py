@@ -20,7 +20,7 @@ from tests.conftest import cli_env, run_cli
         (["--cfg", "30"], "cfg:"),
         (["--size", "300x300"], "size: must be a multiple of 64"),
         (["--size", "1024x1024"], "size: 1024x1024 is over this bot's budget"),
-        (["--size", "big"], "size: size must look like 512x768"),
+        (["--size", "big"], "size: must look like 512x768"),
         (["--count", "9"], "count:"),
         (["--seed", "-5"], "seed:"),
         (["--sampler", "plms"], "sampler: must be one of ddim, euler_a, dpmpp_2m_karras"),

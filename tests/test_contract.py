@@ -142,7 +142,8 @@ def test_prompt_lines_cannot_pose_as_other_fields(prompt: str, negative: str) ->
 ])
 def test_control_characters_refused(field: str, value: str, shown: str) -> None:
     options = {"prompt": "pony", field: value}
-    with pytest.raises(InvalidRequestError, match=re.escape(f"{field}: contains the control character {shown}")) as caught:
+    expected = re.escape(f"{field}: contains the control character {shown}")
+    with pytest.raises(InvalidRequestError, match=expected) as caught:
         build_request(LIMITS, **options)
     assert caught.value.field == field
 

@@ -176,7 +176,8 @@ class Generator:
             bad = [index for index, ok in enumerate(finite[mine]) if not ok]
             if bad:
                 log.error("generation produced NaN/inf pixels for seeds %s", [job_seeds[i] for i in bad])
-                outputs.append(GenerationOutput([], job_seeds, [], seconds, error=non_finite_error(job_seeds, bad)))
+                error = non_finite_error(job_seeds, bad)
+                outputs.append(GenerationOutput([], job_seeds, [], seconds, error=error))
             else:
                 images: list[Image.Image] = pipeline.numpy_to_pil(pixels[mine])
                 outputs.append(GenerationOutput(images, job_seeds, [None] * len(images), seconds))

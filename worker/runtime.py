@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from ponybot import keys
 from ponybot.cpus import available_cpus
-from ponybot.errors import GenerationError
+from ponybot.errors import ForgedJobError, GenerationError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
 from ponybot.parameters import format_parameters
@@ -67,6 +67,8 @@ class WorkerRuntime:
         self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
         self.batched: list[Job] = []
+        #: when set, the only job ids this worker runs (``generate --local``: the job it enqueued itself)
+        self.only_jobs: frozenset[str] | None = None
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -102,6 +104,10 @@ class WorkerRuntime:
     def run(self, payload: str) -> dict[str, Any]:
         """Run the job in ``payload`` (with any jobs batched beside it) and publish each one's event."""
         jobs = [Job.model_validate_json(payload), *self.batched]
+        strangers = [job.id for job in jobs if self.only_jobs is not None and job.id not in self.only_jobs]
+        if strangers:
+            raise ForgedJobError(f"refusing job(s) {', '.join(strangers)}: this worker runs only "
+                                 f"{', '.join(sorted(self.only_jobs or ()))}")
         events = self.run_batch(jobs)
         return {"events": {event.job.id: event.kind for event in events}}
 
@@ -166,15 +172,9 @@ class WorkerRuntime:
         # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
         screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
                                      list(zip(planned, outputs, strict=True)))
-<<<<<<< HEAD
         for output, verdicts in zip(outputs, screened, strict=True):
             output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
-        return self._store(planned, outputs, queued)
-=======
-        for output, flags in zip(outputs, screened, strict=True):
-            output.nsfw = flags
         return {**failed, **self._store(planned, outputs, queued)}
->>>>>>> 4085eb4 (Seeds wrap at 2**32; bounded emphasis mean restore; NaN/inf pixels fail the job (non_finite) instead of black squares)
 
     def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
         """``work`` over ``items`` on the CPU pool (in this thread when there is only one)."""
