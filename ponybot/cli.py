@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}. {description}".strip())
+        sentence = f"{summary[0].upper()}{summary[1:]}. {description}".strip()
+        return commands.add_parser(name, help=summary, description=sentence)
 
     worker = command("worker", "run a GPU worker: load the model, then take jobs",
                      "One per GPU; any host that reaches the Redis adds capacity.")
