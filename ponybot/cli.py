@@ -258,8 +258,9 @@ def run_local(settings: Settings, conn: redis.Redis, job: Job, model: str, stack
         raise PonybotError(f"refusing to run: the local queue holds jobs this command did not enqueue ({waiting})")
 
     def interrupted() -> None:
-        complain("interrupted")
+        logging.disable(logging.CRITICAL)  # RQ's threads would complain about the Redis going away
         stack.close()  # the private Redis and its folder
+        complain("interrupted")
         os._exit(EXIT_INTERRUPTED)
 
     runtime = build_runtime(settings, conn, model_source=model)
