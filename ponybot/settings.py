@@ -456,6 +456,9 @@ def describe_validation_error(error: ValidationError, source: Path | None = None
             close = difflib.get_close_matches(key, setting_names(), n=1)
             message = f"unknown setting (did you mean {close[0]}?)" if close else (
                 "unknown setting (see config.example.toml for the valid ones)")
+        if not key:  # a rule across settings: its message names them
+            lines.append(message)
+            continue
         given = "" if key in UNECHOED else f" (got {shorten(item.get('input'))})"
         lines.append(f"{key}: {message}{given}")
     return f"invalid setting{where}: " + "\n  ".join(lines)

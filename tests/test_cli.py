@@ -65,7 +65,7 @@ def test_no_redis_configured_for_worker(tmp_path: Path, model_cache: Path) -> No
 def test_missing_model_path(tmp_path: Path, model_cache: Path, redis_url: str, conn: redis.Redis) -> None:
     result = run_cli(["generate", "pony", "--local", "--model", str(tmp_path / "nope")],
                      cli_env(redis_url, model_cache), tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert f"model path {tmp_path / 'nope'} does not exist" in result.stderr
 
 
@@ -74,11 +74,11 @@ def test_corrupt_checkpoint(tmp_path: Path, model_cache: Path, redis_url: str, c
     checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all, just bytes")
     env = cli_env(redis_url, model_cache)
     result = run_cli(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert "set model.config_dir" in result.stderr
     env["PONYBOT_MODEL__CONFIG_DIR"] = str(model_cache / "tiny-v2")
     result = run_cli(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert "could not load model" in result.stderr
     assert "pony.safetensors" in result.stderr
 
@@ -88,7 +88,7 @@ def test_pickle_checkpoint_refused(tmp_path: Path, model_cache: Path, redis_url:
     checkpoint.write_bytes(b"whatever")
     result = run_cli(["generate", "pony", "--local", "--model", str(checkpoint)],
                      cli_env(redis_url, model_cache), tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert "pickle checkpoints can run code" in result.stderr
 
 

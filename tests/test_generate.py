@@ -63,9 +63,15 @@ def test_cli_local_is_byte_identical_and_seed_sensitive(tmp_path: Path, model_ca
     assert a == b
     assert np.asarray(Image.open(io.BytesIO(a))).tolist() != np.asarray(Image.open(io.BytesIO(c))).tolist()
     parameters = parse_parameters(read_parameters(a) or "")
-    assert parameters["prompt"] == "pinkie pie"
+    assert parameters["prompt"] == "derpibooru_p_95, pinkie pie"  # quality tags on, as /generate has them
+    assert "derpibooru_p_low" in parameters["negative_prompt"]
     assert parameters["Seed"] == "42"
     assert parameters["Model"] == "tiny"
+    plain = run_cli([*args, "--seed", "42", "--steps", "1", "--no-quality", "--out", "d"],
+                    cli_env(redis_url, model_cache), tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    without = parse_parameters(read_parameters((tmp_path / plain.stdout.split("\t")[0]).read_bytes()) or "")
+    assert without["prompt"] == "pinkie pie" and "derpibooru_p_low" not in without["negative_prompt"]
 
 
 def test_single_file_checkpoint_as_a1111_users_have_it(tmp_path: Path, model_cache: Path, redis_url: str) -> None:

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from ponybot import keys
+from ponybot.errors import ForgedJobError
 from ponybot.queue import enqueue, generation_queue
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import GenerationRequest, Job, JobEvent
@@ -128,11 +130,12 @@ def test_local_never_touches_the_shared_queue(tmp_path: Path, model_cache: Path)
         assert up.wait(timeout=DEADLINE_S) == 0, log.read_text()
 
 
-def test_local_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, model_cache: Path) -> None:
+def interrupt_local(tmp_path: Path, model_cache: Path, args: list[str], when: str) -> None:
+    """``generate --local ARGS``, Ctrl-C once ``when`` is logged: exit 130, one last line, nothing left."""
     env = {**cli_env(None, model_cache, PONYBOT_LOG__LEVEL="INFO"), "OMP_NUM_THREADS": "1"}
-    local, log = launch(["generate", "pony", "--local", "--steps", "50", "--size", "512x512"], tmp_path, env)
+    local, log = launch(["generate", "pony", "--local", *args], tmp_path, env)
     try:
-        wait_for(lambda: "started: txt2img" in log.read_text(), what="the job starting")
+        wait_for(lambda: when in log.read_text(), what=when)
         os.killpg(local.pid, signal.SIGINT)
         assert local.wait(timeout=DEADLINE_S) == 130
     finally:
@@ -144,20 +147,12 @@ def test_local_ctrl_c_is_one_line_and_exit_130(tmp_path: Path, model_cache: Path
     assert wait_for(lambda: not processes_in(tmp_path), timeout=30, what="private Redis gone")
 
 
-def test_ctrl_c_while_the_model_loads(tmp_path: Path, model_cache: Path) -> None:
-    env = {**cli_env(None, model_cache, PONYBOT_LOG__LEVEL="INFO"), "OMP_NUM_THREADS": "1"}
-    local, log = launch(["generate", "pony", "--local", "--steps", "50"], tmp_path, env)
-    try:
-        wait_for(lambda: "loading model tiny" in log.read_text(), what="the model loading")
-        os.killpg(local.pid, signal.SIGINT)
-        assert local.wait(timeout=DEADLINE_S) == 130
-    finally:
-        if local.poll() is None:
-            local.kill()
-    text = log.read_text()
-    assert "Traceback" not in text
-    assert text.strip().splitlines()[-1] == "ponybot: interrupted"
-    assert wait_for(lambda: not processes_in(tmp_path), timeout=30, what="private Redis gone")
+def test_local_ctrl_c_mid_job_is_one_line_and_exit_130(tmp_path: Path, model_cache: Path) -> None:
+    interrupt_local(tmp_path, model_cache, ["--steps", "50", "--size", "512x512"], "started: txt2img")
+
+
+def test_local_ctrl_c_while_the_model_loads(tmp_path: Path, model_cache: Path) -> None:
+    interrupt_local(tmp_path, model_cache, ["--steps", "50"], "loading model tiny")
 
 
 def test_unfetchable_model_said_once_and_not_restarted(tmp_path: Path, model_cache: Path) -> None:
@@ -215,3 +210,12 @@ def test_restart_back_off_grows_and_never_sleeps(tmp_path: Path, settings: Setti
     supervisor.stopping = True  # a signal during the back-off: nothing more is started
     supervisor.restart_dead(now + 100)
     assert crash.restart_at == now + 16 and broken.process is not None and broken.process.poll() is not None
+
+
+def test_a_local_worker_refuses_jobs_it_did_not_enqueue(runtime: Any, conn: redis.Redis) -> None:
+
+    mine, theirs = long_job(steps=2), long_job(steps=2)
+    runtime.only_jobs = frozenset({mine.id})
+    with pytest.raises(ForgedJobError, match=f"refusing job\\(s\\) {theirs.id}"):
+        runtime.run(theirs.model_dump_json())
+    assert conn.xlen(keys.EVENTS_STREAM) == 0  # nothing generated, nothing reported for it
