@@ -6,7 +6,7 @@ cache, one worker process per visible GPU
 (or one on the CPU), and the bot when a token is set. Redis and every child run in
 their own process sessions, so a terminal's Ctrl-C reaches only this process, which
 stops them in order: the workers first (they finish the job in hand), then the bot
-(it finishes the deliveries in hand), then Redis. A second Ctrl-C stops the workers
+(it finishes the deliveries in hand), then the gallery, then Redis. A second Ctrl-C stops the workers
 at once (their jobs are retried on the next start).
 
 A child that dies is restarted after a growing delay (5 s, 10 s, 20 s ... at most
@@ -154,8 +154,11 @@ class Supervisor:
             )
 
     @property
-    def workers_and_bot(self) -> tuple[list[Child], list[Child]]:
-        return ([c for c in self.children if c.name != "bot"], [c for c in self.children if c.name == "bot"])
+    def stop_order(self) -> list[list[Child]]:
+        """Workers first (the bot still delivers what they finish), then the bot, then the rest (the gallery)."""
+        workers = [c for c in self.children if c.name.startswith("worker")]
+        bot = [c for c in self.children if c.name == "bot"]
+        return [workers, bot, [c for c in self.children if c not in workers and c not in bot]]
 
     def run(self) -> int:
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -195,8 +198,7 @@ class Supervisor:
             self.stopping = True
             return
         log.warning("signal %d again: stopping the workers now (their jobs are retried on the next start)", signum)
-        workers, _bot = self.workers_and_bot
-        for child in workers:
+        for child in self.stop_order[0]:
             if child.running():
                 assert child.process is not None
                 child.process.send_signal(signal.SIGTERM)  # RQ's second signal: a cold shutdown
@@ -224,8 +226,7 @@ class Supervisor:
                 child.start()
 
     def shutdown(self) -> None:
-        workers, bot = self.workers_and_bot
-        for group in (workers, bot):  # workers drain first: the bot still delivers what they finish
+        for group in self.stop_order:
             for child in group:
                 child.stop()
             deadline = time.monotonic() + STOP_GRACE_S
