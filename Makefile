@@ -48,6 +48,8 @@ bench: install
 	$(PY) bench/pipeline.py
 	$(PY) bench/postprocess.py
 	$(PY) bench/interactions.py
+	$(PY) bench/overlap.py
+	$(PY) bench/deepcache.py
 	$(PY) bench/gpu.py
 	$(PY) bench/gallery.py
 

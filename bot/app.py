@@ -15,8 +15,10 @@ import yarl
 from discord import app_commands
 from discord.ext import commands
 
+from bot import messages
 from bot.delivery import Delivery
 from bot.features.results import CancelButton, ResultButton
+from bot.i18n import CatalogTranslator, t
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
 from ponybot.connection import RedisTarget
@@ -30,7 +32,8 @@ from ponybot.settings import Settings
 log = logging.getLogger(__name__)
 
 FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.status",
-            "bot.features.info", "bot.features.gallery")
+            "bot.features.info", "bot.features.gallery", "bot.features.styles", "bot.features.member_settings",
+            "bot.features.models")
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -44,10 +47,10 @@ class PonyTree(app_commands.CommandTree["PonyBot"]):
 
     async def on_error(self, interaction: discord.Interaction[PonyBot], error: app_commands.AppCommandError) -> None:
         original = unwrap(error)
-        text = describe_error(original)
+        text = describe_error(original, interaction.locale)
         if text is None:
             log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
-            text = "Something went wrong on our side; it has been logged. Please try again."
+            text = t(interaction.locale, messages.SOMETHING_WRONG)
         await reply_ephemeral(interaction, text)
 
 
@@ -71,7 +74,7 @@ class PonyBot(commands.Bot):
         self.sync_redis: redis.Redis = target.client(socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
         self.tracker = Tracker(self)
-        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis))
+        self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis, list(settings.models)))
 
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
         self.metrics.commands.labels(command.qualified_name).inc()
@@ -80,6 +83,7 @@ class PonyBot(commands.Bot):
         for feature in FEATURES:
             await self.load_extension(feature)
         self.add_dynamic_items(ResultButton, CancelButton)
+        await self.tree.set_translator(CatalogTranslator())
         await self.sync_commands()
         self.delivery.start()
         self.tracker.start()

@@ -167,6 +167,10 @@ class Delivery:
                         raise
                     log.info("job=%s interaction token no longer valid (%s): posting in the channel",
                              event.job.id, error.code)
+            if ref is not None and ref.ephemeral:
+                log.warning("job=%s its member's results are private and its token has expired: not posted",
+                            event.job.id)
+                return
             await self.send(event, files, groups, skipped, expired, webhook=False, gallery_url=gallery_url)
         except (discord.NotFound, discord.Forbidden) as error:
             log.error("job=%s cannot be posted in channel %s, dropped: %s", event.job.id,
@@ -186,7 +190,7 @@ class Delivery:
         else:
             content = messages.done(event, mention=mention)
             if skipped:
-                content += "\n" + messages.too_large(len(skipped))
+                content += "\n" + messages.too_large(messages.locale_of(event), len(skipped))
         view = result_view(event, gallery_url) if not expired else discord.ui.View()
         batches = [[discord.File(io.BytesIO(files[i][1]), filename=files[i][0]) for i in group] for group in groups]
         first = batches[0] if batches else []
@@ -200,7 +204,7 @@ class Delivery:
             await hook.edit_message(ref.message_id, content=content, attachments=first, allowed_mentions=allowed,
                                     view=view)
             for batch in batches[1:]:
-                await hook.send(files=batch, wait=True)
+                await hook.send(files=batch, wait=True, ephemeral=ref.ephemeral)
             self.bot.metrics.deliveries.labels(event.kind, "interaction").inc()
             return
         channel: Any = self.bot.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)

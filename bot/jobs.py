@@ -3,65 +3,92 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
+from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 import redis
 
 from bot import messages
+from bot.i18n import t
+from bot.uploads import PendingUpload, store_upload
 from ponybot import keys
-from ponybot.errors import PolicyRefusal, RedisUnavailableError
+from ponybot.errors import NoWorkerError, PolicyRefusal, RedisUnavailableError
+from ponybot.networks import parse_loras
 from ponybot.policy import Decision, apply, resolve
 from ponybot.policy_store import PolicyStore
-from ponybot.queue import check_fair_share, enqueue, estimate_wait
-from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage
+from ponybot.queue import check_fair_share, enqueue, estimate_wait, job_model
+from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage, UploadedImage
+from ponybot.workers import check_networks, models_online
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOKEN_LIFE = timedelta(minutes=15)
+
+
+async def read_redis(func: Callable[..., T], *args: Any) -> T:
+    """A synchronous Redis read off the event loop; Redis being down becomes the member's message."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except redis.RedisError as error:
+        raise RedisUnavailableError(str(error)) from None
 
 
 def origin_of(interaction: discord.Interaction[Any]) -> Origin:
     channel = interaction.channel
     nsfw = bool(channel is not None and hasattr(channel, "is_nsfw") and channel.is_nsfw())
     return Origin(guild_id=interaction.guild_id, channel_id=interaction.channel_id or 0, channel_nsfw=nsfw,
-                  user_id=interaction.user.id)
+                  user_id=interaction.user.id, locale=str(interaction.locale))
 
 
-def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None) -> InteractionRef:
+def interaction_ref(interaction: discord.Interaction[Any], message_id: int | None, *, ephemeral: bool = False
+                    ) -> InteractionRef:
     return InteractionRef(
         id=interaction.id, application_id=interaction.application_id, token=interaction.token,
         expires_at=interaction.created_at + TOKEN_LIFE, message_id=message_id,
-        attachment_size_limit=interaction.filesize_limit,
+        attachment_size_limit=interaction.filesize_limit, ephemeral=ephemeral,
     )
 
 
-def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> Decision:
-    """The channel's policy, the member's share and cooldown, before anything is queued (runs in a thread)."""
+def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> tuple[Decision, list[str]]:
+    """The channel's policy, a worker for the model, the LoRAs, the member's share and cooldown, before
+    anything is queued (runs in a thread). Returns the decision and the embeddings the prompts name."""
     store = PolicyStore(bot.sync_redis)
-    limits = bot.settings.limits
+    settings = bot.settings
+    limits = settings.limits
     try:
-        probe = Job.create(request, origin=origin)
+        probe = Job.create(request, origin=origin, loras=[])
         check_fair_share(bot.sync_redis, probe, per_member=limits.max_queued_per_member,
                          per_guild=limits.max_queued_per_guild)
         rules = store.rules_for(origin.guild_id, origin.channel_id)
-        policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=bot.settings.policy)
-        decision = apply(policy, request, quality=quality, safe_tag=bot.settings.policy.safe_tag)
+        policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=settings.policy)
+        model = request.model or settings.default_model
+        decision = apply(policy, request, quality=quality, safe_tag=settings.policy.safe_tag,
+                         model=settings.models.get(model))
         if not decision.allowed:
-            raise PolicyRefusal(f"Not queued: {decision.reason}.")
+            raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=decision.reason))
+        records = models_online(bot.sync_redis).get(model)
+        if not records:
+            raise NoWorkerError(t(origin.locale, "Not queued: no worker holding the model **{model}** is online "
+                                  "right now. Pick another model, or try again later.", model=model))
+        _loras, embeddings = check_networks(records, request, settings.model.max_loras)
         if policy.cooldown_s:
             key = keys.cooldown(origin.guild_id, origin.channel_id, origin.user_id)
             if not bot.sync_redis.set(key, 1, nx=True, ex=policy.cooldown_s):
                 wait = bot.sync_redis.ttl(key)
-                raise PolicyRefusal(f"This channel has a cooldown: you can generate again in {max(1, int(wait))} s.")
+                raise PolicyRefusal(t(origin.locale, "This channel has a cooldown: you can generate again in "
+                                      "{seconds} s.", seconds=max(1, int(wait))))
     except redis.RedisError as error:
         raise RedisUnavailableError(str(error)) from None
-    return decision
+    return decision, embeddings
 
 
 async def submit(bot: PonyBot, job: Job) -> int:
@@ -77,21 +104,40 @@ async def submit(bot: PonyBot, job: Job) -> int:
 async def queue_job(
     bot: PonyBot, interaction: discord.Interaction[Any], request: GenerationRequest, *, quality: bool,
     kind: JobKind = JobKind.TXT2IMG, source: SourceImage | None = None, seed: int | None = None,
+    upload: PendingUpload | UploadedImage | None = None, ephemeral: bool = False,
 ) -> Job:
-    """Check, acknowledge, enqueue, and show the member where the job is."""
+    """Check, acknowledge, enqueue, and show the member where the job is.
+
+    A :class:`PendingUpload` is downloaded, checked and stored after the acknowledgement
+    (it can take longer than Discord's 3 s); an :class:`UploadedImage` is one already stored.
+    """
     origin = origin_of(interaction)
-    await asyncio.to_thread(admit, bot, origin, request, quality)
-    callback = await interaction.response.defer(thinking=True)
+    _decision, embeddings = await asyncio.to_thread(admit, bot, origin, request, quality)
+    callback = await interaction.response.defer(thinking=True, ephemeral=ephemeral)
     message_id = callback.message_id if callback is not None else None
-    fields: dict[str, Any] = {"quality_tags": quality, "origin": origin, "kind": kind, "source": source,
-                              "interaction": interaction_ref(interaction, message_id)}
+    job_id = uuid.uuid4().hex
+    if isinstance(upload, PendingUpload):
+        upload = await store_upload(bot, upload, job_id)
+    if upload is not None:
+        kind = JobKind.IMG2IMG
+    fields: dict[str, Any] = {"id": job_id, "quality_tags": quality, "origin": origin, "kind": kind,
+                              "source": source, "upload": upload,
+                              "interaction": interaction_ref(interaction, message_id, ephemeral=ephemeral),
+                              "embeddings": embeddings, "loras": parse_loras(request.prompt)}
     job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
-    position = await submit(bot, job)
-    eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position)
+    try:
+        position = await submit(bot, job)
+    except Exception:
+        if isinstance(upload, UploadedImage) and kind is JobKind.IMG2IMG and upload.key == keys.upload(job_id):
+            with contextlib.suppress(redis.RedisError):  # stored for this job only, which was not queued
+                await asyncio.to_thread(bot.sync_redis.delete, upload.key)
+        raise
+    eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position, job_model(job))
     log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,
              interaction.channel_id, position)
     from bot.features.results import queued_view
 
-    await interaction.edit_original_response(content=messages.queued(position, eta), view=queued_view(job.id))
+    await interaction.edit_original_response(content=messages.queued(origin.locale, position, eta),
+                                             view=queued_view(job.id, origin.locale))
     bot.tracker.track(job)
     return job

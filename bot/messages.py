@@ -1,66 +1,91 @@
-"""What members read: every message the bot sends, in one place, as plain functions."""
+"""What members read: every message about a job, in one place, as plain functions, in the member's language."""
 
 from __future__ import annotations
 
-from ponybot.schemas import JobEvent
+from bot.i18n import N_, t
+from ponybot.schemas import JobEvent, Speed
 
 FAILURE_REASONS = {
-    "out_of_memory": "the GPU ran out of memory. Try a smaller size or fewer images.",
-    "worker_died": "the GPU worker stopped while making it{attempts}. Try again in a few minutes.",
-    "timeout": "it took longer than this bot allows{attempts}. Try fewer steps or a smaller size.",
-    "invalid_request": "the worker could not use these options.",
-    "expired": "the images expired before they could be posted. Please generate them again.",
-    "unsafe_source": "the image it starts from did not pass this channel's image check, so it was not used.",
-    "internal": "an unexpected error in the GPU worker (the operator can find it in the logs by its job id).",
+    "out_of_memory": N_("the GPU ran out of memory. Try a smaller size or fewer images."),
+    "worker_died": N_("the GPU worker stopped while making it{attempts}. Try again in a few minutes."),
+    "timeout": N_("it took longer than this bot allows{attempts}. Try fewer steps or a smaller size."),
+    "invalid_request": N_("the worker could not use these options."),
+    "expired": N_("the images expired before they could be posted. Please generate them again."),
+    "unsafe_source": N_("the image it starts from did not pass this channel's image check, so it was not used."),
+    "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
 }
 
-
-def queued(position: int, eta_s: float | None) -> str:
-    where = "next in line" if position <= 1 else f"position {position} in the queue"
-    eta = f", about {format_duration(eta_s)}" if eta_s is not None else ""
-    return f"Queued: {where}{eta}."
+REDIS_DOWN = N_("The image queue is unreachable right now, so nothing was queued. Please try again in a minute.")
+SOMETHING_WRONG = N_("Something went wrong on our side; it has been logged. Please try again.")
+NOT_ALLOWED = N_("You are not allowed to use this command here.")
 
 
-def format_duration(seconds: float) -> str:
+def locale_of(event: JobEvent) -> str:
+    return event.job.origin.locale if event.job.origin else "en-US"
+
+
+def queued(locale: str, position: int, eta_s: float | None) -> str:
+    if eta_s is None:
+        if position <= 1:
+            return t(locale, "Queued: next in line.")
+        return t(locale, "Queued: position {position} in the queue.", position=position)
+    eta = format_duration(locale, eta_s)
+    if position <= 1:
+        return t(locale, "Queued: next in line, about {eta}.", eta=eta)
+    return t(locale, "Queued: position {position} in the queue, about {eta}.", position=position, eta=eta)
+
+
+def format_duration(locale: str, seconds: float) -> str:
     if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    return f"{round(seconds / 60)} min"
+        return t(locale, "{seconds} s", seconds=max(1, round(seconds)))
+    return t(locale, "{minutes} min", minutes=round(seconds / 60))
+
+
+def progress(locale: str, step: int, total: int, bar: str) -> str:
+    return t(locale, "Generating: step {step} of {total}", step=step, total=total) + f"  {bar}"
 
 
 def done(event: JobEvent, *, mention: bool) -> str:
+    locale = locale_of(event)
     request = event.job.request
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
     seeds = ", ".join(str(image.seed) for image in event.images if not image.withheld)
     prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
-    lines = [
-        f"{who}**{prompt}**",
-        f"-# seed {seeds or event.job.seed} · {request.width}x{request.height} · {request.steps} steps · "
-        f"{request.sampler.label} · CFG {request.cfg:g} · {event.generation_s:.1f} s",
-    ]
+    details = t(locale, "seed {seeds} · {width}x{height} · {steps} steps · {sampler} · CFG {cfg} · {seconds} s",
+                seeds=seeds or event.job.seed, width=request.width, height=request.height, steps=request.steps,
+                sampler=request.sampler.label, cfg=format(request.cfg, "g"), seconds=format(event.generation_s, ".1f"))
+    if request.speed is Speed.FAST:
+        details += " · " + t(locale, "fast")
+    lines = [f"{who}**{prompt}**", f"-# {details}"]
+    if event.job.upload is not None:
+        strength = format(event.job.strength, "g")
+        lines[1] += " · " + t(locale, "from your picture, strength {strength}", strength=strength)
     if event.withheld:
-        lines.append(f"{event.withheld} image(s) withheld by this channel's safety policy.")
+        lines.append(t(locale, "{count} image(s) withheld by this channel's safety policy.", count=event.withheld))
     return "\n".join(lines)
 
 
 def failed(event: JobEvent, *, mention: bool) -> str:
+    locale = locale_of(event)
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
     if event.error_code == "policy":
-        reason = f"this channel's rules changed while it waited: {event.error_message}."
+        reason = t(locale, "this channel's rules changed while it waited: {reason}.", reason=event.error_message)
+    elif event.error_code in FAILURE_REASONS:
+        reason = t(locale, FAILURE_REASONS[event.error_code], attempts=attempts_note(locale, event.attempts))
     else:
-        reason = FAILURE_REASONS.get(event.error_code or "", event.error_message or "something went wrong.")
-        reason = reason.replace("{attempts}", attempts_note(event.attempts))
-    return f"{who}Sorry, this generation failed: {reason}"
+        reason = event.error_message or t(locale, "something went wrong.")
+    return who + t(locale, "Sorry, this generation failed: {reason}", reason=reason)
 
 
-def attempts_note(attempts: int) -> str:
+def attempts_note(locale: str, attempts: int) -> str:
     """How often a job was tried, as the end of a clause ("" when not counted)."""
     if attempts <= 0:
         return ""
-    return " (tried once)" if attempts == 1 else f" (tried {attempts} times)"
+    if attempts == 1:
+        return " " + t(locale, "(tried once)")
+    return " " + t(locale, "(tried {count} times)", count=attempts)
 
 
-def too_large(skipped: int) -> str:
-    return f"{skipped} image(s) were larger than this server's upload limit and were not posted."
-
-
-REDIS_DOWN = "The image queue is unreachable right now, so nothing was queued. Please try again in a minute."
+def too_large(locale: str, skipped: int) -> str:
+    return t(locale, "{count} image(s) were larger than this server's upload limit and were not posted.",
+             count=skipped)

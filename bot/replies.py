@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 
 from bot import messages
+from bot.i18n import MemberError, t
 from ponybot.errors import InvalidRequestError, PolicyRefusal, PonybotError, QueueFullError, RedisUnavailableError
 
 log = logging.getLogger(__name__)
@@ -26,16 +27,23 @@ def unwrap(error: BaseException) -> BaseException:
     return error
 
 
-def describe_error(error: BaseException) -> str | None:
-    """A member-facing message for an expected error, or None for a bug."""
+def describe_error(error: BaseException, locale: str | discord.Locale | None = None) -> str | None:
+    """A member-facing message for an expected error (in the member's language), or None for a bug."""
+    if isinstance(error, MemberError):
+        return error.render(locale)
     if isinstance(error, InvalidRequestError):
-        return f"**{error.field}**: {error.reason}"
+        return f"**{error.field}**: {t(locale, error.template, **error.params)}"
     if isinstance(error, RedisUnavailableError):
-        return messages.REDIS_DOWN
-    if isinstance(error, (QueueFullError, PolicyRefusal, PonybotError)):
+        return t(locale, messages.REDIS_DOWN)
+    if isinstance(error, QueueFullError):
+        return t(locale, error.template, **error.params)
+    if isinstance(error, (PolicyRefusal, PonybotError)):
         return str(error)
+    if isinstance(error, app_commands.MissingPermissions):
+        names = [name.replace("guild", "server").replace("_", " ").title() for name in error.missing_permissions]
+        return t(locale, "You need the {permissions} permission to do this.", permissions=", ".join(names))
     if isinstance(error, app_commands.CheckFailure):
-        return str(error) or "You are not allowed to use this command here."
+        return str(error) or t(locale, messages.NOT_ALLOWED)
     return None
 
 
@@ -57,10 +65,10 @@ async def guarded(interaction: discord.Interaction[Any], action: Awaitable[None]
     try:
         await action
     except Exception as error:  # the member must hear back whatever went wrong
-        text = describe_error(unwrap(error))
+        text = describe_error(unwrap(error), interaction.locale)
         if text is None:
             log.error("button action failed", exc_info=error)
-            text = "Something went wrong on our side; it has been logged. Please try again."
+            text = t(interaction.locale, messages.SOMETHING_WRONG)
         await reply_ephemeral(interaction, text)
 
 

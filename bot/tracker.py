@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from bot import messages
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
-from ponybot.queue import QueueSnapshot, queue_snapshot, unfinished_jobs
+from ponybot.queue import QueueSnapshot, job_model, queue_snapshot, unfinished_jobs
 from ponybot.schemas import Job, ProgressEvent
 
 if TYPE_CHECKING:
@@ -49,9 +49,9 @@ class Tracked:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def progress_text(event: ProgressEvent) -> str:
+def progress_text(event: ProgressEvent, locale: str = "en-US") -> str:
     done = round(BAR * event.step / max(1, event.total))
-    return f"Generating: step {event.step} of {event.total}  {'▰' * done}{'▱' * (BAR - done)}"
+    return messages.progress(locale, event.step, event.total, f"{'▰' * done}{'▱' * (BAR - done)}")
 
 
 class Tracker:
@@ -115,10 +115,11 @@ class Tracker:
                             event = ProgressEvent.model_validate_json(message["data"])
                         except (ValidationError, SchemaVersionError):
                             continue
-                        tracked = self.jobs.get(event.job_id)
-                        if tracked is not None:
-                            tracked.progress = event
-                            tracked.preview = event.preview or tracked.preview
+                        for job_id in event.job_ids:  # one event per batch: every job in it moved on
+                            tracked = self.jobs.get(job_id)
+                            if tracked is not None:
+                                tracked.progress = event
+                                tracked.preview = event.preview(job_id) or tracked.preview
             except (RedisError, OSError) as error:
                 log.warning("progress feed lost (%s): reconnecting", error)
                 await asyncio.sleep(2)
@@ -127,10 +128,12 @@ class Tracker:
         while True:
             await asyncio.sleep(TICK_S)
             snapshot: QueueSnapshot | None = None  # read at most once a tick, for all waiting jobs
-            for tracked in [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]:
+            due = [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]
+            models = sorted({job_model(tracked.job) for tracked in due})
+            for tracked in due:
                 try:
                     if tracked.progress is None and snapshot is None:
-                        snapshot = await asyncio.to_thread(queue_snapshot, self.bot.sync_redis)
+                        snapshot = await asyncio.to_thread(queue_snapshot, self.bot.sync_redis, models)
                     await self.refresh(tracked, snapshot)
                 except (RedisError, OSError, discord.HTTPException) as error:
                     log.warning("job=%s progress edit failed: %s", tracked.job.id, error)
@@ -147,11 +150,12 @@ class Tracker:
     async def refresh(self, tracked: Tracked, snapshot: QueueSnapshot | None) -> None:
         """Edit the message to the job's progress, or to its place in ``snapshot`` while it waits."""
         ref = tracked.job.interaction
+        locale = tracked.job.origin.locale if tracked.job.origin else "en-US"
         if ref is None or ref.message_id is None:
             return
         preview = None
         if tracked.progress is not None:
-            text = progress_text(tracked.progress)
+            text = progress_text(tracked.progress, locale)
             preview = tracked.preview if self.bot.settings.discord.progress_previews else None
             if preview is not None and len(preview) > ref.attachment_size_limit:
                 preview = None  # this server's upload limit is smaller than a preview
@@ -159,7 +163,7 @@ class Tracker:
             position = snapshot.positions.get(tracked.job.id) if snapshot is not None else None
             if snapshot is None or position is None:
                 return  # taken by a worker: its first progress event comes next
-            text = messages.queued(position, snapshot.eta(position))
+            text = messages.queued(locale, position, snapshot.eta(position, job_model(tracked.job)))
         if text == tracked.shown:
             return
         async with tracked.lock:

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 from pydantic import ValidationError
 
-from ponybot import __version__, safety_cli
+from ponybot import __version__, safety_cli, styles_cli
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.queue import (
@@ -37,6 +37,7 @@ from ponybot.schemas import (
     GenerationRequest,
     Job,
     Sampler,
+    Speed,
     build_request,
     parse_size,
     shorten,
@@ -86,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = command("worker", "run a GPU worker: load the model, then take jobs",
                      "One per GPU; any host that reaches the Redis adds capacity.")
     worker.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: worker.device, auto)")
-    worker.add_argument("--model", help="hub id, diffusers folder, .safetensors file or tiny "
-                                        "(default: model.source)")
+    worker.add_argument("--models", help="comma-separated model names from [models] to hold "
+                                         "(default: model.default, else pony-v4)")
+    worker.add_argument("--model", help="hub id, diffusers folder, .safetensors file or tiny for the (first) model "
+                                        "held (default: its source)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty (default: keep taking jobs)")
     worker.add_argument("--name", help="worker name shown in status and logs (default: host, device, random)")
     worker.add_argument("--metrics-port", type=int,
@@ -118,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
                           help="add the model card's quality tags, as /generate does; --no-quality leaves them "
                                f"out (default: defaults.quality, {'on' if DEFAULTS.quality else 'off'})")
+    generate.add_argument("--speed", choices=[s.value for s in Speed],
+                          help="normal, or fast: DeepCache feature reuse, quicker with a little less detail "
+                               "(default: normal)")
     generate.add_argument("--model", help="model source for --local: hub id, diffusers folder, .safetensors file "
                                           "or tiny (default: model.source)")
     generate.add_argument("--out", type=Path, help="output folder, created if missing (default: cli.out_dir, out)")
@@ -146,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
                        help="sfw or nsfw: as in an age-restricted channel whose policy allows NSFW (default: sfw)")
     check.add_argument("--negative", default="", help="the member's negative prompt (default: empty)")
+    styles_cli.add_parser(commands)
     safety_cli.add_parser(commands)
     return parser
 
@@ -160,10 +167,12 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
     if sampler not in {s.value for s in Sampler}:
         names = ", ".join(s.value for s in Sampler)
         raise InvalidRequestError("sampler", f"must be one of {names}, got {shorten(sampler)}")
+    entry = settings.model_entry(None)  # the default model's own defaults first
+    negative = defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt
     return build_request(
         settings.limits,
         prompt=args.prompt,
-        negative_prompt=args.negative if args.negative is not None else defaults.negative_prompt,
+        negative_prompt=args.negative if args.negative is not None else negative,
         steps=args.steps if args.steps is not None else defaults.steps,
         cfg=args.cfg if args.cfg is not None else defaults.cfg,
         width=width,
@@ -171,7 +180,9 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         count=args.count if args.count is not None else defaults.count,
         seed=args.seed,
         sampler=sampler,
-        clip_skip=args.clip_skip if args.clip_skip is not None else defaults.clip_skip,
+        clip_skip=args.clip_skip if args.clip_skip is not None else entry.clip_skip or defaults.clip_skip,
+        model=settings.default_model,
+        speed=args.speed or Speed.NORMAL.value,
     )
 
 
@@ -211,7 +222,7 @@ def check_port(port: int, setting: str) -> None:
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     request = request_from_args(args, settings)
-    model = args.model or settings.model.source
+    model = args.model or settings.model_entry(None).source
     quality = settings.defaults.quality if args.quality is None else args.quality
     draft = Job.create(request, quality_tags=quality)
     job = draft.model_copy(update={"id": cli_job_id(draft, model)})
@@ -231,7 +242,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         if args.local:
             run_local(settings, conn, job, model, stack)
         try:
-            event = wait_for_event(conn, job.id, after=after, timeout=None,
+            event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
                                    no_worker_timeout=settings.cli.no_worker_timeout_s)
         except NoWorkerError:
             cancel_job(conn, job.id)  # nobody would ever read its result
@@ -284,7 +295,9 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     port = args.metrics_port if args.metrics_port is not None else settings.metrics.worker_port
     check_port(port, "metrics.worker_port (--metrics-port)")
     conn = connect(resolve_redis(settings))
-    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name, metrics_port=port)
+    models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
+    runtime = build_runtime(settings, conn, model_source=args.model, name=args.name, models=models,
+                            metrics_port=port)
     run_worker(runtime, burst=args.burst)
     return 0
 
@@ -318,7 +331,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from ponybot.status import collect_status, describe_status
 
-    say(describe_status(collect_status(connect(resolve_redis(settings)))))
+    say(describe_status(collect_status(connect(resolve_redis(settings)), list(settings.models))))
     return 0
 
 
@@ -334,7 +347,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
-            "status": cmd_status, "gallery": cmd_gallery, "safety": safety_cli.cmd_safety}
+            "status": cmd_status, "gallery": cmd_gallery, "styles": styles_cli.cmd_styles,
+            "safety": safety_cli.cmd_safety}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def N_(message: str) -> str:
+    """Marks a message the bot translates for members (``bot/locale``); ``{name}`` placeholders as params."""
+    return message
+
 
 class PonybotError(Exception):
     """Base class: ``str(error)`` is a message a member or operator can act on."""
@@ -12,12 +19,15 @@ class ConfigError(PonybotError):
 
 
 class InvalidRequestError(PonybotError):
-    """A generation option is out of bounds; ``field`` names the option."""
+    """A generation option is out of bounds; ``field`` names the option.
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
+    ``template`` and ``params`` let the bot write ``reason`` in the member's language.
+    """
+
+    def __init__(self, field: str, message: str, /, **params: Any) -> None:
+        reason = message.format(**params) if params else message
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason, self.template, self.params = field, reason, message, params
 
 
 class SchemaVersionError(PonybotError):
@@ -26,6 +36,10 @@ class SchemaVersionError(PonybotError):
 
 class QueueFullError(PonybotError):
     """The queue (or a member's or server's share of it) is full."""
+
+    def __init__(self, message: str, /, **params: Any) -> None:
+        super().__init__(message.format(**params) if params else message)
+        self.template, self.params = message, params
 
 
 class RedisUnavailableError(PonybotError):

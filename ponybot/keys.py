@@ -4,8 +4,31 @@ from __future__ import annotations
 
 PREFIX = "ponybot"
 
-#: The RQ queue generation jobs go through (RQ stores it as ``rq:queue:<name>``).
+#: The RQ queue of the default model's jobs (RQ stores it as ``rq:queue:<name>``); other models: :func:`generate_queue`.
 GENERATE_QUEUE = "ponybot-generate"
+#: The model configured out of the box; its queue keeps the name of the single-model versions.
+DEFAULT_MODEL_NAME = "pony-v4"
+#: What a model's name may look like (it becomes part of queue and key names).
+MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,39}"
+
+
+def generate_queue(model: str) -> str:
+    """The RQ queue of one model's jobs: ``ponybot-generate`` for pony-v4, ``ponybot-generate:<model>`` for others."""
+    return GENERATE_QUEUE if model == DEFAULT_MODEL_NAME else f"{GENERATE_QUEUE}:{model}"
+
+
+def worker_record(name: str) -> str:
+    """A worker's heartbeat record (JSON: the models it holds, its LoRAs and embeddings); expires unless renewed."""
+    return f"{PREFIX}:worker:{name}"
+
+
+#: Sorted set of worker name -> time its record expires: who to read records of, without a SCAN.
+WORKERS = f"{PREFIX}:workers"
+
+
+def recent_durations(model: str) -> str:
+    """List of one model's recent generation durations (seconds), for the ETA shown to members."""
+    return RECENT_DURATIONS if model == DEFAULT_MODEL_NAME else f"{RECENT_DURATIONS}:{model}"
 #: The job name a ponybot worker runs (mapped to its resident pipeline, never imported);
 #: a job naming anything else is refused, so Redis access cannot run code in a worker.
 GENERATE_FUNC = "ponybot.generate"
@@ -64,6 +87,11 @@ def cooldown(guild_id: int | None, channel_id: int, user_id: int) -> str:
     return f"{PREFIX}:cooldown:{guild_id or 0}:{channel_id}:{user_id}"
 
 
+def published(job_id: str) -> str:
+    """Set by the worker in the same step that appends a job's event, so a re-run never appends a second."""
+    return f"{PREFIX}:published:{job_id}"
+
+
 def delivered(job_id: str) -> str:
     """Marks a job's result as posted, so a redelivered event is not posted twice."""
     return f"{PREFIX}:delivered:{job_id}"
@@ -82,6 +110,19 @@ def gallery_image(job_id: str, index: int) -> str:
     return f"{PREFIX}:gallery:image:{job_id}:{index}"
 
 
+def upload(job_id: str) -> str:
+    """A member's uploaded picture (PNG bytes) for an img2img job; expires with the job's record."""
+    return f"{PREFIX}:upload:{job_id}"
+
+
+def guild_styles(guild_id: int) -> str:
+    """Hash of style name -> style (JSON) for one server."""
+    return f"{PREFIX}:styles:{guild_id}"
+
+
+def member_defaults(guild_id: int | None, user_id: int) -> str:
+    """A member's own generation defaults in one server (JSON)."""
+    return f"{PREFIX}:member-defaults:{guild_id or 0}:{user_id}"
 def worker_safety(worker: str) -> str:
     """A worker's image check as it loaded it (JSON: classifiers loaded, those missing and why)."""
     return f"{PREFIX}:worker-safety:{worker}"

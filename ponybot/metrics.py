@@ -9,37 +9,46 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ponybot.queue import generation_queue, workers_online
+from ponybot.keys import DEFAULT_MODEL_NAME
+from ponybot.queue import generation_queue
+from ponybot.workers import models_online
 
 DURATION_BUCKETS = (0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300, 600)
 
 
 class QueueCollector(Collector):
-    """Read at scrape time from Redis: queue depth and workers online."""
+    """Read at scrape time from Redis: queue depth and workers online, per model."""
 
-    def __init__(self, conn: redis.Redis) -> None:
+    def __init__(self, conn: redis.Redis, models: list[str]) -> None:
         self.conn = conn
+        self.models = models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("ponybot_queue_depth", "Jobs waiting in a model's queue", labels=["model"])
+        online = GaugeMetricFamily("ponybot_workers_online", "Workers holding a model", labels=["model"])
         try:
-            depth, online = generation_queue(self.conn).count, workers_online(self.conn)
+            held = models_online(self.conn)
+            for model in self.models:
+                depth.add_metric([model], generation_queue(self.conn, model).count)
+                online.add_metric([model], len(held.get(model, [])))
         except redis.RedisError:
             return
-        yield GaugeMetricFamily("ponybot_queue_depth", "Jobs waiting in the generation queue", value=depth)
-        yield GaugeMetricFamily("ponybot_workers_online", "Workers listening on the generation queue", value=online)
+        yield depth
+        yield online
 
 
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.wait = Histogram("ponybot_job_wait_seconds", "Time a job waited in the queue", registry=registry,
-                              buckets=DURATION_BUCKETS)
-        self.generation = Histogram("ponybot_generation_seconds", "Time to generate one job", registry=registry,
-                                    buckets=DURATION_BUCKETS)
-        self.images = Counter("ponybot_images_total", "Images generated (rate() gives images per second)",
+        self.wait = Histogram("ponybot_job_wait_seconds", "Time a job waited in the queue", ["model"],
+                              registry=registry, buckets=DURATION_BUCKETS)
+        self.generation = Histogram("ponybot_generation_seconds", "Time to generate one job", ["model"],
+                                    registry=registry, buckets=DURATION_BUCKETS)
+        self.images = Counter("ponybot_images_total", "Images generated (rate() gives images per second)", ["model"],
                               registry=registry)
-        self.withheld = Counter("ponybot_images_withheld_total", "Images withheld by an SFW policy",
+        self.withheld = Counter("ponybot_images_withheld_total", "Images withheld by an SFW policy", ["model"],
                                 registry=registry)
-        self.failures = Counter("ponybot_failures_total", "Failed jobs by cause", ["cause"], registry=registry)
+        self.failures = Counter("ponybot_failures_total", "Failed jobs by cause", ["model", "cause"],
+                                registry=registry)
         self.safety_missing = Gauge("ponybot_safety_classifier_missing",
                                     "1 while a configured image classifier is not loaded (SFW fails closed)",
                                     ["classifier"], registry=registry)
@@ -59,10 +68,10 @@ class BotMetrics:
                                        registry=registry)
 
 
-def serve(port: int, conn: redis.Redis) -> CollectorRegistry:
-    """A registry with the queue collector, served over HTTP on ``port`` (0: not served)."""
+def serve(port: int, conn: redis.Redis, models: list[str] | None = None) -> CollectorRegistry:
+    """A registry with the queue collector of ``models``, served over HTTP on ``port`` (0: not served)."""
     registry = CollectorRegistry()
-    registry.register(QueueCollector(conn))
+    registry.register(QueueCollector(conn, models or [DEFAULT_MODEL_NAME]))
     if port:
         start_http_server(port, registry=registry)
     return registry

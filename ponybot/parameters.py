@@ -11,7 +11,19 @@ read back as another field. Control characters are refused before a job is queue
 
 from __future__ import annotations
 
-from ponybot.schemas import STRENGTH, GenerationRequest, Job, JobKind
+import json
+import re
+
+from ponybot.schemas import GenerationRequest, Job, JobKind, Speed
+
+#: A1111's pattern for one ``key: value`` pair of the settings line (a value may be a JSON string).
+PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def quote(value: object) -> str:
+    """A1111's quoting: a value holding a comma, colon or newline is written as a JSON string."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(char in text for char in ",:\n") else text
 
 NEGATIVE_MARKER = "Negative prompt:"
 
@@ -25,24 +37,33 @@ def one_line(text: str, *, first: bool = False) -> str:
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
-                      size: tuple[int, int] | None = None) -> str:
-    """The text A1111 writes into its PNGs, so the image can be reproduced there too."""
+                      size: tuple[int, int] | None = None, extra: dict[str, str | None] | None = None,
+                      fast_interval: int = 3) -> str:
+    """The text A1111 writes into its PNGs, so the image can be reproduced there too.
+
+    ``extra``: ``Model hash`` and ``Lora hashes`` as A1111 writes them (empty ones are left out).
+    """
     request = job.request
+    extra = {key: value for key, value in (extra or {}).items() if value}
     fields: dict[str, object] = {
         "Steps": request.steps,
         "Sampler": request.sampler.label,
         "CFG scale": f"{request.cfg:g}",
         "Seed": job.image_seed(index),
         "Size": "{}x{}".format(*(size or (request.width, request.height))),
+        **({"Model hash": extra.pop("Model hash")} if "Model hash" in extra else {}),
         "Model": model,
         "Clip skip": request.clip_skip,
+        **extra,
         "Job": job.id,
     }
+    if request.speed is Speed.FAST:
+        fields["Speed"] = f"fast (DeepCache interval {fast_interval})"
     if job.kind is not JobKind.TXT2IMG:
-        fields["Denoising strength"] = STRENGTH[job.kind]
+        fields["Denoising strength"] = job.strength
         if job.source:
             fields["Source"] = f"{job.source.job_id}:{job.source.index}"
-    settings = ", ".join(f"{key}: {value}" for key, value in fields.items())
+    settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
     return f"{one_line(prompt, first=True)}\n{NEGATIVE_MARKER} {one_line(negative_prompt)}\n{settings}"
 
 
@@ -51,9 +72,9 @@ def parse_parameters(text: str) -> dict[str, str]:
     prompt, _, rest = text.partition("\nNegative prompt: ")
     negative, _, settings = rest.rpartition("\n")
     parsed = {"prompt": prompt, "negative_prompt": negative}
-    for pair in settings.split(", "):
-        key, _, value = pair.partition(": ")
-        parsed[key] = value
+    for match in PARAM.finditer(settings):
+        key, value = match.group(1), match.group(2)
+        parsed[key] = json.loads(value) if value.startswith('"') else value
     return parsed
 
 
@@ -62,4 +83,5 @@ def generate_line(request: GenerationRequest, seed: int, quality: bool) -> str:
     negative = f" negative_prompt:{request.negative_prompt}" if request.negative_prompt else ""
     return (f"/generate prompt:{request.prompt}{negative} seed:{seed} steps:{request.steps} cfg:{request.cfg:g} "
             f"size:{request.width}x{request.height} sampler:{request.sampler.value} clip_skip:{request.clip_skip} "
-            f"count:{request.count} quality:{quality}")
+            f"count:{request.count} quality:{quality}{' speed:fast' if request.speed is Speed.FAST else ''}"
+            + (f" model:{request.model}" if request.model else ""))

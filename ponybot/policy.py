@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ponybot.errors import InvalidRequestError
+from ponybot.networks import parse_loras
 from ponybot.prompt_filter import check_prompt
 from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG, join_tags
 from ponybot.schemas import GenerationRequest, utcnow
 
 if TYPE_CHECKING:
-    from ponybot.settings import PolicySettings
+    from ponybot.settings import ModelEntry, PolicySettings
 
 
 class Mode(StrEnum):
@@ -57,6 +59,8 @@ class PolicyRules(BaseModel):
     max_pixels: int | None = Field(None, ge=256 * 256, le=1024 * 1024)
     cooldown_s: int | None = Field(None, ge=0, le=3600)
     gallery: bool | None = None  #: False: this channel's images never go to the gallery
+    models: list[str] | None = None  #: the only models allowed ([] or None: every model)
+    loras: list[str] | None = None  #: the only LoRAs allowed ([] or None: every LoRA)
 
     def over(self, base: PolicyRules) -> PolicyRules:
         """These rules on top of ``base``: every field set here wins."""
@@ -86,6 +90,8 @@ class EffectivePolicy(BaseModel):
     max_pixels: int | None
     cooldown_s: int
     gallery: bool = True  #: this channel's images go to the gallery (when its server has it on)
+    models: list[str] = Field(default_factory=list)  #: empty: every model
+    loras: list[str] = Field(default_factory=list)  #: empty: every LoRA
 
 
 def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySettings) -> EffectivePolicy:
@@ -100,7 +106,8 @@ def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySetting
         flagged=rules.flagged or FlaggedAction.SPOILER, strictness=rules.strictness or Strictness.STANDARD,
         forbidden_terms=terms, negative_prompt=negative,
         max_steps=rules.max_steps, max_count=rules.max_count, max_pixels=rules.max_pixels,
-        cooldown_s=rules.cooldown_s or 0, gallery=rules.gallery is not False,
+        cooldown_s=rules.cooldown_s or 0, gallery=rules.gallery is not False, models=rules.models or [],
+        loras=rules.loras or [],
     )
 
 
@@ -115,16 +122,33 @@ class Decision:
     field: str | None = None
 
 
-def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality: bool, safe_tag: str = "safe"
-          ) -> Decision:
-    """Check the request against the policy and compose the prompts (``policy=None``: no channel, as given)."""
-    prompt = join_tags(QUALITY_TAG if quality else "", request.prompt)
-    negative = join_tags(request.negative_prompt, QUALITY_NEGATIVE if quality else "")
+def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality: bool, safe_tag: str = "safe",
+          model: ModelEntry | None = None) -> Decision:
+    """Check the request against the policy and compose the prompts (``policy=None``: no channel, as given).
+
+    ``model`` gives the model's own quality tags and whether the safe tag applies to it (default: pony-v4's).
+    LoRA tags and embedding names are part of the prompt, so the forbidden-term check reads them too.
+    """
+    quality_tag, quality_negative = (model.quality_tag, model.quality_negative) if model else (
+        QUALITY_TAG, QUALITY_NEGATIVE)
+    prompt = join_tags(quality_tag if quality else "", request.prompt)
+    negative = join_tags(request.negative_prompt, quality_negative if quality else "")
     if policy is None:
         return Decision(True, None, prompt, negative)
     refusal = check_prompt(request.prompt, policy.forbidden_terms)
     if not refusal.allowed:
         return Decision(False, refusal.reason, prompt, negative, "prompt")
+    if policy.models and request.model and request.model not in policy.models:
+        return Decision(False, f"this channel allows only the models {', '.join(policy.models)} "
+                        f"(you asked for {request.model})", prompt, negative, "model")
+    try:
+        loras = parse_loras(request.prompt)
+    except InvalidRequestError as error:
+        return Decision(False, error.reason, prompt, negative, "prompt")
+    refused = [lora.name for lora in loras if policy.loras and lora.name not in policy.loras]
+    if refused:
+        return Decision(False, f"this channel does not allow the LoRA {', '.join(refused)} (allowed: "
+                        f"{', '.join(policy.loras)})", prompt, negative, "prompt")
     for field, value, cap in (
         ("steps", request.steps, policy.max_steps),
         ("count", request.count, policy.max_count),
@@ -135,7 +159,7 @@ def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality
             limit = f"{cap:,} pixels" if field == "size" else cap
             return Decision(False, f"this channel allows {field} up to {limit} (you asked for {shown})", prompt,
                             negative, field)
-    if policy.mode is Mode.SFW:
+    if policy.mode is Mode.SFW and (model is None or model.safe_tag):
         prompt = join_tags(safe_tag, prompt)
     return Decision(True, None, prompt, join_tags(negative, policy.negative_prompt))
 

@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
-from rq import Queue, Retry, Worker
+from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from ponybot import keys
 from ponybot.connection import RedisTarget
-from ponybot.errors import NoWorkerError, QueueFullError, RedisUnavailableError
+from ponybot.errors import N_, NoWorkerError, QueueFullError, RedisUnavailableError
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
 from ponybot.settings import sentinel_address
+from ponybot.workers import models_online, online_workers
 
 if TYPE_CHECKING:
     from ponybot.settings import Settings
@@ -62,8 +63,14 @@ def connect(target: RedisTarget | str, *, timeout: float = 5.0) -> redis.Redis:
     return client
 
 
-def generation_queue(conn: redis.Redis) -> Queue:
-    return Queue(keys.GENERATE_QUEUE, connection=conn, serializer=JSONSerializer)
+def job_model(job: Job) -> str:
+    """The model a job is for (jobs of earlier versions name none: the default model's queue took them)."""
+    return job.request.model or keys.DEFAULT_MODEL_NAME
+
+
+def generation_queue(conn: redis.Redis, model: str = keys.DEFAULT_MODEL_NAME) -> Queue:
+    """The RQ queue of one model's jobs."""
+    return Queue(keys.generate_queue(model), connection=conn, serializer=JSONSerializer)
 
 
 def active_jobs(conn: redis.Redis, key: str) -> list[str]:
@@ -116,24 +123,29 @@ def check_fair_share(conn: redis.Redis, job: Job, *, per_member: int, per_guild:
     )
     verdict, count = int(answer[0]), int(answer[1])
     if verdict == 1:
-        raise QueueFullError(
-            f"you already have {count} job(s) queued or running (the limit is {per_member}): "
-            "try again when one finishes, or /cancel one"
-        )
+        raise QueueFullError(N_("you already have {count} job(s) queued or running (the limit is {limit}): "
+                                "try again when one finishes, or /cancel one"), count=count, limit=per_member)
     if verdict == 2:
-        raise QueueFullError(f"this server already has {per_guild} jobs queued or running: try again in a minute")
+        raise QueueFullError(N_("this server already has {limit} jobs queued or running: try again in a minute"),
+                             limit=per_guild)
+
+
+def record_ttl(result_ttl_s: int) -> int:
+    """How long a job's record (and an uploaded picture it starts from) stays in Redis."""
+    return result_ttl_s * 24
 
 
 def enqueue(
     conn: redis.Redis, job: Job, *, max_queue: int, job_timeout_s: int, result_ttl_s: int, max_attempts: int = 1,
     per_member: int | None = None, per_guild: int | None = None,
 ) -> int:
-    """Put ``job`` on the queue and return its 1-based position; QueueFullError if full."""
-    queue = generation_queue(conn)
+    """Put ``job`` on its model's queue and return its 1-based position; QueueFullError if full."""
+    queue = generation_queue(conn, job_model(job))
     try:
         depth = queue.count
         if depth >= max_queue:
-            raise QueueFullError(f"the queue is full ({depth} jobs waiting): try again in a few minutes")
+            raise QueueFullError(N_("the queue is full ({depth} jobs waiting): try again in a few minutes"),
+                                 depth=depth)
         if per_member is not None and per_guild is not None:
             check_fair_share(conn, job, per_member=per_member, per_guild=per_guild, reserve=True)
         else:
@@ -151,20 +163,19 @@ def enqueue(
             # a job whose worker died goes back to the front: whoever was first should not wait longest
             retry=Retry(max=max_attempts - 1, enqueue_at_front=True) if max_attempts > 1 else None,
         )
-        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=result_ttl_s * 24)
-        return queue_position(conn, job.id) or 1
+        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=record_ttl(result_ttl_s))
+        return queue_position(conn, job.id, job_model(job)) or 1
     except redis.RedisError as error:
         raise RedisUnavailableError(f"Redis is unreachable ({error})") from None
 
 
 def cancel_job(conn: redis.Redis, job_id: str) -> bool:
-    """Take a job off the queue before a worker starts it; False if it already started."""
-    queue = generation_queue(conn)
-    removed = bool(queue.remove(job_id))
+    """Take a job off its model's queue before a worker starts it; False if it already started."""
+    job = load_job(conn, job_id)
+    removed = bool(generation_queue(conn, job_model(job) if job else keys.DEFAULT_MODEL_NAME).remove(job_id))
     if removed:
-        raw = conn.get(keys.job_record(job_id))
-        if raw:
-            release(conn, Job.model_validate_json(raw))
+        if job is not None:
+            release(conn, job)
         conn.delete(keys.job_record(job_id))
     return removed
 
@@ -183,46 +194,64 @@ def load_job(conn: redis.Redis, job_id: str) -> Job | None:
 
 @dataclass(frozen=True)
 class QueueSnapshot:
-    """The queue read once: every waiting job's 1-based position, and what an ETA is made of."""
+    """The queues read once: every waiting job's 1-based position in its model's queue, and what an ETA is made of."""
 
     positions: dict[str, int]
-    per_job_s: float | None  #: mean of recent generation times; None before the first
-    workers: int
+    per_job_s: dict[str, float | None]  #: model -> mean of recent generation times; None before the first
+    workers: dict[str, int]  #: model -> workers holding it
 
-    def eta(self, position: int) -> float | None:
-        """Seconds until a job at ``position`` is done (the workers take jobs side by side)."""
-        if self.per_job_s is None:
+    def eta(self, position: int, model: str = keys.DEFAULT_MODEL_NAME) -> float | None:
+        """Seconds until a job at ``position`` of ``model``'s queue is done (its workers take jobs side by side)."""
+        per_job = self.per_job_s.get(model)
+        if per_job is None:
             return None
-        return (-(-position // self.workers)) * self.per_job_s
+        return (-(-position // max(1, self.workers.get(model, 0)))) * per_job
 
 
-def queue_snapshot(conn: redis.Redis, *, positions: bool = True) -> QueueSnapshot:
-    """One read of the queue, however many jobs wait in it (the progress tracker's tick)."""
+def queue_snapshot(conn: redis.Redis, models: list[str] | None = None, *, positions: bool = True) -> QueueSnapshot:
+    """One read of the models' queues, however many jobs wait in them (the progress tracker's tick)."""
+    models = list(dict.fromkeys(models or [keys.DEFAULT_MODEL_NAME]))
     with conn.pipeline(transaction=False) as pipe:
-        pipe.lrange(keys.RECENT_DURATIONS, 0, -1)
-        if positions:
-            pipe.lrange(generation_queue(conn).key, 0, -1)
-        replies = pipe.execute()
-    recent = [float(value) for value in replies[0]]
+        for model in models:
+            pipe.lrange(keys.recent_durations(model), 0, -1)
+            if positions:
+                pipe.lrange(generation_queue(conn, model).key, 0, -1)
+        replies = iter(pipe.execute())
+    per_job: dict[str, float | None] = {}
     waiting: dict[str, int] = {}
-    for index, raw in enumerate(replies[1] if positions else []):
-        waiting.setdefault(raw.decode(), index + 1)
-    return QueueSnapshot(waiting, sum(recent) / len(recent) if recent else None, max(1, workers_online(conn)))
+    for model in models:
+        recent = [float(value) for value in next(replies)]
+        per_job[model] = sum(recent) / len(recent) if recent else None
+        for index, raw in enumerate(next(replies) if positions else []):
+            waiting.setdefault(raw.decode(), index + 1)
+    held = models_online(conn)
+    return QueueSnapshot(waiting, per_job, {model: len(held.get(model, [])) for model in models})
 
 
-def estimate_wait(conn: redis.Redis, position: int) -> float | None:
-    """Seconds until a job at ``position`` is done, from recent generation times and workers online."""
-    return queue_snapshot(conn, positions=False).eta(position)
+def estimate_wait(conn: redis.Redis, position: int, model: str = keys.DEFAULT_MODEL_NAME) -> float | None:
+    """Seconds until a job at ``position`` of ``model``'s queue is done, from recent times and its workers."""
+    return queue_snapshot(conn, [model], positions=False).eta(position, model)
 
 
-def queue_position(conn: redis.Redis, job_id: str) -> int | None:
-    """1-based position among waiting jobs, or None once a worker took it."""
-    position = generation_queue(conn).get_job_position(job_id)
+def queue_position(conn: redis.Redis, job_id: str, model: str = keys.DEFAULT_MODEL_NAME) -> int | None:
+    """1-based position among the model's waiting jobs, or None once a worker took it."""
+    position = generation_queue(conn, model).get_job_position(job_id)
     return None if position is None else position + 1
 
 
-def workers_online(conn: redis.Redis) -> int:
-    return len(Worker.all(connection=conn, queue=generation_queue(conn)))
+def workers_online(conn: redis.Redis, model: str | None = None) -> int:
+    """Workers online (holding ``model``, when given), from their heartbeat records."""
+    if model is None:
+        return len(online_workers(conn))
+    return len(models_online(conn).get(model, []))
+
+
+def require_worker(conn: redis.Redis, model: str) -> None:
+    """NoWorkerError naming the model when no worker online holds it: its job would wait forever."""
+    held = models_online(conn)
+    if model not in held:
+        online = ", ".join(sorted(held)) or "none"
+        raise NoWorkerError(f"no worker online holds the model {model!r} (models online: {online})")
 
 
 def last_event_id(conn: redis.Redis) -> str:
@@ -231,17 +260,39 @@ def last_event_id(conn: redis.Redis) -> str:
     return newest[0][0].decode() if newest else "0-0"
 
 
-def publish_event(conn: redis.Redis, event: JobEvent) -> str:
-    """Append a finished job's event; it stops counting against its member's share."""
-    with conn.pipeline() as pipe:
-        pipe.xadd(keys.EVENTS_STREAM, {"data": event.model_dump_json()}, maxlen=EVENTS_MAXLEN, approximate=True)
-        for key in _owner_keys(event.job):
-            pipe.zrem(key, event.job.id)
-        if event.kind == "done" and event.generation_s > 0:
-            pipe.lpush(keys.RECENT_DURATIONS, f"{event.generation_s:.3f}")
-            pipe.ltrim(keys.RECENT_DURATIONS, 0, RECENT_DURATIONS_KEPT - 1)
-        entry_id = pipe.execute()[0]
+#: Append a job's event unless one was appended already (the marker and the entry in one step).
+#: KEYS: marker, stream, recent durations, owner sets... ARGV: marker ttl, maxlen, data, job id, duration or ''.
+PUBLISH_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'data', ARGV[3])
+for i = 4, #KEYS do redis.call('ZREM', KEYS[i], ARGV[4]) end
+if ARGV[5] ~= '' then
+  redis.call('LPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+end
+return id
+"""
+
+
+def publish_event(conn: redis.Redis, event: JobEvent) -> str | None:
+    """Append a finished job's event (it stops counting against its member's share); exactly once a job.
+
+    Returns the stream entry id, or None when this job's event was appended before (a job re-run
+    after its worker died between publishing and telling RQ it was done): nothing is appended then.
+    """
+    duration = f"{event.generation_s:.3f}" if event.kind == "done" and event.generation_s > 0 else ""
+    owners = _owner_keys(event.job)
+    entry_id = conn.eval(PUBLISH_ONCE, 3 + len(owners), keys.published(event.job.id), keys.EVENTS_STREAM,
+                         keys.recent_durations(job_model(event.job)), *owners, OWNERSHIP_S, EVENTS_MAXLEN,
+                         event.model_dump_json(), event.job.id, duration, RECENT_DURATIONS_KEPT)
+    if entry_id is None:
+        return None
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def was_published(conn: redis.Redis, job_id: str) -> bool:
+    """Whether this job's ``done`` or ``failed`` event is already on the stream."""
+    return bool(conn.exists(keys.published(job_id)))
 
 
 def publish_progress(conn: redis.Redis, event: ProgressEvent) -> None:
@@ -254,7 +305,8 @@ def load_image(conn: redis.Redis, key: str) -> bytes | None:
 
 
 def wait_for_event(
-    conn: redis.Redis, job_id: str, *, after: str, timeout: float | None, no_worker_timeout: float
+    conn: redis.Redis, job_id: str, *, after: str, timeout: float | None, no_worker_timeout: float,
+    model: str = keys.DEFAULT_MODEL_NAME,
 ) -> JobEvent:
     """Block until ``job_id``'s event arrives; NoWorkerError when no worker listens for too long."""
     started = time.monotonic()
@@ -267,13 +319,13 @@ def wait_for_event(
                 event = JobEvent.model_validate_json(fields[b"data"])
                 if event.job.id == job_id:
                     return event
-        if workers_online(conn):
+        if workers_online(conn, model):
             without_worker_since = None
         else:
             without_worker_since = without_worker_since or time.monotonic()
             if time.monotonic() - without_worker_since >= no_worker_timeout:
                 raise NoWorkerError(
-                    f"no worker has been listening on queue {keys.GENERATE_QUEUE!r} for "
-                    f"{no_worker_timeout:g} s: start one with `ponybot worker`, or use --local"
+                    f"no worker holding the model {model!r} has been online for "
+                    f"{no_worker_timeout:g} s: start one with `ponybot worker --models {model}`, or use --local"
                 )
     raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ponybot.errors import InvalidRequestError, SchemaVersionError
+from ponybot.errors import N_, InvalidRequestError, SchemaVersionError
+from ponybot.keys import MODEL_NAME_PATTERN
 
 if TYPE_CHECKING:
     from ponybot.settings import LimitSettings
@@ -37,6 +38,13 @@ class Sampler(StrEnum):
     def label(self) -> str:
         """The name A1111 shows, used in PNG metadata."""
         return {"ddim": "DDIM", "euler_a": "Euler a", "dpmpp_2m_karras": "DPM++ 2M Karras"}[self.value]
+
+
+class Speed(StrEnum):
+    """How the UNet runs: every step in full, or DeepCache-style reuse of its deep features."""
+
+    NORMAL = "normal"
+    FAST = "fast"  #: the full UNet every few steps, only its shallowest blocks in between (worker/deepcache.py)
 
 
 class JobStatus(StrEnum):
@@ -129,6 +137,8 @@ class GenerationRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     sampler: Sampler = Sampler.DDIM
     clip_skip: Literal[1, 2] = 2
+    speed: Speed = Speed.NORMAL
+    model: str | None = Field(None, pattern=f"^{MODEL_NAME_PATTERN}$")  #: None: the worker's default model
 
     @field_validator("prompt")
     @classmethod
@@ -151,14 +161,15 @@ class GenerationRequest(BaseModel):
 def check_limits(request: GenerationRequest, limits: LimitSettings) -> GenerationRequest:
     """Refuse what the operator's limits forbid, naming the option."""
     if request.steps > limits.max_steps:
-        raise InvalidRequestError("steps", f"at most {limits.max_steps} on this bot, got {request.steps}")
+        raise InvalidRequestError("steps", N_("at most {limit} on this bot, got {value}"), limit=limits.max_steps,
+                                  value=request.steps)
     if request.count > limits.max_count:
-        raise InvalidRequestError("count", f"at most {limits.max_count} on this bot, got {request.count}")
+        raise InvalidRequestError("count", N_("at most {limit} on this bot, got {value}"), limit=limits.max_count,
+                                  value=request.count)
     if request.width * request.height > limits.max_pixels:
         raise InvalidRequestError(
-            "size",
-            f"{request.width}x{request.height} is over this bot's budget of {limits.max_pixels:,} pixels "
-            "(768x768 by default)",
+            "size", N_("{width}x{height} is over this bot's budget of {pixels} pixels (768x768 by default)"),
+            width=request.width, height=request.height, pixels=format(limits.max_pixels, ","),
         )
     return request
 
@@ -184,6 +195,7 @@ class Origin(BaseModel):
     channel_id: int
     channel_nsfw: bool
     user_id: int
+    locale: str = "en-US"  #: the member's Discord locale: messages about the job are written in it
 
 
 class InteractionRef(BaseModel):
@@ -197,6 +209,7 @@ class InteractionRef(BaseModel):
     expires_at: datetime
     message_id: int | None = None  #: the deferred response, edited with the result
     attachment_size_limit: int = 10 * 1024 * 1024
+    ephemeral: bool = False  #: the response is only visible to the member (their personal default)
 
     def alive_for(self, seconds: float) -> bool:
         """Whether the token still lives ``seconds`` from now."""
@@ -207,10 +220,35 @@ class JobKind(StrEnum):
     TXT2IMG = "txt2img"
     UPSCALE = "upscale"  #: twice the size: image upscale, then img2img at low strength
     VARY = "vary"  #: img2img from an image at moderate strength, new seed
+    IMG2IMG = "img2img"  #: img2img from a picture the member uploaded, at the strength they chose
 
 
 #: img2img strength of each follow-up kind.
 STRENGTH = {JobKind.UPSCALE: 0.35, JobKind.VARY: 0.6}
+
+
+class ResizeMode(StrEnum):
+    """How an uploaded picture is fitted to the requested size (A1111's img2img resize modes)."""
+
+    JUST_RESIZE = "just_resize"  #: stretch to the size (A1111's default)
+    CROP = "crop"  #: scale to cover the size, crop the overflow ("Crop and resize")
+    FILL = "fill"  #: scale to fit inside, fill the bars with stretched edges ("Resize and fill")
+
+
+MIN_STRENGTH = 0.05
+
+
+class UploadedImage(BaseModel):
+    """A member's uploaded picture, checked and stored by the bot (never a CDN link: those expire)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str  #: PNG bytes in Redis, written by the bot, expiring with the job's record
+    filename: str = Field(max_length=200)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    strength: float = Field(ge=MIN_STRENGTH, le=1.0)
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
 
 
 class SourceImage(BaseModel):
@@ -230,8 +268,17 @@ def upscale_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(64, int(width * factor) // 64 * 64), max(64, int(height * factor) // 64 * 64)
 
 
+class LoraRef(BaseModel):
+    """One ``<lora:NAME:WEIGHT>`` of a prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    weight: float = Field(1.0, ge=-2, le=2)
+
+
 class Job(Versioned):
-    """One generation job as it sits on the queue."""
+    """One generation job as it sits on the queue: the model, LoRAs and embeddings it needs travel with it."""
 
     id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     request: GenerationRequest
@@ -239,15 +286,34 @@ class Job(Versioned):
     quality_tags: bool = False
     kind: JobKind = JobKind.TXT2IMG
     source: SourceImage | None = None
+    upload: UploadedImage | None = None
     origin: Origin | None = None
     interaction: InteractionRef | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    loras: list[LoraRef] = Field(default_factory=list)  #: from the prompt's ``<lora:NAME:WEIGHT>``
+    embeddings: list[str] = Field(default_factory=list)  #: textual inversions named in the prompts
 
     @classmethod
     def create(cls, request: GenerationRequest, **fields: Any) -> Job:
         """A job for ``request``; a random seed is chosen here, once, and always reported."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        if "loras" not in fields:
+            from ponybot.networks import parse_loras
+
+            fields["loras"] = parse_loras(request.prompt)
         return cls(request=request, seed=seed, **fields)
+
+    @property
+    def strength(self) -> float:
+        """img2img denoising strength (1.0 for txt2img): the member's for an upload, fixed for follow-ups."""
+        if self.kind is JobKind.IMG2IMG and self.upload is not None:
+            return self.upload.strength
+        return STRENGTH.get(self.kind, 1.0)
+
+    @property
+    def lora_set(self) -> tuple[tuple[str, float], ...]:
+        """The LoRAs and weights, in a form that compares equal for the same set (batching)."""
+        return tuple(sorted((lora.name, lora.weight) for lora in self.loras if lora.weight != 0))
 
     def image_seed(self, index: int) -> int:
         """A1111's convention: image i of a job gets seed + i, wrapped into 0..MAX_SEED."""
@@ -255,21 +321,23 @@ class Job(Versioned):
 
 
 class ProgressEvent(Versioned):
-    """Step ``step`` of ``total`` (lossy: sent on pub/sub)."""
+    """Step ``step`` of ``total`` of one batch: the jobs in it, and a preview per job (lossy: sent on pub/sub)."""
 
-    job_id: str
+    job_ids: list[str] = Field(min_length=1)
     step: int
     total: int
-    preview_jpeg: str | None = None  #: base64
+    previews_jpeg: dict[str, str] = Field(default_factory=dict)  #: job id -> base64 JPEG
 
     @classmethod
-    def create(cls, job_id: str, step: int, total: int, preview: bytes | None = None) -> ProgressEvent:
-        encoded = base64.b64encode(preview).decode() if preview else None
-        return cls(job_id=job_id, step=step, total=total, preview_jpeg=encoded)
+    def create(cls, job_ids: list[str], step: int, total: int,
+               previews: dict[str, bytes] | None = None) -> ProgressEvent:
+        encoded = {job_id: base64.b64encode(data).decode() for job_id, data in (previews or {}).items()}
+        return cls(job_ids=job_ids, step=step, total=total, previews_jpeg=encoded)
 
-    @property
-    def preview(self) -> bytes | None:
-        return base64.b64decode(self.preview_jpeg) if self.preview_jpeg else None
+    def preview(self, job_id: str) -> bytes | None:
+        """This job's preview in this event, if it carries one."""
+        data = self.previews_jpeg.get(job_id)
+        return base64.b64decode(data) if data else None
 
 
 class ImageResult(BaseModel):

@@ -39,9 +39,13 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from ponybot.errors import ConfigError
+from ponybot.keys import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN
+from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG
 from ponybot.schemas import Job, JobKind, Sampler, parse_size, shorten
 
 DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
+#: Keys of the single-model ``[model]`` section of earlier versions, read as the default model's.
+LEGACY_MODEL_KEYS = ("source", "config_dir", "name")
 #: Refused in SFW channels (whole words; ``*`` matches every word it begins).
 SFW_FORBIDDEN_TERMS = (
     "nsfw", "nude", "nudity", "naked", "explicit", "questionable", "sex", "sexy", "porn*", "hentai", "penis",
@@ -119,10 +123,44 @@ def sentinel_address(item: str) -> tuple[str, int]:
 
 
 class ModelSettings(_Section):
-    source: str = DEFAULT_MODEL
-    config_dir: Path | None = None
+    """What every model shares: the default's name, caches, LoRA and embedding folders.
+
+    ``source``, ``config_dir`` and ``name`` are the single-model settings of earlier versions:
+    when given (and no ``[models.NAME]`` table is), they describe the default model.
+    """
+
+    default: str | None = None
     cache_dir: Path = Path("data/models")
+    lora_dir: Path = Path("models/lora")
+    embeddings_dir: Path = Path("models/embeddings")
+    max_loras: int = Field(4, ge=0, le=16)
+    lora_cache: int = Field(8, ge=1, le=64)
+    source: str | None = None
+    config_dir: Path | None = None
     name: str | None = None
+
+
+class ModelEntry(_Section):
+    """One model of the ``[models.NAME]`` table: where it comes from and its own prompt conventions."""
+
+    source: str
+    config_dir: Path | None = None
+    name: str | None = None
+    description: str = ""
+    clip_skip: Literal[1, 2] | None = None
+    negative_prompt: str | None = None
+    quality_tag: str = ""
+    quality_negative: str = ""
+    safe_tag: bool = True
+    license_name: str = "CreativeML OpenRAIL-M"
+    license_text: str | None = None
+
+
+def _default_models() -> dict[str, ModelEntry]:
+    return {DEFAULT_MODEL_NAME: ModelEntry(
+        source=DEFAULT_MODEL, description="pony-diffusion v4 (SD 1.5): ponies, booru tags",
+        quality_tag=QUALITY_TAG, quality_negative=QUALITY_NEGATIVE,
+    )}
 
 
 class WorkerSettings(_Section):
@@ -138,6 +176,10 @@ class WorkerSettings(_Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "max-autotune-no-cudagraphs"
     )
+    cuda_graphs: bool = True
+    overlap_depth: int = Field(1, ge=0, le=2)
+    vae_decode: Literal["auto", "batched", "sliced"] = "auto"
+    fast_interval: int = Field(3, ge=2, le=10)
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
     cpu_threads: int = Field(0, ge=0, le=256)
@@ -167,6 +209,14 @@ class LimitSettings(_Section):
     max_upscale_pixels: int = Field(1024 * 1024, ge=256 * 256, le=2048 * 2048)
 
 
+class UploadSettings(_Section):
+    """Pictures members upload for img2img: checked by the bot before anything is queued."""
+
+    max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    max_pixels: int = Field(4096 * 4096, ge=64 * 64, le=10_000 * 10_000)
+    max_side: int = Field(8192, ge=64, le=20_000)
+
+
 class DefaultSettings(_Section):
     steps: int = Field(25, ge=1, le=150)
     cfg: float = Field(7.5, ge=1, le=20)
@@ -176,6 +226,7 @@ class DefaultSettings(_Section):
     clip_skip: Literal[1, 2] = 2
     negative_prompt: str = ""
     quality: bool = True
+    strength: float = Field(0.75, ge=0.05, le=1.0)
 
     @field_validator("size")
     @classmethod
@@ -344,9 +395,11 @@ class Settings(BaseSettings):
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    models: dict[str, ModelEntry] = Field(default_factory=_default_models)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     defaults: DefaultSettings = Field(default_factory=DefaultSettings)
+    uploads: UploadSettings = Field(default_factory=UploadSettings)
     discord: DiscordSettings = Field(default_factory=DiscordSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
@@ -367,8 +420,56 @@ class Settings(BaseSettings):
         # The TOML file arrives as init data; the environment overrides it.
         return (ListFriendlyEnvSource(settings_cls), init_settings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _single_model_style(cls, data: Any) -> Any:
+        """``[model] source = ...`` (earlier versions) becomes the default model's entry."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model") or {}
+        if isinstance(model, BaseModel):
+            model = model.model_dump(exclude_none=True)
+        legacy = {key: model[key] for key in LEGACY_MODEL_KEYS if model.get(key) is not None}
+        if not legacy:
+            return data
+        if data.get("models"):
+            raise ValueError(
+                f"model.{', model.'.join(legacy)} (the single-model style) and [models.NAME] tables are both set: "
+                "move them into the [models.NAME] table of the model they describe"
+            )
+        name = model.get("default") or DEFAULT_MODEL_NAME
+        entry = _default_models()[DEFAULT_MODEL_NAME].model_dump(exclude_none=True) | legacy
+        rest = {key: value for key, value in model.items() if key not in LEGACY_MODEL_KEYS}
+        return {**data, "model": rest, "models": {name: entry}}
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, value: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        if not value:
+            raise ValueError("at least one model must be configured")
+        for name in value:
+            if not re.fullmatch(MODEL_NAME_PATTERN, name):
+                raise ValueError(f"model name {name!r}: lower-case letters, digits, '.', '_' and '-', at most 40")
+        return value
+
+    @property
+    def default_model(self) -> str:
+        """``model.default``, else ``pony-v4`` when configured, else the first model of the table."""
+        if self.model.default:
+            return self.model.default
+        return DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in self.models else next(iter(self.models))
+
+    def model_entry(self, name: str | None) -> ModelEntry:
+        """The named model's settings (None: the default); ConfigError for a name not configured."""
+        entry = self.models.get(name or self.default_model)
+        if entry is None:
+            raise ConfigError(f"model {name!r} is not configured (configured: {', '.join(self.models)})")
+        return entry
+
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Settings:
+        if self.model.default and self.model.default not in self.models:
+            raise ValueError(f"model.default ({self.model.default}) is not one of [models]: {', '.join(self.models)}")
         width, height = parse_size(self.defaults.size)
         if self.defaults.steps > self.limits.max_steps:
             raise ValueError(f"defaults.steps ({self.defaults.steps}) is above limits.max_steps")

@@ -63,6 +63,17 @@ def visible_devices(setting: str) -> list[str]:
     return [f"cuda:{index}" for index in range(count)] or ["cpu"]
 
 
+def spread_models(models: list[str], workers: int) -> list[list[str]]:
+    """The models each of ``workers`` holds: every model on at least one worker, each worker at least one.
+
+    More workers than models: the models take turns (two GPUs, one model: both hold it). More models
+    than workers: each worker holds several (three models, two GPUs: [a, c] and [b]).
+    """
+    if workers >= len(models):
+        return [[models[index % len(models)]] for index in range(workers)]
+    return [models[index::workers] for index in range(workers)]
+
+
 @dataclass
 class Child:
     name: str
@@ -124,6 +135,7 @@ class Supervisor:
         return self.redis.start()
 
     def plan(self, url: RedisTarget | str) -> None:
+        """A worker per device, the configured models spread over them (:func:`spread_models`), and the bot."""
         env = {**os.environ, **({"PONYBOT_REDIS__URL": url} if isinstance(url, str) else {})}
         devices = visible_devices(self.settings.worker.device)
         if devices == ["cpu"]:
@@ -136,8 +148,10 @@ class Supervisor:
             log.info("%d workers share this host: %s CPU thread(s) each", len(devices),
                      env["PONYBOT_WORKER__CPU_THREADS"])
         port = self.settings.metrics.worker_port
-        for index, device in enumerate(devices):
-            args = self.command("worker", "--device", device, "--name", f"{socket.gethostname()}-{device}-{index}")
+        for index, (device, models) in enumerate(zip(devices, spread_models(list(self.settings.models), len(devices)),
+                                                     strict=True)):
+            args = self.command("worker", "--device", device, "--name", f"{socket.gethostname()}-{device}-{index}",
+                                "--models", ",".join(models))
             if port:
                 args += ["--metrics-port", str(port + index)]
             self.children.append(Child(f"worker {index} on {device}", args, env))

@@ -122,10 +122,20 @@ async def fake() -> Any:
     assert server.rejected == [], "requests Discord's OpenAPI description rejects"
 
 
+def announce(conn: redis.Redis, models: list[str], name: str = "announced-worker", **fields: Any) -> None:
+    """A worker's heartbeat record, as a worker that will run (in the test, later) writes it."""
+    from ponybot.workers import WorkerRecord, publish_worker
+
+    publish_worker(conn, WorkerRecord(name=name, models=models, **fields), heartbeat_s=600)
+
+
 @pytest.fixture
-def discord_settings(settings: Settings, fake: Any) -> Settings:
+def discord_settings(settings: Settings, fake: Any, conn: redis.Redis) -> Settings:
+    """Settings for the bot against the fake Discord; the default model is announced as held by a worker
+    (the tests run the real worker in-process after queueing, with ``drain``)."""
     from tests.bot_harness import bot_settings
 
+    announce(conn, [settings.default_model])
     return bot_settings(settings, fake)
 
 

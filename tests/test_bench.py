@@ -2,24 +2,50 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
 
-def test_gpu_bench_skips_without_cuda_and_runs_tiny_on_cpu() -> None:
+@pytest.mark.timeout(600)  # six paths x two batch sizes, each warmed up twice: a minute here, more on a busy VM
+def test_gpu_bench_skips_without_cuda_and_runs_tiny_on_cpu(tmp_path: Path) -> None:
     skipped = subprocess.run([sys.executable, "bench/gpu.py"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert skipped.returncode == 0
     assert "no CUDA device" in skipped.stdout
-    tiny = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "2",
-                           "--batches", "1,2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OUT": str(tmp_path)}
+    tiny = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "1",
+                           "--batches", "1,2", "--rounds", "1", "--budget-s", "3000"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=540, env=env)
     assert tiny.returncode == 0, tiny.stderr
-    rows = [line for line in tiny.stdout.splitlines() if line.startswith(("plain diffusers", "ponybot worker"))]
-    assert len(rows) == 4
-    goals = tiny.stdout.split("goals at 2 steps", 1)[1].splitlines()[1:]
-    assert [line.split()[0] for line in goals] == ["batch", "best", "best"]
-    assert all(line.rstrip().endswith("met") for line in goals)
+    table = tiny.stdout.split("best of 1 round(s)", 1)[1]
+    rows = {(line[:26].strip(), int(line[26:32])) for line in table.splitlines()
+            if line.startswith(("plain diffusers", "ponybot"))}
+    assert rows == {(path, batch) for path in ("plain diffusers eager", "ponybot eager", "ponybot worker path")
+                    for batch in (1, 2)}
+    assert "compiled paths: CUDA only, not run here" in tiny.stdout
+    records = [json.loads(line) for line in (tmp_path / "gpu_bench.jsonl").read_text().splitlines()]
+    measured = {(r["path"], r["batch"]) for r in records if "path" in r}
+    assert measured == rows  # each result was written out as it came
+    assert {r["round"] for r in records if "round" in r} == {0, 1}
+    assert (tmp_path / "gpu_bench_table.txt").read_text().count("ponybot worker path") == 2
+
+
+def test_gpu_bench_skips_a_compile_that_cannot_fit(tmp_path: Path) -> None:
+    """The budget holds: with no time left for anything, every path is skipped and reported, and it exits 0."""
+    env = {**os.environ, "OUT": str(tmp_path)}
+    result = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "1",
+                             "--batches", "1", "--budget-s", "0"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "skipped plain diffusers eager at batch 1" in result.stdout
+    notes = [json.loads(line).get("note", "") for line in (tmp_path / "gpu_bench.jsonl").read_text().splitlines()]
+    assert any(note.startswith("skipped ponybot eager at batch 1") for note in notes)
 
 
 def test_postprocess_bench_prints_its_tables() -> None:

@@ -45,7 +45,7 @@ def test_no_worker_online(tmp_path: Path, model_cache: Path, redis_url: str, con
     env = cli_env(redis_url, model_cache, PONYBOT_CLI__NO_WORKER_TIMEOUT_S="1")
     result = run_cli(["generate", "pony", "--seed", "1"], env, tmp_path)
     assert result.returncode == 1
-    assert "no worker has been listening" in result.stderr
+    assert "no worker holding the model 'pony-v4' has been online" in result.stderr
     assert "ponybot worker" in result.stderr
     assert generation_queue(conn).count == 0  # not left behind for nobody
 

@@ -16,6 +16,7 @@ from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import Job, build_request
 from ponybot.settings import Settings
 from tests.bot_harness import bot_settings, drain, ephemeral_reply, running_bot
+from tests.conftest import announce
 from tests.discord_fake.server import MEMBER, FakeDiscord
 from worker.png import read_parameters
 
@@ -117,6 +118,7 @@ async def test_full_queue(fake: FakeDiscord, settings: Settings, redis_url: str,
     full = bot_settings(settings.model_copy(update={"limits": limits}), fake)
     waiting = Job.create(build_request(full.limits, prompt="first", steps=4, width=256, height=256))
     enqueue(conn, waiting, max_queue=1, job_timeout_s=60, result_ttl_s=60)
+    announce(conn, [settings.default_model])
     async with running_bot(full, redis_url):
         interaction = await fake.slash("generate", {"prompt": "second"})
         reply = await fake.wait_for(lambda: ephemeral_reply(fake, interaction))
@@ -144,7 +146,7 @@ async def test_failed_job_is_explained(fake: FakeDiscord, discord_settings: Sett
     class OutOfMemory:
         model = runtime.generator.model
 
-        def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
+        def generate_deferred(self, *args: Any, **kwargs: Any) -> Any:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
     runtime.generator = OutOfMemory()
@@ -205,6 +207,7 @@ async def test_images_over_the_upload_limit_are_explained(settings: Settings, re
                                                           conn: redis.Redis) -> None:
     small = FakeDiscord(attachment_limit=1000)  # this server takes files of at most 1,000 bytes
     await small.start()
+    announce(conn, [settings.default_model])
     try:
         async with running_bot(bot_settings(settings, small), redis_url):
             interaction = await small.slash("generate", {"prompt": "big", "count": 2})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,11 @@ def test_single_file_checkpoint_as_a1111_users_have_it(tmp_path: Path, model_cac
     single_png, folder_png = (Path(tmp_path / r.stdout.split("\t")[0]).read_bytes() for r in (single, reference))
     assert np.asarray(Image.open(io.BytesIO(single_png))).tolist() == \
         np.asarray(Image.open(io.BytesIO(folder_png))).tolist()
-    assert parse_parameters(read_parameters(single_png) or "")["Model"] == "pony-v4-pruned"
+    parameters = parse_parameters(read_parameters(single_png) or "")
+    assert parameters["Model"] == "pony-v4-pruned"
+    # A1111's short model hash: the first 10 hex digits of the checkpoint file's sha256
+    assert parameters["Model hash"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:10]
+    assert "Model hash" not in parse_parameters(read_parameters(folder_png) or "")
 
 
 def test_nan_pixels_fail_that_job_only(settings: Any, conn: Any, generator: Any) -> None:
@@ -109,21 +114,26 @@ def test_nan_pixels_fail_that_job_only(settings: Any, conn: Any, generator: Any)
     calls: list[int] = []
 
     def first_slice_nan(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        calls.append(1)  # batched, the VAE decodes one image per call: the first is the broken job's
-        return torch.full_like(output, float("nan")) if len(calls) == 1 else output
+        calls.append(1)  # whole batch or one image per call: the first image is the broken job's
+        if len(calls) > 1:
+            return output
+        output = output.clone()
+        output[0] = float("nan")
+        return output
 
     hook = generator.pipeline.vae.decoder.register_forward_hook(first_slice_nan)
     try:
         events = {event.job.id: event for event in runtime.run_batch([broken, fine])}
     finally:
         hook.remove()
-    assert len(calls) == 2
+    assert calls
     failed = events[broken.id]
     assert failed.kind == "failed" and failed.error_code == "non_finite"
     assert "NaN" in (failed.error_message or "") and "seed 7" in (failed.error_message or "")
     assert conn.get(keys.image(broken.id, 0)) is None  # no black square stored
     assert events[fine.id].kind == "done" and conn.get(keys.image(fine.id, 0))
-    assert registry.get_sample_value("ponybot_failures_total", {"cause": "non_finite"}) == 1
+    assert registry.get_sample_value("ponybot_failures_total",
+                                     {"model": settings.default_model, "cause": "non_finite"}) == 1
 
 
 def test_seeds_wrap_at_2_32(generator: Any) -> None:

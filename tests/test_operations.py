@@ -95,9 +95,9 @@ def test_metrics_endpoint(conn: redis.Redis, settings: Settings, runtime: Worker
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert response.headers["Content-Type"].startswith("text/plain; version=")
         text = response.read().decode()
-    assert "ponybot_generation_seconds_count 2.0" in text
-    assert "ponybot_images_total 4.0" in text
-    assert "ponybot_queue_depth 0.0" in text
+    assert 'ponybot_generation_seconds_count{model="pony-v4"} 2.0' in text
+    assert 'ponybot_images_total{model="pony-v4"} 4.0' in text
+    assert 'ponybot_queue_depth{model="pony-v4"} 0.0' in text
     readme = (ROOT / "README.md").read_text()
     for name in set(re.findall(r"^(ponybot_[a-z_]+?)(?:_total|_count|_sum|_bucket|_created)?[ {]", text, re.M)):
         assert name in readme, f"{name} is not documented in the README"

@@ -30,7 +30,7 @@ def test_snapshot_positions_and_eta_agree_with_the_one_job_answers(conn: redis.R
 
     assert snapshot.positions == {job.id: queue_position(conn, job.id) for job in jobs}
     assert [snapshot.positions[job.id] for job in jobs] == [1, 2, 3, 4, 5]
-    assert snapshot.per_job_s == 3.0 and snapshot.workers == 1  # none online: counted as one
+    assert snapshot.per_job_s == {"pony-v4": 3.0} and snapshot.workers == {"pony-v4": 0}  # none: counted as one
     assert snapshot.eta(5) == estimate_wait(conn, 5) == 15.0
 
 

@@ -57,11 +57,13 @@ def test_job_to_pngs_event_and_progress(conn: redis.Redis, settings: Settings, r
         assert parameters["Seed"] == str(image.seed)
         assert parameters["Steps"] == "3" and parameters["Size"] == "256x256"
         assert parameters["Clip skip"] == "2" and parameters["Model"] == "tiny" and parameters["Job"] == job.id
-    steps = []
+    progress = []
     while message := pubsub.get_message(timeout=0.2):
         if message["type"] == "message":
-            steps.append(ProgressEvent.model_validate_json(message["data"]).step)
-    assert steps == [1, 2, 3]
+            progress.append(ProgressEvent.model_validate_json(message["data"]))
+    # well inside one progress interval: one event, at the first step with a preview (preview_every 5 > 3 steps)
+    assert [(event.job_ids, event.step, event.total) for event in progress] == [([job.id], 3, 3)]
+    assert progress[0].preview(job.id) is not None
 
 
 def test_forged_job_never_runs(conn: redis.Redis, runtime: WorkerRuntime, tmp_path: Path) -> None:
@@ -91,7 +93,7 @@ def test_out_of_memory_becomes_failed_event(conn: redis.Redis, settings: Setting
     class OutOfMemory:  # a GPU's OOM cannot happen on this CPU: raise it where the pipeline would
         model = runtime.generator.model
 
-        def generate_batch(self, *args: Any, **kwargs: Any) -> Any:
+        def generate_deferred(self, *args: Any, **kwargs: Any) -> Any:
             raise torch.OutOfMemoryError("CUDA out of memory")
 
     job = queue_job(conn, settings)
@@ -114,7 +116,7 @@ def test_sigterm_finishes_the_current_job(conn: redis.Redis, settings: Settings,
         deadline = time.monotonic() + 300  # a worker process starts slowly on a busy 2-core machine
         while time.monotonic() < deadline:
             message = pubsub.get_message(timeout=1)
-            if message and message["type"] == "message" and json.loads(message["data"])["job_id"] == job.id:
+            if message and message["type"] == "message" and job.id in json.loads(message["data"])["job_ids"]:
                 break
         else:
             pytest.fail("the worker never started the job")

@@ -13,6 +13,9 @@
   zero never blow the embedding up (A1111 divides by it and draws black images).
 * ``BREAK`` (the word, in capitals) ends the current chunk: what follows starts
   a new one, as in A1111.
+* Textual-inversion embeddings: where a loaded embedding's name appears as a
+  word, its vectors' token ids stand in for it (other words are tokenized as
+  usual, so an unknown name stays plain text).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ponybot.networks import split_embeddings
 from ponybot.prompt_syntax import BREAK, parse_emphasis
 
 CHUNK_TOKENS = 75
@@ -54,9 +58,11 @@ class TokenChunk:
 class PromptEncoder:
     """Turns prompts into the ``prompt_embeds`` a diffusers UNet takes."""
 
-    def __init__(self, tokenizer: Any, text_encoder: Any) -> None:
+    def __init__(self, tokenizer: Any, text_encoder: Any, embeddings: dict[str, list[int]] | None = None) -> None:
         self.tokenizer = tokenizer
         self.text_encoder = text_encoder
+        #: embedding name -> its token ids (rows added to the text encoder's table)
+        self.embeddings: dict[str, list[int]] = {} if embeddings is None else embeddings
         self.bos = int(tokenizer.bos_token_id)
         self.eos = int(tokenizer.eos_token_id)
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos)
@@ -71,11 +77,21 @@ class PromptEncoder:
             if (text, weight) == BREAK:
                 segments.append(([], []))
             elif text:
-                tokens = self.tokenizer(text, add_special_tokens=False, truncation=False, verbose=False).input_ids
+                tokens = self.tokenize(text)
                 segments[-1][0].extend(tokens)
                 segments[-1][1].extend([weight] * len(tokens))
         chunks = [chunk for ids, weights in segments if ids for chunk in self._split(ids, weights)]
         return chunks or [TokenChunk([], [])]
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of plain text, with the ids of any loaded embedding named in it."""
+        ids: list[int] = []
+        for piece, embedding in split_embeddings(text, list(self.embeddings)):
+            if embedding is not None:
+                ids.extend(self.embeddings[embedding])
+            else:
+                ids.extend(self.tokenizer(piece, add_special_tokens=False, truncation=False, verbose=False).input_ids)
+        return ids
 
     def _split(self, ids: list[int], weights: list[float]) -> list[TokenChunk]:
         """At most 75 tokens a chunk, cut after a comma within a chunk's last 20 tokens where there is one."""
@@ -94,11 +110,22 @@ class PromptEncoder:
         """``(1, 77 * chunks, dim)`` embeddings of one prompt."""
         return self.encode_chunks(self.chunks(prompt), clip_skip)
 
-    @torch.no_grad()
     def encode_chunks(self, chunks: list[TokenChunk], clip_skip: int, *, min_chunks: int = 1) -> torch.Tensor:
         """Encode token chunks, padded with empty chunks to ``min_chunks``."""
-        chunks = chunks + [TokenChunk([], [])] * (min_chunks - len(chunks))
-        rows = [[self.bos, *c.ids, self.eos] + [self.pad] * (CHUNK_TOKENS - len(c.ids)) for c in chunks]
+        return self.encode_many([chunks], clip_skip, min_chunks=min_chunks)[0]
+
+    @torch.no_grad()
+    def encode_many(self, prompts: list[list[TokenChunk]], clip_skip: int, *, min_chunks: int = 1
+                    ) -> list[torch.Tensor]:
+        """Several prompts' chunks through CLIP in one pass, each padded to the same number of chunks.
+
+        Returns one ``(1, 77 * chunks, dim)`` tensor per prompt. Every row of the batch is a chunk
+        encoded on its own (CLIP attends within a row), so the result is each prompt's alone.
+        """
+        count = max([min_chunks, *(len(chunks) for chunks in prompts)])
+        padded = [chunks + [TokenChunk([], [])] * (count - len(chunks)) for chunks in prompts]
+        flat = [chunk for chunks in padded for chunk in chunks]
+        rows = [[self.bos, *c.ids, self.eos] + [self.pad] * (CHUNK_TOKENS - len(c.ids)) for c in flat]
         device = self.text_encoder.device
         input_ids = torch.tensor(rows, dtype=torch.long, device=device)
         hidden: torch.Tensor
@@ -107,19 +134,15 @@ class PromptEncoder:
         else:
             states = self.text_encoder(input_ids, output_hidden_states=True).hidden_states
             hidden = self.final_layer_norm(states[-clip_skip])
-        for row, chunk in enumerate(chunks):
+        for row, chunk in enumerate(flat):
             if any(weight != 1.0 for weight in chunk.weights):
                 scale = torch.tensor([1.0, *chunk.weights, 1.0] + [1.0] * (CHUNK_TOKENS - len(chunk.ids)))
                 original_mean = hidden[row].mean()
                 hidden[row] = hidden[row] * scale.to(hidden)[:, None]
                 hidden[row] = restore_mean(hidden[row], original_mean)
-        return hidden.reshape(1, -1, hidden.shape[-1])
+        return [part.reshape(1, -1, hidden.shape[-1]) for part in hidden.split(count)]  # type: ignore[no-untyped-call]
 
     def encode_pair(self, prompt: str, negative: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt and negative prompt, the same way and to the same length (for CFG)."""
-        positive, negative_chunks = self.chunks(prompt), self.chunks(negative)
-        count = max(len(positive), len(negative_chunks))
-        return (
-            self.encode_chunks(positive, clip_skip, min_chunks=count),
-            self.encode_chunks(negative_chunks, clip_skip, min_chunks=count),
-        )
+        """Prompt and negative prompt, the same way, to the same length (for CFG) and in one pass."""
+        positive, negative_embeds = self.encode_many([self.chunks(prompt), self.chunks(negative)], clip_skip)
+        return positive, negative_embeds

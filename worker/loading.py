@@ -13,7 +13,9 @@ import torch
 
 from ponybot.errors import ConfigError, ModelLoadError
 from ponybot.hints import ponybot_command
-from ponybot.settings import ModelSettings
+from ponybot.keys import DEFAULT_MODEL_NAME
+from ponybot.settings import ModelEntry, ModelSettings, WorkerSettings
+from worker.networks import Architecture, model_hash
 from worker.tiny import TINY_SOURCE, ensure_tiny_pipeline
 
 log = logging.getLogger(__name__)
@@ -24,9 +26,16 @@ class LoadedModel:
     """The resident pipeline and what describes it."""
 
     pipeline: Any
-    name: str
+    name: str  #: written into PNG metadata as ``Model``
     device: torch.device
     dtype: torch.dtype
+    key: str = DEFAULT_MODEL_NAME  #: the model's name in the settings' table (its queue)
+    hash: str | None = None  #: A1111's ``Model hash``: known for a single-file checkpoint
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(int(self.pipeline.text_encoder.config.hidden_size),
+                            int(self.pipeline.unet.config.cross_attention_dim))
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -49,29 +58,37 @@ def resolve_device(setting: str) -> torch.device:
     return device
 
 
-def model_name(source: str, settings: ModelSettings) -> str:
-    """The name written into PNG metadata: ``model.name``, else the source's last part."""
-    if settings.name:
-        return settings.name
+def model_name(source: str, name: str | None) -> str:
+    """The name written into PNG metadata: the model's ``name``, else the source's last part."""
+    if name:
+        return name
     return Path(source.rstrip("/")).stem if source != TINY_SOURCE else TINY_SOURCE
 
 
-def load_model(source: str, settings: ModelSettings, device: torch.device) -> LoadedModel:
-    """Load ``source`` onto ``device`` (fp16 on CUDA, fp32 elsewhere); ModelLoadError says why not."""
+def load_model(source: str, settings: ModelSettings, device: torch.device, *, entry: ModelEntry | None = None,
+               key: str = DEFAULT_MODEL_NAME) -> LoadedModel:
+    """Load ``source`` onto ``device`` (fp16 on CUDA, fp32 elsewhere); ModelLoadError says why not.
+
+    ``entry`` is the model's ``[models.NAME]`` table (its ``config_dir`` and metadata name).
+    """
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()
     log.info("loading model %s on %s", source, device)
-    pipeline = _load_pipeline(source, settings, dtype)
+    config_dir = entry.config_dir if entry is not None else settings.config_dir
+    pipeline = _load_pipeline(source, settings.cache_dir, config_dir, dtype)
     pipeline.set_progress_bar_config(disable=True)
     pipeline = pipeline.to(device)
     if device.type == "cuda":
         pipeline.unet.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
-    log.info("loaded model %s on %s (%s) in %.1f s", source, device, dtype, time.perf_counter() - started)
-    return LoadedModel(pipeline, model_name(source, settings), device, dtype)
+    log.info("loaded model %s (%s) on %s (%s) in %.1f s", key, source, device, dtype, time.perf_counter() - started)
+    single = Path(source).expanduser()
+    checkpoint_hash = model_hash(single) if single.suffix == ".safetensors" and single.is_file() else None
+    name = model_name(source, entry.name if entry is not None else settings.name)
+    return LoadedModel(pipeline, name, device, dtype, key=key, hash=checkpoint_hash)
 
 
-def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> Any:
+def _load_pipeline(source: str, cache_dir: Path, config_dir: Path | None, dtype: torch.dtype) -> Any:
     import diffusers
     import transformers
     from diffusers import StableDiffusionPipeline
@@ -83,14 +100,14 @@ def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> 
         "dtype": dtype, "low_cpu_mem_usage": False, "safety_checker": None, "requires_safety_checker": False
     }
     if source == TINY_SOURCE:
-        source = str(ensure_tiny_pipeline(settings.cache_dir))
+        source = str(ensure_tiny_pipeline(cache_dir))
     path = Path(source).expanduser()
     if path.suffix in (".ckpt", ".pt", ".bin"):
         raise ModelLoadError(
             f"{path.name}: pickle checkpoints can run code when loaded; use the .safetensors file instead"
         )
     if path.suffix == ".safetensors":
-        return _load_single_file(path, settings, common)
+        return _load_single_file(path, config_dir, common)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise ModelLoadError(f"{path} is not a diffusers folder (no model_index.json)")
@@ -98,17 +115,17 @@ def _load_pipeline(source: str, settings: ModelSettings, dtype: torch.dtype) -> 
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelLoadError(f"model path {source} does not exist (and it is no hub id of the form owner/name)")
     try:
-        return StableDiffusionPipeline.from_pretrained(source, cache_dir=settings.cache_dir, **common)
+        return StableDiffusionPipeline.from_pretrained(source, cache_dir=cache_dir, **common)
     except Exception as error:  # offline, not in the cache, no such repository: one plain message
-        raise ModelLoadError(cannot_fetch(source, settings, error)) from error
+        raise ModelLoadError(cannot_fetch(source, cache_dir, error)) from error
 
 
-def cannot_fetch(source: str, settings: ModelSettings, error: Exception) -> str:
+def cannot_fetch(source: str, cache_dir: Path, error: Exception) -> str:
     """What failed when a hub model could not be fetched, and the three ways on."""
     reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
     return (
         f"model.source: could not fetch {source} from the Hugging Face hub, and it is not in the cache "
-        f"{settings.cache_dir} ({type(error).__name__}: {reason}). Either run once on a host with internet "
+        f"{cache_dir} ({type(error).__name__}: {reason}). Either run once on a host with internet "
         f"(the first run downloads it into model.cache_dir, about 2-4 GB; copy that folder here), "
         "or set model.source to a local diffusers folder or .safetensors file, "
         f"or try the tiny test model: PONYBOT_MODEL__SOURCE=tiny make run "
@@ -116,16 +133,16 @@ def cannot_fetch(source: str, settings: ModelSettings, error: Exception) -> str:
     )
 
 
-def _load_single_file(path: Path, settings: ModelSettings, common: dict[str, Any]) -> Any:
+def _load_single_file(path: Path, config: Path | None, common: dict[str, Any]) -> Any:
     from diffusers import StableDiffusionPipeline
 
     if not path.is_file():
         raise ModelLoadError(f"checkpoint {path} does not exist")
-    config = settings.config_dir
     if config is None or not (config / "model_index.json").is_file():
         raise ModelLoadError(
-            f"{path.name} is a single-file checkpoint: set model.config_dir to a local diffusers folder "
-            "of the same architecture (model_index.json, component configs, tokenizer) so it loads offline"
+            f"{path.name} is a single-file checkpoint: set model.config_dir (models.NAME.config_dir) to a local "
+            "diffusers folder of the same architecture (model_index.json, component configs, tokenizer) "
+            "so it loads offline"
         )
     os.environ["HF_HUB_OFFLINE"] = "1"  # never let diffusers fall back to a download
     return _guarded(
@@ -143,14 +160,42 @@ def _guarded(source: str, load: Any) -> Any:
         raise ModelLoadError(f"could not load model {source}: {type(error).__name__}: {error}") from error
 
 
+#: torch.compile modes that replay CUDA graphs.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_mode(settings: WorkerSettings, device: torch.device) -> str | None:
+    """The torch.compile mode for this worker, or None to run eagerly (always on the CPU).
+
+    ``worker.cuda_graphs`` (on by default) compiles on CUDA even when ``worker.compile`` is off, in
+    the mode of ``worker.compile_mode`` that also captures CUDA graphs (``reduce-overhead``, or
+    ``max-autotune`` for ``max-autotune-no-cudagraphs``). Without it, ``worker.compile`` uses
+    ``compile_mode`` as it is.
+    """
+    if device.type != "cuda" or not (settings.compile or settings.cuda_graphs):
+        return None
+    if not settings.cuda_graphs:
+        return settings.compile_mode
+    return {"max-autotune-no-cudagraphs": "max-autotune", "default": "reduce-overhead"}.get(
+        settings.compile_mode, settings.compile_mode)
+
+
 def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     """torch.compile the UNet and the VAE decoder, kernels cached on disk across restarts.
 
-    Before compiling: the attention's q, k and v projections fused into one matmul, and
-    inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
-    (diffusers' guide to fast text-to-image inference). The VAE decodes batches in slices,
-    so its decoder compiles once, for batch 1.
+    Before compiling: inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
+    (diffusers' guide to fast text-to-image inference). Each shape (size, batch size) compiles,
+    and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.runtime.warm_up`
+    runs them before the first job. ``speed: fast`` runs the UNet's modules eagerly (worker/deepcache.py).
     """
+    configure_inductor(cache_dir)
+    pipeline = model.pipeline
+    pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
+    pipeline.vae.decoder = torch.compile(pipeline.vae.decoder, mode=mode, fullgraph=True)
+
+
+def configure_inductor(cache_dir: Path) -> None:
+    """Kernels cached on disk under ``cache_dir``; 1x1 convolutions as matmuls, tiling tuned."""
     import torch._inductor.config as inductor
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str((cache_dir / "inductor").resolve()))
@@ -159,7 +204,3 @@ def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
     inductor.coordinate_descent_tuning = True
     inductor.epilogue_fusion = False
     inductor.coordinate_descent_check_all_directions = True
-    pipeline = model.pipeline
-    pipeline.fuse_qkv_projections()
-    pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
-    pipeline.vae.decoder = torch.compile(pipeline.vae.decoder, mode=mode, fullgraph=True)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
@@ -28,13 +30,16 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
-from ponybot.errors import ForgedJobError
+from ponybot.errors import ForgedJobError, InvalidRequestError
+from ponybot.networks import parse_loras
 from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import (
     Job,
     JobKind,
 )
-from worker.runtime import WorkerRuntime, with_redis_retry
+from worker.announce import Announcer
+from worker.runtime import Batch, WorkerRuntime, with_redis_retry
+from worker.stage import PostStage
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +99,48 @@ def attempts_of(conn: redis.Redis, job: RQJob) -> int:
     return int(raw) if raw else 0
 
 
+class Heartbeats:
+    """Job heartbeats for one batch on their own thread, from its start until RQ is told it ended."""
+
+    def __init__(self, worker: GenerationWorker, running: list[tuple[RQJob, Any]]) -> None:
+        self.worker = worker
+        self.running = running
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name="ponybot-heartbeats", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join()
+
+    def _beat(self) -> None:
+        """Heartbeats every ``heartbeat_s``, and the sweep for jobs abandoned by dead workers every
+        ``maintenance_s`` (RQ sweeps only between jobs, so busy workers would never sweep)."""
+        worker = self.worker
+        next_beat = time.monotonic() + worker.heartbeat_s
+        while not self.done.wait(max(0.0, min(next_beat - time.monotonic(), worker._next_sweep_in()))):
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + worker.heartbeat_s
+                for job, execution in self.running:
+                    try:
+                        worker.maintain_heartbeats(job, execution)
+                    except redis.RedisError as error:
+                        log.warning("job=%s heartbeat failed: %s", job.id, error)
+            if worker.should_run_maintenance_tasks:
+                worker.sweep()
+
+
+@dataclass
+class InFlight:
+    """A batch from its start until RQ is told each of its jobs ended."""
+
+    queue: Any
+    running: list[tuple[RQJob, Any]]  #: (RQ job, execution), the leader first
+    beats: Heartbeats
+    handed_over: bool = False  #: given to the post stage, which finalizes it
+
+
 class GenerationWorker(SimpleWorker):
     """RQ's in-process worker bound to one runtime; JSON only, SafeJob only."""
 
@@ -103,7 +150,7 @@ class GenerationWorker(SimpleWorker):
         self.on_interrupt = on_interrupt
         job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
         super().__init__(
-            [generation_queue(runtime.conn)],
+            [generation_queue(runtime.conn, model) for model in runtime.generators],
             connection=runtime.conn,
             name=runtime.name,
             job_class=job_class,
@@ -115,6 +162,8 @@ class GenerationWorker(SimpleWorker):
         )
         self.runtime = runtime
         self.heartbeat_s = runtime.settings.worker.heartbeat_s
+        self.stage = PostStage(runtime.settings.worker.overlap_depth)
+        self._flight: InFlight | None = None
 
     def _install_signal_handlers(self) -> None:
         """RQ's warm shutdown, unless ``on_interrupt`` is given: then SIGINT/SIGTERM call it, at once."""
@@ -195,7 +244,14 @@ class GenerationWorker(SimpleWorker):
             self.executions.clear()
 
     def run_job(self, job: RQJob, queue: Any) -> None:
-        """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none) and batching."""
+        """RQ's SimpleWorker, plus heartbeats while the job runs (SimpleWorker sends none), batching, and overlap.
+
+        The GPU stage runs here (``perform_job`` under the job's time limit). Once it has queued
+        the batch on the GPU, the batch's post-processing and RQ's bookkeeping go to the post
+        stage (:meth:`_finalize_success`) and this returns to take the next job. RQ hears that a
+        job finished only after its event is published, and its heartbeats go on until then:
+        a worker that dies between the stages leaves the job to be retried, as before.
+        """
         execution = self.prepare_execution(job)
         claimed = self.claim_batch(job, queue)
         running = [(job, execution)]
@@ -203,28 +259,68 @@ class GenerationWorker(SimpleWorker):
             running.append((other, self.prepare_execution(other)))
             self.prepare_job_execution(other, remove_from_intermediate_queue=True)
         self.runtime.batched = [payload for _other, payload in claimed]
-        done = threading.Event()
-        beats = threading.Thread(target=self._beat, args=(running, done), daemon=True)
-        beats.start()
+        flight = InFlight(queue, running, Heartbeats(self, running))
+        self._flight = flight
         try:
             succeeded = self.perform_job(job, queue, execution)
         finally:
-            done.set()
-            beats.join()
             self.runtime.batched = []
-        for other, other_execution in running[1:]:
-            if succeeded:
-                self._finalize_success(other, queue, other_execution, None)
-            else:
-                failure = RuntimeError(f"the batch led by job {job.id} failed")
-                self._finalize_failure(other, queue, other_execution, (RuntimeError, failure, None))
+            self._flight = None
+        if not flight.handed_over:  # the GPU stage failed: nothing for the post stage
+            self.runtime.take_pending()
+            flight.beats.stop()
+            self._finalize_rest(flight, succeeded)
         self.set_state("idle")
 
-    def _finalize_success(self, job: RQJob, queue: Any, execution: Execution, return_value: Any) -> None:
-        """RQ's, retried while Redis is away (a failover): the job's event is out, so failing it here
-        would end this worker and leave the job to run again."""
+    def _finalize_success(self, job: RQJob, queue: Any, execution: Any, return_value: Any) -> None:
+        """The leader's GPU stage succeeded: hand its batch to the post stage, which tells RQ when done."""
+        flight = self._flight
+        pending = self.runtime.take_pending()
+        if flight is None or flight.running[0][0] is not job:  # not a batch this worker started: finish here
+            if pending is not None:
+                self.runtime.finish_batch(pending)
+            self._finished(job, queue, execution, return_value)
+            return
+        flight.handed_over = True
+        self.stage.submit(lambda: self._post(flight, pending, return_value))
+
+    def _post(self, flight: InFlight, pending: Batch | None, return_value: Any) -> None:
+        """Post-process a batch, publish its events, and only then tell RQ its jobs are finished."""
+        try:
+            if pending is not None:
+                events = self.runtime.finish_batch(pending)
+                return_value = {"events": {event.job.id: event.kind for event in events}}
+        except Exception:  # noqa: BLE001 - RQ records it (and retries) as it would a failure in perform_job
+            failure = sys.exc_info()
+            flight.beats.stop()
+            for job, execution in flight.running:
+                log.error("job=%s post-processing failed: %s", job.id, failure[1])
+                super()._finalize_failure(job, flight.queue, execution, failure)
+            return
+        flight.beats.stop()
+        for job, execution in flight.running:
+            self._finished(job, flight.queue, execution, return_value)
+
+    def _finished(self, job: RQJob, queue: Any, execution: Any, return_value: Any) -> None:
+        """RQ's ``_finalize_success``, retried while Redis is away (a failover): the job's event is out,
+        so failing here would end this worker and leave the job to run again."""
         with_redis_retry(job.id, lambda: super(GenerationWorker, self)._finalize_success(job, queue, execution,
                                                                                        return_value))
+
+    def _finalize_rest(self, flight: InFlight, succeeded: bool) -> None:
+        """The batched jobs of a leader whose GPU stage ended without a hand-over (it failed)."""
+        leader = flight.running[0][0]
+        for other, other_execution in flight.running[1:]:
+            if succeeded:
+                self._finished(other, flight.queue, other_execution, None)
+            else:
+                failure = RuntimeError(f"the batch led by job {leader.id} failed")
+                self._finalize_failure(other, flight.queue, other_execution, (RuntimeError, failure, None))
+
+    def teardown(self) -> None:
+        """Finish the batches still in the post stage (SIGTERM, burst end) before leaving."""
+        self.stage.close()
+        super().teardown()  # type: ignore[no-untyped-call]
 
     def claim_batch(self, leader: RQJob, queue: Any) -> list[tuple[RQJob, Job]]:
         """Up to ``worker.max_batch - 1`` queued jobs of the leader's shape, waiting ``batch_window_ms`` at most.
@@ -292,24 +388,13 @@ class GenerationWorker(SimpleWorker):
         except UNREADABLE:
             return None
         a, b = lead.request, payload.request
-        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip) == (
-            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip)
+        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip, a.speed, a.model) == (
+            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip, b.speed, b.model)
+        try:  # one model and one LoRA set per batch: the adapters are the pipeline's state
+            same = same and lora_set(a.prompt) == lora_set(b.prompt)
+        except InvalidRequestError:
+            return None
         return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
-
-    def _beat(self, running: list[tuple[RQJob, Any]], done: threading.Event) -> None:
-        """While the job runs: its heartbeats every ``heartbeat_s``, and the sweep for jobs abandoned by dead
-        workers every ``maintenance_s`` (RQ sweeps only between jobs, so busy workers would never sweep)."""
-        next_beat = time.monotonic() + self.heartbeat_s
-        while not done.wait(max(0.0, min(next_beat - time.monotonic(), self._next_sweep_in()))):
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + self.heartbeat_s
-                for job, execution in running:
-                    try:
-                        self.maintain_heartbeats(job, execution)
-                    except redis.RedisError as error:
-                        log.warning("job=%s heartbeat failed: %s", job.id, error)
-            if self.should_run_maintenance_tasks:
-                self.sweep()
 
     def _next_sweep_in(self) -> float:
         if self.last_cleaned_at is None:
@@ -365,17 +450,24 @@ class GenerationWorker(SimpleWorker):
         return True
 
 
+def lora_set(prompt: str) -> tuple[tuple[str, float], ...]:
+    return tuple(sorted((lora.name, lora.weight) for lora in parse_loras(prompt) if lora.weight != 0))
+
+
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False, on_interrupt: Callable[[], None] | None = None
                ) -> bool:
-    """Take jobs until stopped (SIGTERM/SIGINT: the current job finishes first) or, in burst mode, drained.
+    """Take jobs until stopped (SIGTERM/SIGINT: the current batch and its post-processing finish first)
+    or, in burst mode, drained.
 
     ``on_interrupt`` replaces that warm shutdown (``generate --local``: its own job, nothing to finish).
     """
     worker = GenerationWorker(runtime, on_interrupt=on_interrupt)
     started = time.perf_counter()
-    log.info("worker %s listening on %s", runtime.name, keys.GENERATE_QUEUE)
+    log.info("worker %s holds %s, listening on %s", runtime.name, ", ".join(runtime.generators),
+             ", ".join(queue.name for queue in worker.queues))
     # RQ's own per-job lines repeat ours (job=<id> ... started/done); keep its warnings and errors
     rq_level = "DEBUG" if log.isEnabledFor(logging.DEBUG) else "WARNING"
-    result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
+    with Announcer(runtime):
+        result = worker.work(burst=burst, logging_level=rq_level, with_scheduler=False)
     log.info("worker %s stopped after %.1f s", runtime.name, time.perf_counter() - started)
     return bool(result)

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -19,30 +20,34 @@ from prometheus_client import CollectorRegistry
 
 from ponybot import keys
 from ponybot.cpus import available_cpus
-from ponybot.errors import ForgedJobError, GenerationError
+from ponybot.errors import ForgedJobError, GenerationError, InvalidRequestError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
+from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
 from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
-    STRENGTH,
     GenerationRequest,
     ImageResult,
     Job,
     JobEvent,
     JobKind,
     ProgressEvent,
+    Speed,
     parse_size,
     upscale_size,
     utcnow,
 )
 from ponybot.settings import Settings
 from ponybot.status import SafetyState, publish_safety
-from worker.generate import BatchItem, GenerationOutput, Generator
-from worker.loading import compile_model, load_model, resolve_device
-from worker.png import encode_png, latent_preview
+from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generator
+from worker.loading import CUDA_GRAPH_MODES, compile_mode, compile_model, load_model, resolve_device
+from worker.networks import Catalog
+from worker.png import encode_png
+from worker.progress import BatchProgress
+from worker.resize import resize_image
 from worker.safety import ImageCheck, Verdict, load_safety
 
 log = logging.getLogger(__name__)
@@ -50,15 +55,33 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+@dataclass
+class Batch:
+    """One batch between the GPU stage and the post stage."""
+
+    jobs: list[Job]  #: in the order their events go out
+    queued: dict[str, float]  #: seconds each waited in the queue
+    planned: list[tuple[Job, EffectivePolicy | None, Decision]] = field(default_factory=list)
+    events: dict[str, JobEvent] = field(default_factory=dict)  #: decided before the post stage (refusals)
+    generated: DeferredBatch | None = None  #: the planned jobs' images, on their way to the host
+    generator: Generator | None = None  #: the model that draws them
+
+    def fail(self, event: Callable[[Job], JobEvent]) -> None:
+        """Every planned job fails with ``event(job)``; nothing is left to post-process."""
+        self.events.update({job.id: event(job) for job, _p, _d in self.planned})
+        self.generated = None
+
+
 class WorkerRuntime:
     """The resident pipeline plus everything one job needs: Redis, settings, a name."""
 
-    def __init__(self, settings: Settings, conn: redis.Redis, generator: Generator, name: str,
+    def __init__(self, settings: Settings, conn: redis.Redis, generators: Generator | dict[str, Generator], name: str,
                  classifier: ImageCheck | None = None, registry: CollectorRegistry | None = None) -> None:
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.settings = settings
         self.conn = conn
-        self.generator = generator
+        #: model name -> its resident pipeline; one generator alone is the default model's
+        self.generators = generators if isinstance(generators, dict) else {settings.default_model: generators}
         self.name = name
         self.classifier = classifier
         self.publish_safety()
@@ -69,6 +92,23 @@ class WorkerRuntime:
         self.batched: list[Job] = []
         #: when set, the only job ids this worker runs (``generate --local``: the job it enqueued itself)
         self.only_jobs: frozenset[str] | None = None
+        #: the batch :meth:`run` generated and left for the post stage
+        self.pending: Batch | None = None
+
+    @property
+    def generator(self) -> Generator:
+        """The first model's generator (the only one of a single-model worker)."""
+        return next(iter(self.generators.values()))
+
+    @generator.setter
+    def generator(self, value: Generator) -> None:
+        self.generators[next(iter(self.generators))] = value
+
+    def generator_for(self, job: Job) -> Generator:
+        model = job.request.model or self.settings.default_model
+        if model not in self.generators:
+            raise GenerationError("model", f"this worker does not hold the model {model!r}")
+        return self.generators[model]
 
     def policy_for(self, job: Job) -> EffectivePolicy | None:
         """The channel's policy as stored now (a moderator's change applies to queued jobs too)."""
@@ -102,79 +142,133 @@ class WorkerRuntime:
         return verdicts
 
     def run(self, payload: str) -> dict[str, Any]:
-        """Run the job in ``payload`` (with any jobs batched beside it) and publish each one's event."""
+        """Run the job in ``payload`` with any jobs batched beside it; publish each one's event.
+
+        With ``worker.overlap_depth`` above 0 this returns once the GPU has the batch and leaves
+        its post-processing in :attr:`pending`, for the worker's post stage to :meth:`finish_batch`.
+        """
         jobs = [Job.model_validate_json(payload), *self.batched]
         strangers = [job.id for job in jobs if self.only_jobs is not None and job.id not in self.only_jobs]
         if strangers:
             raise ForgedJobError(f"refusing job(s) {', '.join(strangers)}: this worker runs only "
                                  f"{', '.join(sorted(self.only_jobs or ()))}")
-        events = self.run_batch(jobs)
+        batch = self.start_batch(jobs)
+        if self.settings.worker.overlap_depth:
+            self.pending = batch
+            return {"events": "pending"}
+        events = self.finish_batch(batch)
         return {"events": {event.job.id: event.kind for event in events}}
+
+    def take_pending(self) -> Batch | None:
+        """The batch :meth:`run` left for post-processing (once)."""
+        batch, self.pending = self.pending, None
+        return batch
 
     def run_batch(self, jobs: list[Job]) -> list[JobEvent]:
         """Jobs of one shape as one batch; each gets its own ``done`` or ``failed`` event."""
+        return self.finish_batch(self.start_batch(jobs))
+
+    def start_batch(self, jobs: list[Job]) -> Batch:
+        """The GPU stage: policy, then generation queued on the GPU; what is left goes to :meth:`finish_batch`.
+
+        A job whose event is already on the stream (its worker died after publishing it, before
+        RQ heard the job was done) is not run again.
+        """
         now = utcnow()
-        queued = {job.id: (now - job.created_at).total_seconds() for job in jobs}
-        events: dict[str, JobEvent] = {}
-        planned: list[tuple[Job, EffectivePolicy | None, Decision]] = []
+        def read() -> list[int]:
+            with self.conn.pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    pipe.exists(keys.published(job.id))
+                return list(pipe.execute())
+
+        published = with_redis_retry(jobs[0].id, read)
+        for job, done in zip(jobs, published, strict=True):
+            if done:
+                log.warning("job=%s its event was published by an earlier attempt: not run again", job.id)
+        jobs = [job for job, done in zip(jobs, published, strict=True) if not done]
+        batch = Batch(jobs, {job.id: (now - job.created_at).total_seconds() for job in jobs})
         for job in jobs:
-            log.info("job=%s started: %s %dx%d x%d, %d steps, %s (batch of %d)", job.id, job.kind.value,
+            log.info("job=%s started: %s %dx%d x%d, %d steps, %s%s (batch of %d)", job.id, job.kind.value,
                      job.request.width, job.request.height, job.request.count, job.request.steps,
-                     job.request.sampler.value, len(jobs))
+                     job.request.sampler.value, ", fast" if job.request.speed is Speed.FAST else "", len(jobs))
             policy = self.policy_for(job)
-            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag)
+            decision = apply(policy, job.request, quality=job.quality_tags, safe_tag=self.settings.policy.safe_tag,
+                             model=self.settings.models.get(job.request.model or self.settings.default_model))
+            try:
+                check_lora_count(parse_loras(job.request.prompt), self.settings.model.max_loras)
+            except InvalidRequestError as error:
+                decision = Decision(False, str(error), decision.prompt, decision.negative_prompt, "prompt")
             if decision.allowed:
-                planned.append((job, policy, decision))
+                batch.planned.append((job, policy, decision))
             else:
-                events[job.id] = self._failed(job, "policy", decision.reason or "refused", queued[job.id])
-        if planned:
-            events.update(self._generate(planned, queued))
-        for job in jobs:
-            event = events[job.id]
+                batch.events[job.id] = self._failed(job, "policy", decision.reason or "refused", batch.queued[job.id])
+        if batch.planned:
+            self._generate(batch)
+        return batch
+
+    def finish_batch(self, batch: Batch) -> list[JobEvent]:
+        """The post stage: images to the host, classifier, PNGs, Redis writes, each job's event, metrics."""
+        if batch.generated is not None:
+            outputs = batch.generated.outputs()
+            failed = {job.id: self._failed(job, output.error.code, str(output.error), batch.queued[job.id])
+                      for (job, _p, _d), output in zip(batch.planned, outputs, strict=True)
+                      if output.error is not None}
+            batch.events.update(failed)
+            kept = [(plan, output) for plan, output in zip(batch.planned, outputs, strict=True)
+                    if plan[0].id not in failed]
+            planned, outputs = [plan for plan, _o in kept], [output for _p, output in kept]
+            # the classifier per job and the PNG per image run side by side on the CPU
+            # (onnxruntime and zlib release the GIL), instead of one after another
+            screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
+                                         list(zip(planned, outputs, strict=True)))
+            for output, verdicts in zip(outputs, screened, strict=True):
+                output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
+            assert batch.generator is not None
+            batch.events.update(self._store(planned, outputs, batch.queued, batch.generator))
+        for job in batch.jobs:
+            event = batch.events[job.id]
             with_redis_retry(job.id, lambda event=event: publish_event(self.conn, event))  # type: ignore[misc]
             self.record(event)
-            log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s, queued[job.id])
-        return [events[job.id] for job in jobs]
+            log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s,
+                     batch.queued[job.id])
+        return [batch.events[job.id] for job in batch.jobs]
 
-    def _generate(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], queued: dict[str, float]
-                  ) -> dict[str, JobEvent]:
+    def _generate(self, batch: Batch) -> None:
+        planned, queued = batch.planned, batch.queued
         leader = planned[0][0]
         offsets, total_images = [], 0
         for job, _policy, _decision in planned:
             offsets.append(total_images)
             total_images += job.request.count
-
-        every = self.settings.worker.preview_every
-
-        def on_step(step: int, total: int, latents: torch.Tensor) -> None:
-            # one copy to the host (a GPU sync) on preview steps only, shared by the batch's jobs
-            host = latents.cpu() if every and step % every == 0 and step < total else None
-            for (job, _policy, _decision), offset in zip(planned, offsets, strict=True):
-                self._progress(job, step, total, None if host is None else host[offset])
-
+        progress = BatchProgress([job.id for job, _p, _d in planned], offsets, self._publish_progress,
+                                 interval_s=self.settings.discord.progress_edit_interval_s,
+                                 preview_from=self.settings.worker.preview_every)
         try:
             request, init_image = self.follow_up(leader, planned[0][1])
+            generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
-            outputs = self.generator.generate_batch(request, items, on_step=on_step, init_image=init_image,
-                                                    strength=STRENGTH.get(leader.kind, 1.0))
+            batch.generator = generator
+            batch.generated = generator.generate_deferred(request, items, on_step=progress.on_step,
+                                                          init_image=init_image,
+                                                          strength=leader.strength,
+                                                          loras=parse_loras(leader.request.prompt))
         except GenerationError as error:
-            return {job.id: self._failed(job, error.code, str(error), queued[job.id]) for job, _p, _d in planned}
+            code, reason = error.code, str(error)
+            batch.fail(lambda job: self._failed(job, code, reason, queued[job.id]))
         except torch.OutOfMemoryError:
             message = "the GPU ran out of memory: try a smaller size or count"
-            return {job.id: self._failed(job, "out_of_memory", message, queued[job.id]) for job, _p, _d in planned}
-        failed = {job.id: self._failed(job, output.error.code, str(output.error), queued[job.id])
-                  for (job, _p, _d), output in zip(planned, outputs, strict=True) if output.error is not None}
-        if failed:
-            kept = [(plan, output) for plan, output in zip(planned, outputs, strict=True) if plan[0].id not in failed]
-            planned, outputs = [plan for plan, _o in kept], [output for _p, output in kept]
-        # After the GPU: the classifier per job and the PNG per image run side by side on the CPU
-        # (onnxruntime and zlib release the GIL), instead of one after another while the GPU waits.
-        screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
-                                     list(zip(planned, outputs, strict=True)))
-        for output, verdicts in zip(outputs, screened, strict=True):
-            output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
-        return {**failed, **self._store(planned, outputs, queued)}
+            batch.fail(lambda job: self._failed(job, "out_of_memory", message, queued[job.id]))
+
+    def _publish_progress(self, make: Callable[[], ProgressEvent]) -> None:
+        """Build and send a progress event on the CPU pool: the GPU stage never waits for it."""
+        def send() -> None:
+            try:
+                publish_progress(self.conn, make())
+            except redis.RedisError as error:  # progress is lossy by design
+                log.warning("progress not sent: %s", error)
+
+        self.pool.submit(send)
 
     def side_by_side(self, work: Callable[[T], R], items: list[T]) -> list[R]:
         """``work`` over ``items`` on the CPU pool (in this thread when there is only one)."""
@@ -184,44 +278,55 @@ class WorkerRuntime:
 
     def record(self, event: JobEvent) -> None:
         metrics = self.metrics
-        metrics.wait.observe(max(0.0, event.queued_s))
+        model = event.job.request.model or self.settings.default_model
+        metrics.wait.labels(model).observe(max(0.0, event.queued_s))
         if event.kind == "failed":
-            metrics.failures.labels(event.error_code or "internal").inc()
+            metrics.failures.labels(model, event.error_code or "internal").inc()
             return
-        metrics.generation.observe(event.generation_s)
-        metrics.images.inc(len(event.images))
-        metrics.withheld.inc(event.withheld)
+        metrics.generation.labels(model).observe(event.generation_s)
+        metrics.images.labels(model).inc(len(event.images))
+        metrics.withheld.labels(model).inc(event.withheld)
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
 
+    def uploaded(self, job: Job) -> Image.Image | None:
+        """The member's uploaded picture as stored by the bot, or None once expired."""
+        assert job.upload is not None
+        data = self.conn.get(job.upload.key)
+        if data is None:
+            return None
+        return Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+
     def follow_up(self, job: Job, policy: EffectivePolicy | None = None
                   ) -> tuple[GenerationRequest, Image.Image | None]:
-        """The request as generated, and the source image of an upscale or variation (checked in SFW channels)."""
+        """The request as generated, and the image an upscale, variation or upload img2img starts from
+        (checked in SFW channels)."""
+        sfw = policy is not None and policy.mode is Mode.SFW
+        unsafe = GenerationError("unsafe_source", "the image it starts from did not pass this channel's image check")
+        if job.kind is JobKind.IMG2IMG and job.upload is not None:
+            picture = self.uploaded(job)
+            if picture is None:
+                raise GenerationError("expired", "the uploaded picture it starts from has expired")
+            if sfw and self.screen(job, policy, [picture])[0].flagged is not False:
+                raise unsafe
+            request = job.request
+            return request, resize_image(picture, request.width, request.height, job.upload.resize_mode)
         if job.kind is JobKind.TXT2IMG or job.source is None:
             return job.request, None
         data = self.conn.get(job.source.key)
         if data is None:
             raise GenerationError("expired", "the image it starts from has expired")
         source = Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
-        sfw = policy is not None and policy.mode is Mode.SFW
         if sfw and self.screen(job, policy, [source])[0].flagged is not False:
-            raise GenerationError("unsafe_source", "the image it starts from did not pass this channel's image check")
+            raise unsafe
         width, height = source.size
         if job.kind is JobKind.UPSCALE:
             width, height = upscale_size(width, height, self.settings.limits.max_upscale_pixels)
             source = source.resize((width, height), Image.Resampling.LANCZOS)
         return job.request.model_copy(update={"width": width, "height": height, "count": 1}), source
 
-    def _progress(self, job: Job, step: int, total: int, latents: torch.Tensor | None) -> None:
-        """Tell the bot how far the job is, with a preview of its first image when ``latents`` is given."""
-        preview = None if latents is None else latent_preview(latents)
-        try:
-            publish_progress(self.conn, ProgressEvent.create(job.id, step, total, preview))
-        except redis.RedisError as error:  # progress is lossy by design
-            log.warning("job=%s progress not sent: %s", job.id, error)
-
     def _store(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], outputs: list[GenerationOutput],
-               queued: dict[str, float]) -> dict[str, JobEvent]:
+               queued: dict[str, float], generator: Generator) -> dict[str, JobEvent]:
         """Each job's kept images as PNGs in Redis (one round trip) and its ``done`` event."""
         ttl = self.settings.worker.result_ttl_s
         results: dict[str, list[ImageResult]] = {}
@@ -236,7 +341,8 @@ class WorkerRuntime:
                 if not withheld:
                     key = keys.image(job.id, index)
                     text = format_parameters(job, index, decision.prompt, decision.negative_prompt,
-                                             self.generator.model.name, size=image.size)
+                                             generator.model.name, size=image.size, extra=output.hashes,
+                                             fast_interval=generator.fast_interval)
                     pngs[key] = (image, text)
                 results[job.id].append(ImageResult(
                     index=index, seed=seed, key=key, width=image.width, height=image.height, flagged=flagged,
@@ -315,32 +421,52 @@ def default_worker_name(device: torch.device) -> str:
 
 
 def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | None = None,
-                  name: str | None = None, metrics_port: int = 0) -> WorkerRuntime:
-    """Load the model (once, before any job is taken) and bind it to Redis."""
+                  name: str | None = None, metrics_port: int = 0, models: list[str] | None = None) -> WorkerRuntime:
+    """Load the models (once, before any job is taken; default: the default model) and bind them to Redis.
+
+    ``model_source`` replaces the source of the first model (``ponybot worker --model``).
+    """
     device = resolve_device(settings.worker.device)
     threads = cpu_threads(settings)
     limit_cpu_threads(threads)
     log.info("using %d CPU thread(s)", threads)
     if device.type == "cpu":
         log.warning("running on the CPU: a real SD1.5 model takes minutes per image here")
-    model = load_model(model_source or settings.model.source, settings.model, device)
-    generator = Generator(model)
-    if settings.worker.compile and device.type == "cuda":
-        compile_model(model, settings.model.cache_dir, settings.worker.compile_mode)
-        warm_up(generator, settings)
+    names = models or [settings.default_model]
+    for key in names:
+        settings.model_entry(key)  # a ConfigError naming a model that is not configured, before any load
+    generators: dict[str, Generator] = {}
+    mode = compile_mode(settings.worker, device)
+    for index, key in enumerate(names):
+        entry = settings.model_entry(key)
+        model = load_model(model_source if model_source and index == 0 else entry.source, settings.model, device,
+                           entry=entry, key=key)
+        catalog = Catalog(settings.model.lora_dir, settings.model.embeddings_dir, [model.architecture])
+        generator = Generator(model, catalog, settings.model.lora_cache)
+        generator.vae_decode = settings.worker.vae_decode
+        generator.fast_interval = settings.worker.fast_interval
+        generators[key] = generator
+        if mode is not None:
+            compile_model(model, settings.model.cache_dir, mode)
+            generator.cuda_graphs = mode in CUDA_GRAPH_MODES
+            warm_up(generator, settings)
     classifier = load_safety(settings.safety, settings.model.cache_dir, threads=min(2, threads))
-    registry = serve_metrics(metrics_port, conn)
-    return WorkerRuntime(settings, conn, generator, name or default_worker_name(device), classifier, registry)
+    registry = serve_metrics(metrics_port, conn, names)
+    return WorkerRuntime(settings, conn, generators, name or default_worker_name(device), classifier, registry)
 
 
 def warm_up(generator: Generator, settings: Settings) -> None:
-    """Compile for every batch size this worker will run, before taking the first job."""
+    """Compile (and capture CUDA graphs) for every batch size this worker will run, before the first job.
+
+    At the default size; other sizes compile and capture on their first job.
+    """
     width, height = parse_size(settings.defaults.size)
     request = GenerationRequest(prompt="warm-up", width=width, height=height, steps=2)
     sizes = sorted({1, *(2**i for i in range(1, 5) if 2**i <= settings.worker.max_batch), settings.worker.max_batch})
     for size in sizes:
         started = time.perf_counter()
-        generator.generate_batch(request, [BatchItem("warm-up", "", 0, 1)] * size)
+        for _run in range(2):  # CUDA graphs are recorded on a call after the first
+            generator.generate_batch(request, [BatchItem("warm-up", "", 0, 1)] * size)
         log.info("compiled and warmed up batch size %d in %.1f s", size, time.perf_counter() - started)
 
 

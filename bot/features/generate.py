@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.jobs import queue_job
+from bot.i18n import MemberError
+from bot.jobs import queue_job, read_redis
+from bot.options import make_request
+from bot.uploads import PendingUpload, check_declared
 from ponybot.errors import InvalidRequestError
-from ponybot.schemas import MAX_SEED, GenerationRequest, Sampler, build_request, parse_size
+from ponybot.member_defaults import MemberDefaultsStore
+from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, Speed, parse_size
 from ponybot.settings import Settings
+from ponybot.styles import Style, StyleStore
+from ponybot.workers import WorkerRecord, models_online_from, online_workers
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -46,17 +53,38 @@ class SizeTransformer(app_commands.Transformer):
             raise InvalidRequestError("size", str(error)) from None
 
 
-def make_request(settings: Settings, options: dict[str, Any]) -> GenerationRequest:
-    """The request from the options a member gave, with the operator's defaults for the rest."""
-    defaults = settings.defaults
-    given = {key: value for key, value in options.items() if value is not None}
-    width, height = given.pop("size", None) or parse_size(defaults.size)
-    values = {
-        "negative_prompt": defaults.negative_prompt, "steps": defaults.steps, "cfg": defaults.cfg,
-        "count": defaults.count, "sampler": defaults.sampler, "clip_skip": defaults.clip_skip,
-        "width": width, "height": height, **given,
-    }
-    return build_request(settings.limits, **values)
+class StyleTransformer(app_commands.Transformer):
+    """``style``: one of this server's styles, offered by autocomplete; unknown names are refused."""
+
+    async def autocomplete(  # type: ignore[override]
+        self, interaction: discord.Interaction[PonyBot], value: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        styles = await read_redis(StyleStore(interaction.client.sync_redis).all, interaction.guild_id)
+        return [app_commands.Choice(name=style.name, value=style.name) for style in styles
+                if value.casefold() in style.name.casefold()][:25]
+
+    async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> Style:  # type: ignore[override]
+        return await find_style(interaction.client, interaction.guild_id, value)
+
+
+async def find_style(bot: PonyBot, guild_id: int | None, name: str) -> Style:
+    style = None if guild_id is None else await read_redis(StyleStore(bot.sync_redis).get, guild_id, name)
+    if style is None:
+        raise MemberError("this server has no style called {name} (see /style list)", field="style", name=name)
+    return style
+
+
+def model_choices(settings: Settings, records: list[WorkerRecord], typed: str) -> list[app_commands.Choice[str]]:
+    """The configured models some worker online holds, with their descriptions, matching what was typed."""
+    online = models_online_from(records)
+    choices = []
+    for name, entry in settings.models.items():
+        label = f"{name}: {entry.description}" if entry.description else name
+        if name in online and typed.lower() in label.lower():
+            choices.append(app_commands.Choice(name=label[:100], value=name))
+    return choices[:25]
 
 
 class Generate(commands.Cog):
@@ -75,6 +103,12 @@ class Generate(commands.Cog):
         sampler="The sampling method",
         clip_skip="2 = the model card's advice (penultimate CLIP layer), 1 = last layer",
         quality="Add the model card's quality tags (derpibooru_p_95 / derpibooru_p_low)",
+        image="Start from this picture (PNG, JPEG or WebP): img2img",
+        strength="With a picture: how much to change it (0.05 = barely, 1 = completely)",
+        resize_mode="With a picture: how to fit it to the size",
+        style="One of this server's styles (see /style list)",
+        speed="fast: quicker, with a little less fine detail (reuses the model's deep features between steps)",
+        model="Which model draws it (those with a worker online)",
     )
     async def generate(
         self,
@@ -89,14 +123,45 @@ class Generate(commands.Cog):
         sampler: Sampler | None = None,
         clip_skip: app_commands.Range[int, 1, 2] | None = None,
         quality: bool | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.05, 1.0] | None = None,
+        resize_mode: ResizeMode | None = None,
+        style: app_commands.Transform[Style, StyleTransformer] | None = None,
+        speed: Speed | None = None,
+        model: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         settings = self.bot.settings
+        personal = await read_redis(MemberDefaultsStore(self.bot.sync_redis).get, interaction.guild_id,
+                                    interaction.user.id)
+        if style is None and personal.style:
+            try:
+                style = await find_style(self.bot, interaction.guild_id, personal.style)
+            except MemberError:
+                raise MemberError("your default style {name} no longer exists on this server: pick another with "
+                                  "/settings set, or /settings reset", field="style", name=personal.style) from None
         request = make_request(settings, {
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": seed, "steps": steps, "cfg": cfg,
-            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip,
-        })
-        await queue_job(self.bot, interaction, request, quality=settings.defaults.quality if quality is None
-                        else quality)
+            "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "speed": speed,
+            "model": model,
+        }, personal, style)
+        upload = None
+        if image is not None:
+            check_declared(image.content_type, image.size, settings.uploads)  # before deferring: a quick refusal
+            upload = PendingUpload(image, settings.defaults.strength if strength is None else strength,
+                                   resize_mode or ResizeMode.JUST_RESIZE)
+        elif strength is not None or resize_mode is not None:
+            raise MemberError("strength and resize_mode only apply with an image", field="image")
+        quality_tags = next(value for value in (quality, personal.quality, settings.defaults.quality)
+                            if value is not None)
+        await queue_job(self.bot, interaction, request, quality=quality_tags, upload=upload,
+                        ephemeral=bool(personal.ephemeral))
+
+
+    @generate.autocomplete("model")
+    async def model_autocomplete(self, interaction: discord.Interaction[PonyBot], value: str
+                                 ) -> list[app_commands.Choice[str]]:
+        records = await asyncio.to_thread(online_workers, self.bot.sync_redis)
+        return model_choices(self.bot.settings, records, value)
 
 
 async def setup(bot: PonyBot) -> None:

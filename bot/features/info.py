@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
+
+from bot.i18n import t
+from ponybot.settings import Settings
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -37,36 +40,54 @@ USE_RESTRICTIONS = (
 )
 
 
-def license_embed() -> discord.Embed:
-    items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
-    description = (
-        "Images here come from **pony-diffusion-v4**, a Stable Diffusion 1.5 fine-tune licensed under "
-        "**CreativeML OpenRAIL-M**. By using this bot you agree not to use the model or its outputs:\n"
-        f"{items}\n\nYou own the images you generate, and you are responsible for how you use them. "
-        f"Full license: {LICENSE_URL}"
-    )
-    return discord.Embed(title="License and use restrictions", description=description, colour=0xE39BD9)
+OPENRAIL = "CreativeML OpenRAIL-M"
 
 
-def help_embed() -> discord.Embed:
-    embed = discord.Embed(title="ponybot", colour=0xE39BD9, description=(
-        "Draws pictures with pony-diffusion-v4. Start with `/generate prompt:` and describe what you want."
-    ))
-    embed.add_field(name="Prompts", inline=False, value=(
-        "Comma-separated tags work best, e.g. `pinkie pie, smiling, balloons, outdoors`. "
+def license_embed(settings: Settings, locale: Any = "en-US") -> discord.Embed:
+    """Each model's license; the OpenRAIL-M use restrictions once for every model under it."""
+    openrail = [name for name, entry in settings.models.items()
+                if entry.license_name == OPENRAIL and entry.license_text is None]
+    parts = []
+    if openrail:
+        items = "\n".join(f"**{chr(ord('a') + i)}.** {text}" for i, text in enumerate(USE_RESTRICTIONS))
+        parts.append("\n".join([
+            t(locale, "Images from **{models}** (Stable Diffusion 1.5 fine-tunes) are made under **{license}**. "
+              "By using this bot you agree not to use these models or their outputs (the license's own words, "
+              "which bind in English):", models=", ".join(openrail), license=OPENRAIL),
+            items,
+            t(locale, "Full license: {url}", url=LICENSE_URL),
+        ]))
+    for name, entry in settings.models.items():
+        if name not in openrail:
+            licensed = t(locale, "**{name}**: licensed under **{license}**.", name=name, license=entry.license_name)
+            parts.append(f"{licensed} {entry.license_text or ''}".strip())
+    parts.append(t(locale, "You own the images you generate, and you are responsible for how you use them."))
+    return discord.Embed(title=t(locale, "License and use restrictions"), description="\n\n".join(parts)[:4096],
+                         colour=0xE39BD9)
+
+
+def help_embed(locale: Any = "en-US") -> discord.Embed:
+    embed = discord.Embed(title="ponybot", colour=0xE39BD9, description=t(
+        locale, "Draws pictures with pony-diffusion-v4. Start with `/generate prompt:` and describe what you want."))
+    embed.add_field(name=t(locale, "Prompts"), inline=False, value=t(
+        locale, "Comma-separated tags work best, e.g. `pinkie pie, smiling, balloons, outdoors`. "
         "`(word:1.3)` or `(word)` adds weight, `[word]` lowers it, `BREAK` starts a new 75-token chunk. "
-        "Quality tags are added for you "
-        "(turn off with `quality: False`)."
-    ))
-    embed.add_field(name="Options", inline=False, value=(
-        "`negative_prompt` what to avoid · `seed` to repeat a picture · `steps` · `cfg` · `size` · "
-        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice)"
-    ))
-    embed.add_field(name="Channel rules", inline=False, value=(
-        "Each channel's moderators decide what may be generated there. Images that break a channel's "
-        "rules are never posted in it."
-    ))
-    embed.add_field(name="More", inline=False, value="`/license`: the model's license and use restrictions.")
+        "Quality tags are added for you (turn off with `quality: False`)."))
+    embed.add_field(name=t(locale, "Options"), inline=False, value=t(
+        locale, "`negative_prompt` what to avoid · `seed` to repeat a picture · `steps` · `cfg` · `size` · "
+        "`count` up to 4 · `sampler` · `clip_skip` (2 is the model card's advice) · `model` · `image` and "
+        "`strength` to start from your own picture · `style` for one of this server's styles"))
+    embed.add_field(name=t(locale, "LoRAs and embeddings"), inline=False, value=t(
+        locale, "`<lora:NAME:0.8>` in the prompt applies a LoRA (weight -2 to 2, default 1); `/loras` lists them. "
+        "An embedding's name in the prompt or negative prompt uses it."))
+    embed.add_field(name=t(locale, "Your defaults"), inline=False, value=t(
+        locale, "`/settings set` keeps your own defaults (size, steps, sampler, style...) for this server; "
+        "what you type in /generate still wins."))
+    embed.add_field(name=t(locale, "Channel rules"), inline=False, value=t(
+        locale, "Each channel's moderators decide what may be generated there. Images that break a channel's "
+        "rules are never posted in it."))
+    embed.add_field(name=t(locale, "More"), inline=False, value=t(
+        locale, "`/license`: the model's license and use restrictions."))
     return embed
 
 
@@ -76,11 +97,12 @@ class Info(commands.Cog):
 
     @app_commands.command(name="help", description="How to use ponybot")
     async def help(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await interaction.response.send_message(embed=help_embed(), ephemeral=True)
+        await interaction.response.send_message(embed=help_embed(interaction.locale), ephemeral=True)
 
     @app_commands.command(name="license", description="The model's license and its use restrictions")
     async def license(self, interaction: discord.Interaction[PonyBot]) -> None:
-        await interaction.response.send_message(embed=license_embed(), ephemeral=True)
+        await interaction.response.send_message(embed=license_embed(self.bot.settings, interaction.locale),
+                                                ephemeral=True)
 
 
 async def setup(bot: PonyBot) -> None:

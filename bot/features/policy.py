@@ -16,8 +16,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.features.generate import SizeTransformer, make_request
+from bot.features.generate import SizeTransformer
+from bot.i18n import N_, t
 from bot.jobs import origin_of
+from bot.options import make_request
+from ponybot.errors import InvalidRequestError
 from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.settings import PolicySettings
@@ -62,6 +65,8 @@ RULE_OPTIONS = {
     "max_count": "Most images per job",
     "max_size": "Largest size allowed",
     "cooldown": "Seconds a member waits between jobs",
+    "models": "Only these models, comma-separated ('all' lifts the limit)",
+    "loras": "Only these LoRAs, comma-separated ('all' lifts the limit)",
 }
 
 
@@ -74,61 +79,85 @@ def parse_terms(text: str | None) -> list[str] | None:
     return [term.strip() for term in text.split(",") if term.strip()]
 
 
+def parse_allowed(text: str | None, known: list[str] | None = None, what: str = "model") -> list[str] | None:
+    """``"a, b"`` -> ``["a", "b"]``; ``"all"`` lifts the limit (``[]``); None leaves it as it is.
+    With ``known``, a name not among them is refused (a typo would lock the channel out)."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("all", "any", "none", "-", ""):
+        return []
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if known is not None and name not in known]
+    if unknown:
+        raise InvalidRequestError(f"{what}s", f"no {what} named {', '.join(unknown)} (known: {', '.join(known or [])})")
+    return names
+
+
 def rules_from(mode: Mode | None, flagged: FlaggedAction | None, forbidden_terms: str | None,
                negative_prompt: str | None, max_steps: int | None, max_count: int | None,
                max_size: tuple[int, int] | None, cooldown: int | None, gallery: Literal["on", "off"] | None = None,
-               strictness: Strictness | None = None
-               ) -> PolicyRules:
+               models: list[str] | None = None, loras: list[str] | None = None,
+               strictness: Strictness | None = None) -> PolicyRules:
     return PolicyRules(
         mode=mode, flagged=flagged, strictness=strictness, forbidden_terms=parse_terms(forbidden_terms),
         negative_prompt=negative_prompt,
         max_steps=max_steps, max_count=max_count, max_pixels=max_size[0] * max_size[1] if max_size else None,
-        cooldown_s=cooldown, gallery=None if gallery is None else gallery == "on",
+        cooldown_s=cooldown, gallery=None if gallery is None else gallery == "on", models=models, loras=loras,
     )
 
 
 STRICTNESS_SHOWN = {
-    Strictness.STANDARD: "Image check: **standard** (questionable or explicit art and explicit tags are withheld).",
-    Strictness.STRICT: "Image check: **strict** (lower thresholds; sensitive art is withheld too).",
+    Strictness.STANDARD: N_("Image check: **standard** (questionable or explicit art and explicit tags are withheld)."),
+    Strictness.STRICT: N_("Image check: **strict** (lower thresholds; sensitive art is withheld too)."),
 }
 
 
-def describe(policy: EffectivePolicy, settings: PolicySettings) -> str:
+def describe(policy: EffectivePolicy, settings: PolicySettings, locale: Any = "en-US") -> str:
     if policy.mode is Mode.NSFW:
-        mode = "**NSFW**: this channel is age-restricted and its policy allows NSFW."
+        mode = t(locale, "**NSFW**: this channel is age-restricted and its policy allows NSFW.")
     elif policy.configured_mode is Mode.NSFW:
-        mode = "**SFW**: the policy allows NSFW, but the channel is not age-restricted, so Discord's rules keep it SFW."
+        mode = t(locale, "**SFW**: the policy allows NSFW, but the channel is not age-restricted, so Discord's "
+                 "rules keep it SFW.")
+    elif policy.age_restricted:
+        mode = t(locale, "**SFW** (kept SFW although the channel is age-restricted).")
     else:
-        mode = "**SFW**" + (" (kept SFW although the channel is age-restricted)." if policy.age_restricted else ".")
+        mode = "**SFW**."
     lines = [mode]
     if policy.mode is Mode.SFW:
-        lines.append(f"Prompts get `{settings.safe_tag}`; flagged images are never posted.")
-        lines.append(STRICTNESS_SHOWN[policy.strictness])
+        lines.append(t(locale, "Prompts get `{tag}`; flagged images are never posted.", tag=settings.safe_tag))
+        lines.append(t(locale, STRICTNESS_SHOWN[policy.strictness]))
+    elif policy.flagged is FlaggedAction.POST:
+        lines.append(t(locale, "Images the classifier flags are posted."))
     else:
-        shown = "posted" if policy.flagged is FlaggedAction.POST else "posted behind a spoiler"
-        lines.append(f"Images the classifier flags are {shown}.")
+        lines.append(t(locale, "Images the classifier flags are posted behind a spoiler."))
     base = set(settings.always_forbidden_terms) | set(
         settings.sfw_forbidden_terms if policy.mode is Mode.SFW else settings.nsfw_forbidden_terms)
     extra = [term for term in policy.forbidden_terms if term not in base]
-    lines.append(f"Extra forbidden terms: {', '.join(f'`{t}`' for t in extra) if extra else 'none'}")
+    none = t(locale, "none")
+    lines.append(t(locale, "Extra forbidden terms: {terms}", terms=", ".join(f"`{term}`" for term in extra) or none))
     if policy.negative_prompt:
-        lines.append(f"Negative prompt added: `{policy.negative_prompt}`")
+        lines.append(t(locale, "Negative prompt added: `{negative}`", negative=policy.negative_prompt))
     caps = [f"{name} ≤ {value:,}" for name, value in (("steps", policy.max_steps), ("count", policy.max_count),
                                                         ("pixels", policy.max_pixels)) if value]
-    lines.append(f"Caps: {', '.join(caps) if caps else 'the bot defaults'}")
-    lines.append(f"Cooldown per member: {policy.cooldown_s} s" if policy.cooldown_s else "No cooldown.")
+    lines.append(t(locale, "Caps: {caps}", caps=", ".join(caps) or t(locale, "the bot defaults")))
+    lines.append(t(locale, "Cooldown per member: {seconds} s", seconds=policy.cooldown_s) if policy.cooldown_s
+                 else t(locale, "No cooldown."))
     if not policy.gallery:
-        lines.append("Images made here are kept out of the gallery.")
+        lines.append(t(locale, "Images made here are kept out of the gallery."))
+    every = t(locale, "all")
+    lines.append(t(locale, "Models: {models} · LoRAs: {loras}",
+                   models=", ".join(policy.models) if policy.models else every,
+                   loras=", ".join(policy.loras) if policy.loras else every))
     return "\n".join(lines)
 
 
-def describe_change(entry: AuditEntry) -> str:
-    where = "server default" if entry.scope == "server" else f"<#{entry.scope.split(':', 1)[1]}>"
+def describe_change(entry: AuditEntry, locale: Any = "en-US") -> str:
+    where = t(locale, "server default") if entry.scope == "server" else f"<#{entry.scope.split(':', 1)[1]}>"
     keys = sorted(set(entry.before) | set(entry.after))
     changes = [f"{key}: `{entry.before.get(key, '—')}` → `{entry.after.get(key, '—')}`" for key in keys
                if entry.before.get(key) != entry.after.get(key)]
     when = f"<t:{int(entry.at.timestamp())}:R>"
-    return f"{when} <@{entry.user_id}> {where}: " + ("; ".join(changes) or "reset (no rules)")
+    return f"{when} <@{entry.user_id}> {where}: " + ("; ".join(changes) or t(locale, "reset (no rules)"))
 
 
 class Policy(commands.GroupCog, group_name="policy", group_description="Channel rules for image generation"):
@@ -153,8 +182,9 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     @app_commands.guild_only()
     async def show(self, interaction: discord.Interaction[PonyBot]) -> None:
         policy = await self.effective(interaction)
-        await self.answer(interaction, f"Policy in #{getattr(interaction.channel, 'name', 'this channel')}",
-                          describe(policy, self.bot.settings.policy))
+        await self.answer(interaction, t(interaction.locale, "Policy in #{channel}",
+                                         channel=getattr(interaction.channel, "name", "?")),
+                          describe(policy, self.bot.settings.policy, interaction.locale))
 
     @app_commands.command(name="set", description="Change this channel's rules (Manage Channels)")
     @app_commands.describe(**RULE_OPTIONS, gallery="off: keep images made here out of the gallery")
@@ -169,15 +199,18 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                   max_count: app_commands.Range[int, 1, 4] | None = None,
                   max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
                   cooldown: app_commands.Range[int, 0, 3600] | None = None,
-                  gallery: Literal["on", "off"] | None = None) -> None:
+                  gallery: Literal["on", "off"] | None = None, models: str | None = None,
+                  loras: str | None = None) -> None:
         rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
-                           gallery, strictness)
+                           gallery, parse_allowed(models, list(self.bot.settings.models)),
+                           parse_allowed(loras, what="LoRA"), strictness)
         assert interaction.guild_id is not None and interaction.channel_id is not None
         entry = await asyncio.to_thread(self.store.set_channel, interaction.guild_id, interaction.channel_id, rules,
                                         by=interaction.user.id)
         log.info("policy of channel %s changed by %s: %s", interaction.channel_id, interaction.user.id, entry.after)
         policy = await self.effective(interaction)
-        await self.answer(interaction, "Channel policy updated", describe(policy, self.bot.settings.policy))
+        await self.answer(interaction, t(interaction.locale, "Channel policy updated"),
+                          describe(policy, self.bot.settings.policy, interaction.locale))
 
     @app_commands.command(name="reset", description="Remove this channel's rules: the server default applies")
     @app_commands.guild_only()
@@ -188,7 +221,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         await asyncio.to_thread(self.store.reset_channel, interaction.guild_id, interaction.channel_id,
                                 by=interaction.user.id)
         policy = await self.effective(interaction)
-        await self.answer(interaction, "Channel policy reset", describe(policy, self.bot.settings.policy))
+        await self.answer(interaction, t(interaction.locale, "Channel policy reset"),
+                          describe(policy, self.bot.settings.policy, interaction.locale))
 
     @app_commands.command(name="default", description="Change the server's default rules (Manage Server)")
     @app_commands.describe(**RULE_OPTIONS)
@@ -202,14 +236,16 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
                       max_steps: app_commands.Range[int, 1, 150] | None = None,
                       max_count: app_commands.Range[int, 1, 4] | None = None,
                       max_size: app_commands.Transform[tuple[int, int], SizeTransformer] | None = None,
-                      cooldown: app_commands.Range[int, 0, 3600] | None = None) -> None:
+                      cooldown: app_commands.Range[int, 0, 3600] | None = None, models: str | None = None,
+                      loras: str | None = None) -> None:
         rules = rules_from(mode, flagged, forbidden_terms, negative_prompt, max_steps, max_count, max_size, cooldown,
-                           strictness=strictness)
+                           models=parse_allowed(models, list(self.bot.settings.models)),
+                           loras=parse_allowed(loras, what="LoRA"), strictness=strictness)
         assert interaction.guild_id is not None
         await asyncio.to_thread(self.store.set_guild, interaction.guild_id, rules, by=interaction.user.id)
         policy = await self.effective(interaction)
-        await self.answer(interaction, "Server default updated (as it applies here)",
-                          describe(policy, self.bot.settings.policy))
+        await self.answer(interaction, t(interaction.locale, "Server default updated (as it applies here)"),
+                          describe(policy, self.bot.settings.policy, interaction.locale))
 
     @app_commands.command(name="history", description="Who changed the rules, when, and how")
     @app_commands.guild_only()
@@ -218,8 +254,9 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     async def history(self, interaction: discord.Interaction[PonyBot]) -> None:
         assert interaction.guild_id is not None
         entries = await asyncio.to_thread(self.store.history, interaction.guild_id, 10)
-        text = "\n".join(describe_change(entry) for entry in entries) or "No changes yet."
-        await self.answer(interaction, "Policy history", text)
+        text = "\n".join(describe_change(entry, interaction.locale) for entry in entries) or t(
+            interaction.locale, "No changes yet.")
+        await self.answer(interaction, t(interaction.locale, "Policy history"), text)
 
     @app_commands.command(name="test", description="What this channel's rules would do with a prompt")
     @app_commands.describe(prompt="The prompt to try (nothing is generated)")
@@ -230,12 +267,15 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         policy = await self.effective(interaction)
         settings = self.bot.settings
         request = make_request(settings, {"prompt": prompt})
-        decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
+        decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag,
+                         model=settings.model_entry(request.model))
+        locale = interaction.locale
         if decision.allowed:
-            text = f"**Allowed.**\nPrompt: `{decision.prompt}`\nNegative prompt: `{decision.negative_prompt}`"
+            text = t(locale, "**Allowed.**\nPrompt: `{prompt}`\nNegative prompt: `{negative}`", prompt=decision.prompt,
+                     negative=decision.negative_prompt)
         else:
-            text = f"**Refused**: {decision.reason}."
-        await self.answer(interaction, f"Policy test ({policy.mode.value.upper()})", text)
+            text = t(locale, "**Refused**: {reason}.", reason=decision.reason)
+        await self.answer(interaction, t(locale, "Policy test ({mode})", mode=policy.mode.value.upper()), text)
 
 
 async def setup(bot: PonyBot) -> None:

@@ -9,10 +9,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import MemberError, t
 from bot.replies import is_moderator
 from ponybot import keys
-from ponybot.errors import PonybotError
-from ponybot.queue import active_jobs, cancel_job, load_job, queue_position
+from ponybot.queue import active_jobs, cancel_job, job_model, load_job, queue_position
 from ponybot.schemas import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -25,9 +25,15 @@ def member_jobs(bot: PonyBot, guild_id: int | None, user_id: int) -> list[tuple[
     for job_id in active_jobs(bot.sync_redis, keys.member_jobs(guild_id, user_id)):
         job = load_job(bot.sync_redis, job_id)
         if job is not None:
-            position = queue_position(bot.sync_redis, job_id)
+            position = queue_position(bot.sync_redis, job_id, job_model(job))
             listed.append((job, JobStatus.QUEUED if position else JobStatus.RUNNING, position))
     return sorted(listed, key=lambda item: (item[2] or 0, item[0].created_at))  # running first, then by place
+
+
+def where(locale: Any, status: JobStatus, position: int | None) -> str:
+    if status is JobStatus.RUNNING:
+        return t(locale, "generating now")
+    return t(locale, "position {position}", position=position)
 
 
 def snippet(text: str, size: int = 60) -> str:
@@ -37,17 +43,20 @@ def snippet(text: str, size: int = 60) -> str:
 async def cancel_for_member(bot: PonyBot, interaction: discord.Interaction[Any], job_id: str) -> None:
     job = await asyncio.to_thread(load_job, bot.sync_redis, job_id)
     if job is None:
-        raise PonybotError("That job is already finished.")
+        raise MemberError("That job is already finished.")
     if (job.origin is None or job.origin.user_id != interaction.user.id) and not is_moderator(interaction):
-        raise PonybotError("Only the member who asked for it, or a moderator, can cancel it.")
+        raise MemberError("Only the member who asked for it, or a moderator, can cancel it.")
     if not await asyncio.to_thread(cancel_job, bot.sync_redis, job_id):
-        raise PonybotError("It is already being generated, so it can no longer be cancelled.")
+        raise MemberError("It is already being generated, so it can no longer be cancelled.")
     await bot.tracker.finish(job_id)
     ref = job.interaction
     if ref is not None and ref.message_id is not None and ref.alive_for(5):
         hook = discord.Webhook.partial(ref.application_id, ref.token, client=bot)
-        await hook.edit_message(ref.message_id, content=f"Cancelled: {snippet(job.request.prompt)}", view=None)
-    await interaction.response.send_message("Cancelled. It will not be generated.", ephemeral=True)
+        locale = job.origin.locale if job.origin else "en-US"
+        await hook.edit_message(ref.message_id, content=t(locale, "Cancelled: {prompt}",
+                                                          prompt=snippet(job.request.prompt)), view=None)
+    await interaction.response.send_message(t(interaction.locale, "Cancelled. It will not be generated."),
+                                            ephemeral=True)
 
 
 class Queue(commands.Cog):
@@ -58,10 +67,14 @@ class Queue(commands.Cog):
     async def queue(self, interaction: discord.Interaction[PonyBot]) -> None:
         jobs = await asyncio.to_thread(member_jobs, self.bot, interaction.guild_id, interaction.user.id)
         if not jobs:
-            await interaction.response.send_message("You have no jobs waiting.", ephemeral=True)
+            await interaction.response.send_message(t(interaction.locale, "You have no jobs waiting."),
+                                                    ephemeral=True)
             return
-        lines = [f"**{'generating now' if status is JobStatus.RUNNING else f'position {position}'}**: "
-                 f"{snippet(job.request.prompt)} (`{job.id[:8]}`)" for job, status, position in jobs]
+        locale = interaction.locale
+        several = len(self.bot.settings.models) > 1
+        lines = [f"**{where(locale, status, position)}**"
+                 + (" " + t(locale, "for {model}", model=job.request.model) if several else "")
+                 + f": {snippet(job.request.prompt)} (`{job.id[:8]}`)" for job, status, position in jobs]
         await interaction.response.send_message("\n".join(lines), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel one of your queued jobs (default: the newest)")
@@ -72,8 +85,9 @@ class Queue(commands.Cog):
         chosen = next((item for item in waiting if item.id.startswith(job)), None) if job else (
             waiting[-1] if waiting else None)
         if chosen is None:
-            raise PonybotError("You have no job waiting that could be cancelled." if not job else
-                               "No job of yours with that id is waiting.")
+            if job:
+                raise MemberError("No job of yours with that id is waiting.")
+            raise MemberError("You have no job waiting that could be cancelled.")
         await cancel_for_member(self.bot, interaction, chosen.id)
 
     @cancel.autocomplete("job")

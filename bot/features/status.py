@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import t
 from ponybot.status import collect_status, describe_status
 
 if TYPE_CHECKING:
@@ -21,8 +22,9 @@ class Status(commands.Cog):
 
     @app_commands.command(name="status", description="How busy the image workers are")
     async def status(self, interaction: discord.Interaction[PonyBot]) -> None:
-        status = await asyncio.to_thread(collect_status, self.bot.sync_redis)
-        embed = discord.Embed(title="ponybot status", description=describe_status(status), colour=0xE39BD9)
+        status = await asyncio.to_thread(collect_status, self.bot.sync_redis, list(self.bot.settings.models))
+        embed = discord.Embed(title=t(interaction.locale, "ponybot status"), description=describe_status(status),
+                              colour=0xE39BD9)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 

@@ -56,6 +56,7 @@ class Interaction:
     ephemeral: bool = False
     original_id: int | None = None
     followups: list[int] = field(default_factory=list)
+    choices: list[dict[str, Any]] | None = None  #: what an autocomplete callback offered
 
 
 #: When a REST request reached the fake (time.time()), before its parsing and validation.
@@ -83,6 +84,8 @@ class FakeDiscord:
         self.interactions: dict[str, Interaction] = {}
         self.messages: dict[int, dict[str, Any]] = {}
         self.files: dict[int, bytes] = {}
+        self.cdn_downloads: list[str] = []
+        self.synced: list[Any] = []  #: every command registration body (PUT), as the bot sent it
         self.requests: list[Request] = []
         self.rejected: list[str] = []
         self.rate_limits: list[list[Any]] = []  # [method, path regex, remaining, retry_after]
@@ -112,6 +115,7 @@ class FakeDiscord:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{attachment_id}/{filename}", self._cdn)
         app.router.add_route("*", "/api/v10/{tail:.*}", self._rest)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
@@ -185,7 +189,8 @@ class FakeDiscord:
 
     # -- interactions -----------------------------------------------------------------------------
     def _interaction(self, kind: int, data: dict[str, Any], user: dict[str, Any], channel_id: int | None,
-                     permissions: int, age_s: float, message: dict[str, Any] | None = None) -> Interaction:
+                     permissions: int, age_s: float, message: dict[str, Any] | None = None,
+                     locale: str = "en-US") -> Interaction:
         channel_id = channel_id or self.default_channel
         created = time.time() - age_s
         interaction = Interaction(snowflake(created), secrets.token_urlsafe(24), int(user["id"]), channel_id,
@@ -198,7 +203,7 @@ class FakeDiscord:
             "channel_id": str(channel_id), "channel": self.channels[channel_id],
             "member": {"user": user, "roles": [], "flags": 0, "permissions": str(permissions), "joined_at": iso(),
                        "deaf": False, "mute": False},
-            "app_permissions": str(MEMBER_PERMISSIONS), "locale": "en-US", "guild_locale": "en-US",
+            "app_permissions": str(MEMBER_PERMISSIONS), "locale": locale, "guild_locale": "en-US",
             "entitlements": [], "context": 0, "authorizing_integration_owners": {"0": str(self.guild_id)},
             "data": data,
         }
@@ -207,17 +212,67 @@ class FakeDiscord:
         self._pending = self.dispatch("INTERACTION_CREATE", payload)
         return interaction
 
+    def upload(self, filename: str, data: bytes, content_type: str | None, *, size: int | None = None
+               ) -> dict[str, Any]:
+        """A file a member attaches to a slash command: served on loopback like Discord's CDN.
+
+        Pass the returned attachment as an option's value. ``size`` is what Discord reports
+        (default: the real size; a test can make it lie)."""
+        attachment_id = snowflake()
+        self.files[attachment_id] = data
+        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
+        attachment = {"id": str(attachment_id), "filename": filename, "size": len(data) if size is None else size,
+                      "url": url, "proxy_url": url, "ephemeral": True}
+        if content_type is not None:
+            attachment["content_type"] = content_type
+        return attachment
+
+    async def _cdn(self, request: web.Request) -> web.Response:
+        self.cdn_downloads.append(request.path)
+        data = self.files.get(int(request.match_info["attachment_id"]))
+        if data is None:
+            return web.Response(status=404)
+        return web.Response(body=data, content_type="application/octet-stream")
+
     async def slash(self, name: str, options: dict[str, Any] | None = None, *, user: dict[str, Any] | None = None,
                     channel_id: int | None = None, permissions: int = MEMBER_PERMISSIONS, age_s: float = 0.0,
-                    subcommand: str | None = None) -> Interaction:
-        """Send a slash command as a member; returns the interaction (token, id) to follow it by."""
-        typed = [{"name": key, "type": _option_type(value), "value": value} for key, value in (options or {}).items()]
+                    subcommand: str | None = None, locale: str = "en-US") -> Interaction:
+        """Send a slash command as a member (in their ``locale``); returns the interaction to follow it by."""
+        typed, attachments = [], {}
+        for key, value in (options or {}).items():
+            if isinstance(value, dict):  # an attachment from upload(): its id, resolved beside
+                attachments[value["id"]] = value
+                typed.append({"name": key, "type": 11, "value": value["id"]})
+            else:
+                typed.append({"name": key, "type": _option_type(value), "value": value})
         if subcommand:
             typed = [{"name": subcommand, "type": 1, "options": typed}]
-        data = {"id": str(snowflake()), "name": name, "type": 1, "options": typed, "guild_id": str(self.guild_id)}
-        interaction = self._interaction(2, data, user or MEMBER, channel_id, permissions, age_s)
+        data: dict[str, Any] = {"id": str(snowflake()), "name": name, "type": 1, "options": typed,
+                                "guild_id": str(self.guild_id)}
+        if attachments:
+            data["resolved"] = {"attachments": attachments}
+        interaction = self._interaction(2, data, user or MEMBER, channel_id, permissions, age_s, locale=locale)
         await self._pending
         return interaction
+
+    async def autocomplete(self, name: str, options: dict[str, Any], focused: str, *,
+                           user: dict[str, Any] | None = None, locale: str = "en-US") -> Interaction:
+        """A member typing in option ``focused`` of /``name``; the bot's choices arrive as a type 8 callback."""
+        typed = [{"name": key, "type": _option_type(value), "value": value, **({"focused": True} if key == focused
+                                                                                else {})}
+                 for key, value in options.items()]
+        data = {"id": str(snowflake()), "name": name, "type": 1, "options": typed, "guild_id": str(self.guild_id)}
+        interaction = self._interaction(4, data, user or MEMBER, None, MEMBER_PERMISSIONS, 0.0, locale=locale)
+        await self._pending
+        return interaction
+
+    def choices(self, interaction: Interaction) -> list[dict[str, Any]] | None:
+        """The choices the bot answered an autocomplete with (None until it answered)."""
+        for request in self.requests:
+            if request.path.endswith(f"/{interaction.token}/callback") and request.body.get("type") == 8:
+                found: list[dict[str, Any]] = request.body["data"]["choices"]
+                return found
+        return None
 
     async def click(self, message_id: int, custom_id: str, *, user: dict[str, Any] | None = None,
                     permissions: int = MEMBER_PERMISSIONS) -> Interaction:
@@ -308,6 +363,7 @@ class FakeDiscord:
                       "verify_key": "0" * 64, "flags": 0})
 
     async def _sync(self, request: web.Request, body: Any, *_: Any) -> web.Response:
+        self.synced.append(body)
         return _json([{**command, "id": str(snowflake()), "application_id": str(self.app_id), "version": "1"}
                       for command in body])
 
@@ -322,6 +378,8 @@ class FakeDiscord:
         interaction.responded_at = request.get(ARRIVED, time.time())
         data = body.get("data") or {}
         interaction.ephemeral = bool((data.get("flags") or 0) & EPHEMERAL)
+        if body["type"] == 8:
+            interaction.choices = list(data.get("choices") or [])
         resource = None
         if body["type"] in (4, 5):
             message = self._store(interaction.channel_id, data, files, interaction=interaction)

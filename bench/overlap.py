@@ -1,0 +1,110 @@
+"""The worker's two stages against one after another, with a slow post-processing stage.
+
+The tiny model on this machine's CPU, a real Redis and the real worker (queue, batching off, PNG,
+events). The image classifier is replaced by one that sleeps as long as the last generation
+took, so post-processing costs as much as the GPU stage: one after another
+(``worker.overlap_depth = 0``, the loop before the post stage existed) a job takes both;
+with the post stage (depth 1 and 2) the next job generates while the last one is post-processed,
+so images/s should approach twice as many: 2N/(N+1) for N jobs (1.88x for the default 16;
+goal: at least 1.8x). Alternating rounds, best of each.
+Run: ``.venv/bin/python bench/overlap.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import machine, table  # type: ignore[import-not-found]
+from PIL import Image
+
+from ponybot import keys
+from ponybot.queue import connect, enqueue
+from ponybot.redis_server import EmbeddedRedis
+from ponybot.schemas import GenerationRequest, Job, build_request
+from ponybot.settings import ModelSettings, Settings
+from worker.generate import BatchItem, Generator
+from worker.loading import load_model, resolve_device
+from worker.runner import GenerationWorker
+from worker.runtime import WorkerRuntime
+from worker.tiny import ensure_tiny_pipeline
+
+
+class SlowClassifier:
+    """As slow as the generation before it (the last one finished): post-processing as costly as the GPU stage.
+
+    Measured per batch rather than once, so the two stages stay equal while the machine's speed drifts.
+    """
+
+    name = "slow"
+
+    def __init__(self, generator: Generator) -> None:
+        self.seconds = 0.0
+        deferred = generator.generate_deferred
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            result = deferred(*args, **kwargs)
+            self.seconds = time.perf_counter() - started
+            return result
+
+        generator.generate_deferred = timed  # type: ignore[method-assign]
+
+    def classify(self, images: Sequence[Image.Image]) -> list[bool]:
+        time.sleep(self.seconds)
+        return [False] * len(images)
+
+
+def through_worker(runtime: WorkerRuntime, conn, requests: list[GenerationRequest]) -> float:  # type: ignore[no-untyped-def]
+    conn.delete(keys.EVENTS_STREAM)
+    for request in requests:
+        enqueue(conn, Job.create(request), max_queue=1000, job_timeout_s=600, result_ttl_s=600)
+    started = time.perf_counter()
+    GenerationWorker(runtime).work(burst=True, logging_level="WARNING")
+    elapsed = time.perf_counter() - started
+    assert conn.xlen(keys.EVENTS_STREAM) == len(requests)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch) / "redis", persistent=False) as redis:
+        cache = Path(scratch) / "models"
+        ensure_tiny_pipeline(cache)
+        conn = connect(redis.url)
+        settings = Settings(model=ModelSettings(source="tiny", cache_dir=cache))
+        generator = Generator(load_model("tiny", settings.model, resolve_device("cpu")))
+        requests = [build_request(settings.limits, prompt=f"pony {i}", steps=args.steps, width=256, height=256,
+                                  seed=i) for i in range(args.jobs)]
+        generator.generate_batch(requests[0], [BatchItem("warm-up", "", 0, 1)])
+        runtime = WorkerRuntime(settings, conn, generator, "bench", SlowClassifier(generator))
+        timings: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        for _round in range(args.rounds):
+            for depth, elapsed in timings.items():
+                runtime.settings = settings.model_copy(update={"worker": settings.worker.model_copy(
+                    update={"overlap_depth": depth})})
+                elapsed.append(through_worker(runtime, conn, requests))
+    serial = min(timings[0])
+    rows = [[depth, "one after another (before)" if depth == 0 else "post stage", f"{min(elapsed):.2f}",
+             f"{args.jobs / min(elapsed):.2f}", f"{serial / min(elapsed):.2f}x"] for depth, elapsed in timings.items()]
+    print(machine())
+    print("the classifier sleeps as long as the last generation took")
+    print(table(f"{args.jobs} jobs of 256x256, {args.steps} DDIM steps, tiny model on the CPU, best of {args.rounds}",
+                ["overlap_depth", "loop", "seconds", "images/s", "speed-up"], rows))
+    best = max(serial / min(elapsed) for depth, elapsed in timings.items() if depth)
+    print(f"ceiling with {args.jobs} jobs of equal stages: {2 * args.jobs / (args.jobs + 1):.2f}x")
+    print(f"goal >= 1.8x: {best:.2f}x {'met' if best >= 1.8 else 'not met'}")
+
+
+if __name__ == "__main__":
+    main()

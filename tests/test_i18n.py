@@ -1,0 +1,99 @@
+"""Languages: every shipped catalog complete, and a German-speaking member served in German end to end."""
+
+from __future__ import annotations
+
+import copy
+import re
+import string
+from typing import Any
+
+import pytest
+import redis
+from babel.messages.pofile import read_po
+
+from bot.i18n import LANGUAGES, catalog_path, language_of, t, translations
+from bot.i18n_catalog import collect
+from ponybot.settings import Settings
+from tests.bot_harness import drain, ephemeral_reply, running_bot
+from tests.discord_fake.server import FakeDiscord
+
+KEYS = collect()
+#: Discord's rule for command and option names, in every language
+NAME = re.compile(r"^[-_'\w]{1,32}$")
+
+
+def fields(text: str) -> set[str]:
+    return {name for _literal, name, _spec, _conversion in string.Formatter().parse(text) if name}
+
+
+def test_the_keys_cover_code_and_commands() -> None:
+    """The check below can fail: it sees messages in the code and every name of the command tree."""
+    assert ("command", "generate") in KEYS and ("option", "strength") in KEYS and ("button", "Vary") in KEYS
+    assert (None, "Sorry, this generation failed: {reason}") in KEYS
+    assert len(KEYS) > 150
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_shipped_catalog_translates_every_key(language: str) -> None:
+    with catalog_path(language).open("rb") as source:
+        catalog = read_po(source, locale=language)
+    missing, broken = [], []
+    for context, message in KEYS:
+        entry = catalog.get(message, context=context)
+        if entry is None or not entry.string or entry.fuzzy:
+            missing.append(message)
+            continue
+        translated = str(entry.string)
+        if fields(translated) != fields(message):
+            broken.append(message)
+        elif context in ("command", "option") and (not NAME.match(translated) or translated != translated.lower()):
+            broken.append(message)
+        elif (catalog_text := translations(language).pgettext(context, message) if context else
+              translations(language).gettext(message)) != translated:
+            broken.append(f"{message} (loaded as {catalog_text!r})")
+    assert not missing, f"{language}: untranslated {missing}"
+    assert not broken, f"{language}: placeholders or names differ in {broken}"
+
+
+def test_language_fallbacks() -> None:
+    assert language_of("de") == "de" and language_of("fr") == "fr" and language_of("es-ES") == "en"
+    assert t("es-ES", "Queued: next in line.") == "Queued: next in line."
+    german = t("de", "Queued: position {position} in the queue.", position=3)
+    assert german == "Eingereiht: Platz 3 in der Warteschlange."
+
+
+async def test_member_gets_their_language_and_commands_are_localised(
+        fake: FakeDiscord, discord_settings: Settings, redis_url: str, runtime: Any, conn: redis.Redis) -> None:
+    async with running_bot(discord_settings, redis_url):
+        refused = await fake.slash("generate", {"prompt": "pony", "image": fake.upload("a.txt", b"hi", "text/plain")},
+                                   locale="de")
+        refused_reply = await fake.wait_for(lambda: ephemeral_reply(fake, refused))
+        french = await fake.slash("generate", {"prompt": "pony", "steps": 99}, locale="fr")
+        french_reply = await fake.wait_for(lambda: ephemeral_reply(fake, french))
+        interaction = await fake.slash("generate", {"prompt": "pinkie pie", "seed": 4}, locale="de")
+        queued = copy.deepcopy(await fake.wait_for(lambda: (fake.original(interaction) or {}).get(
+            "content", "").startswith("Eingereiht") and fake.original(interaction)))
+        await drain(runtime)
+        done = await fake.wait_for(lambda: (fake.original(interaction) or {}).get("attachments") and
+                                   fake.original(interaction))
+        english = await fake.slash("queue", locale="en-GB")
+        english_reply = await fake.wait_for(lambda: ephemeral_reply(fake, english))
+    assert refused_reply.startswith("**image**: nur PNG-, JPEG- oder WebP-Bilder")
+    assert queued["components"][0]["components"][0]["label"] == "Abbrechen"
+    assert "Schritte" in done["content"]
+    labels = [button["label"] for row in done["components"] for button in row["components"]]
+    assert labels[:3] == ["Neu würfeln", "Details", "Löschen"] and "Variieren 1" in labels
+    assert english_reply == "You have no jobs waiting."
+    assert french_reply == "**steps**: au plus 50 sur ce bot, reçu 99"  # the bot's limits, in French too
+
+    commands = {command["name"]: command for command in fake.synced[-1]}
+    generate = commands["generate"]
+    assert generate["name_localizations"] == {"de": "generieren", "fr": "générer"}
+    assert generate["description_localizations"]["fr"] == "Dessine une image avec pony-diffusion"
+    options = {option["name"]: option for option in generate["options"]}
+    assert options["strength"]["name_localizations"] == {"de": "stärke", "fr": "force"}
+    resize = {choice["value"]: choice for choice in options["resize_mode"]["choices"]}
+    assert resize["crop"]["name_localizations"]["de"] == "Zuschneiden"
+    settings_group = commands["settings"]
+    assert settings_group["name_localizations"]["fr"] == "préférences"
+    assert {o["name"] for o in settings_group["options"]} == {"show", "set", "reset"}
