@@ -6,24 +6,60 @@ import argparse
 import hashlib
 import json
 import logging
+import os
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+import redis
+from pydantic import ValidationError
+
 from ponybot import __version__, safety_cli, styles_cli
-from ponybot.errors import ConfigError, InvalidRequestError, NoWorkerError, PonybotError
+from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
-from ponybot.queue import cancel_job, connect, enqueue, last_event_id, load_image, resolve_redis, wait_for_event
-from ponybot.redis_server import EmbeddedRedis, running_embedded_url
-from ponybot.schemas import GenerationRequest, Job, Sampler, Speed, build_request, parse_size
-from ponybot.settings import Settings, load_settings
+from ponybot.queue import (
+    cancel_job,
+    connect,
+    enqueue,
+    generation_queue,
+    last_event_id,
+    load_image,
+    resolve_redis,
+    wait_for_event,
+)
+from ponybot.redis_server import EmbeddedRedis
+from ponybot.schemas import (
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    GenerationRequest,
+    Job,
+    Sampler,
+    Speed,
+    build_request,
+    parse_size,
+    shorten,
+)
+from ponybot.settings import (
+    DefaultSettings,
+    LimitSettings,
+    Settings,
+    WorkerSettings,
+    load_settings,
+    unknown_environment,
+)
 
 log = logging.getLogger("ponybot")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+#: A setting or model that keeps a worker from starting: ``ponybot up`` does not restart it.
+EXIT_CANNOT_START = 3
+EXIT_INTERRUPTED = 130
+
+DEFAULTS = DefaultSettings()
 
 
 def say(text: str) -> None:
@@ -31,53 +67,91 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
+def complain(text: str) -> None:
+    sys.stderr.write(f"ponybot: {text}\n")
+    sys.stderr.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ponybot", description="pony-diffusion on Discord, with GPU workers.")
-    parser.add_argument("--config", help="settings file (default: $PONYBOT_CONFIG, else ./config.toml)")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
+    parser.add_argument("--config", help="settings file (default: $PONYBOT_CONFIG, else ./config.toml if present)")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="DEBUG, INFO, WARNING or ERROR (default: log.level, INFO)")
     parser.add_argument("--version", action="version", version=f"ponybot {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = commands.add_parser("worker", help="run a GPU worker: load the model, then take jobs")
-    worker.add_argument("--device", help="cpu, cuda, cuda:N (overrides worker.device)")
-    worker.add_argument("--models", help="comma-separated model names from [models] to hold (default: model.default)")
-    worker.add_argument("--model", help="model source of the (first) model held (overrides its source)")
-    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    def command(name: str, summary: str, description: str = "") -> argparse.ArgumentParser:
+        sentence = f"{summary[0].upper()}{summary[1:]}. {description}".strip()
+        return commands.add_parser(name, help=summary, description=sentence)
+
+    worker = command("worker", "run a GPU worker: load the model, then take jobs",
+                     "One per GPU; any host that reaches the Redis adds capacity.")
+    worker.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default: worker.device, auto)")
+    worker.add_argument("--models", help="comma-separated model names from [models] to hold "
+                                         "(default: model.default, else pony-v4)")
+    worker.add_argument("--model", help="hub id, diffusers folder, .safetensors file or tiny for the (first) model "
+                                        "held (default: its source)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty (default: keep taking jobs)")
     worker.add_argument("--name", help="worker name shown in status and logs (default: host, device, random)")
-    worker.add_argument("--metrics-port", type=int, help="Prometheus port (overrides metrics.worker_port)")
+    worker.add_argument("--metrics-port", type=int,
+                        help="Prometheus port, 0..65535, 0 = off (default: metrics.worker_port, 0)")
 
-    generate = commands.add_parser("generate", help="generate images through the queue, without Discord")
-    generate.add_argument("prompt")
-    generate.add_argument("--negative", help="negative prompt")
-    generate.add_argument("--seed", type=int, help="0..4294967295 (default: random, always printed)")
-    generate.add_argument("--steps", type=int)
-    generate.add_argument("--cfg", type=float)
-    generate.add_argument("--size", help="WIDTHxHEIGHT, multiples of 64 from 256 to 1024")
-    generate.add_argument("--count", type=int)
-    generate.add_argument("--sampler", help=", ".join(s.value for s in Sampler))
-    generate.add_argument("--clip-skip", type=int, help="1 = last CLIP layer, 2 = penultimate (A1111's convention)")
-    generate.add_argument("--quality", action="store_true", help="add the model card's quality tags")
-    generate.add_argument("--speed", help="normal, or fast: DeepCache feature reuse (quicker, a little less detail)")
-    generate.add_argument("--model", help="model source for --local (overrides model.source)")
-    generate.add_argument("--out", type=Path, help="output folder (default: cli.out_dir)")
-    generate.add_argument("--local", action="store_true", help="run a worker in this process")
+    generate = command("generate", "generate images without Discord",
+                       "Through the queue that `ponybot up` or `ponybot worker` serve, or with --local in this "
+                       "process (a private Redis and queue). Same defaults as /generate.")
+    generate.add_argument("prompt", help=f"what to draw, 1..{MAX_PROMPT_CHARS} characters; A1111 emphasis "
+                                         "and BREAK work")
+    generate.add_argument("--negative", help=f"negative prompt, up to {MAX_PROMPT_CHARS} characters "
+                                             "(default: defaults.negative_prompt, empty)")
+    generate.add_argument("--seed", type=int, help=f"0..{MAX_SEED}; image i gets (seed + i) mod 2**32 "
+                                                   "(default: random, always printed)")
+    generate.add_argument("--steps", type=int,
+                          help=f"1..limits.max_steps ({LimitSettings().max_steps}) (default: defaults.steps, "
+                               f"{DEFAULTS.steps})")
+    generate.add_argument("--cfg", type=float, help=f"guidance scale, 1..20 (default: defaults.cfg, {DEFAULTS.cfg:g})")
+    generate.add_argument("--size", help="WIDTHxHEIGHT, multiples of 64 from 256 to 1024, at most "
+                                         f"limits.max_pixels (default: defaults.size, {DEFAULTS.size})")
+    generate.add_argument("--count", type=int, help=f"images, 1..limits.max_count ({LimitSettings().max_count}) "
+                                                    f"(default: defaults.count, {DEFAULTS.count})")
+    generate.add_argument("--sampler", help=f"{', '.join(s.value for s in Sampler)} "
+                                            f"(default: defaults.sampler, {DEFAULTS.sampler.value})")
+    generate.add_argument("--clip-skip", type=int,
+                          help="1 = last CLIP layer, 2 = penultimate, A1111's convention "
+                               f"(default: defaults.clip_skip, {DEFAULTS.clip_skip})")
+    generate.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
+                          help="add the model card's quality tags, as /generate does; --no-quality leaves them "
+                               f"out (default: defaults.quality, {'on' if DEFAULTS.quality else 'off'})")
+    generate.add_argument("--speed", choices=[s.value for s in Speed],
+                          help="normal, or fast: DeepCache feature reuse, quicker with a little less detail "
+                               "(default: normal)")
+    generate.add_argument("--model", help="model source for --local: hub id, diffusers folder, .safetensors file "
+                                          "or tiny (default: model.source)")
+    generate.add_argument("--out", type=Path, help="output folder, created if missing (default: cli.out_dir, out)")
+    generate.add_argument("--local", action="store_true",
+                          help="run a worker in this process, with its own private Redis and queue: never "
+                               "touches a shared queue (default: off, use the running queue)")
 
-    commands.add_parser("bot", help="run the Discord bot")
+    command("bot", "run the Discord bot", "Needs discord.token (or DISCORD_TOKEN).")
 
-    up = commands.add_parser("up", help="one machine: embedded Redis, a worker per GPU, and the bot")
-    up.add_argument("--workers", type=int, help="how many workers (default: one per visible GPU, else one on CPU)")
+    up = command("up", "one machine: embedded Redis, a worker per GPU, and the bot",
+                 "Ctrl-C stops the workers first (they finish their jobs), then the bot, then Redis.")
+    up.add_argument("--workers", type=int,
+                    help="how many workers, 0 or more (default: one per visible GPU, else one on the CPU)")
 
-    commands.add_parser("status", help="workers, queue depth, throughput and current wait")
+    command("status", "workers, queue depth, throughput and current wait")
 
-    commands.add_parser("gallery", help="run the community gallery: its web site and the loop that stores images")
+    command("gallery", "run the community gallery: its web site and the loop that stores images")
 
-    policy = commands.add_parser("policy", help="try the channel policy's rules")
+    policy = command("policy", "try the channel policy's rules", "Nothing is generated.")
+
     policy_commands = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
-    check = policy_commands.add_parser("check", help="what the policy does with a prompt (JSON; exit 1 if refused)")
-    check.add_argument("prompt")
+    check = policy_commands.add_parser(
+        "check", help="what the policy does with a prompt (JSON; exit 1 if refused)",
+        description="What the policy does with a prompt: JSON on stdout; exit 1 if refused.")
+    check.add_argument("prompt", help=f"the member's prompt, 1..{MAX_PROMPT_CHARS} characters")
     check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
-                       help="nsfw: as in an age-restricted channel whose policy allows NSFW")
-    check.add_argument("--negative", default="", help="the member's negative prompt")
+                       help="sfw or nsfw: as in an age-restricted channel whose policy allows NSFW (default: sfw)")
+    check.add_argument("--negative", default="", help="the member's negative prompt (default: empty)")
     styles_cli.add_parser(commands)
     safety_cli.add_parser(commands)
     return parser
@@ -91,7 +165,8 @@ def request_from_args(args: argparse.Namespace, settings: Settings) -> Generatio
         raise InvalidRequestError("size", str(error)) from None
     sampler = args.sampler or defaults.sampler.value
     if sampler not in {s.value for s in Sampler}:
-        raise InvalidRequestError("sampler", f"must be one of {', '.join(s.value for s in Sampler)}, got {sampler!r}")
+        names = ", ".join(s.value for s in Sampler)
+        raise InvalidRequestError("sampler", f"must be one of {names}, got {shorten(sampler)}")
     entry = settings.model_entry(None)  # the default model's own defaults first
     negative = defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt
     return build_request(
@@ -117,29 +192,55 @@ def cli_job_id(job: Job, model: str) -> str:
     return f"cli-{digest.hexdigest()[:24]}"
 
 
+def check_out_dir(out_dir: Path) -> Path:
+    """The output folder, created and writable, before anything is generated."""
+    setting = "cli.out_dir (--out)"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{setting}: {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{setting}: cannot create {out_dir} ({error.strerror or error})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting}: {out_dir} is not writable")
+    return out_dir
+
+
+def check_port(port: int, setting: str) -> None:
+    """A metrics port in range and free, checked before the model loads (0: no metrics)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{setting}: must be from 0 (off) to 65535, got {port}")
+    if port == 0:
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError as error:
+            raise ConfigError(f"{setting}: port {port} is not free ({error.strerror or error}): "
+                              "pick another, or 0 for no metrics") from None
+
+
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     request = request_from_args(args, settings)
     model = args.model or settings.model_entry(None).source
-    draft = Job.create(request, quality_tags=args.quality)
+    quality = settings.defaults.quality if args.quality is None else args.quality
+    draft = Job.create(request, quality_tags=quality)
     job = draft.model_copy(update={"id": cli_job_id(draft, model)})
-    out_dir: Path = args.out or settings.cli.out_dir
+    out_dir = check_out_dir(args.out or settings.cli.out_dir)
     with ExitStack() as stack:
-        url = settings.redis.url or running_embedded_url(settings.redis.embedded_dir)
-        if url is None and args.local and not settings.redis.sentinels:
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ponybot-redis-")))
-            url = stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url
-        conn = connect(url if url and not settings.redis.sentinels else resolve_redis(settings))
+        if args.local:
+            # always a private Redis: a shared queue's jobs are never run here, and nobody else runs ours
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ponybot-local-")))
+            conn = connect(stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url)
+        else:
+            conn = connect(resolve_redis(settings))
         after = last_event_id(conn)
         worker = settings.worker
         position = enqueue(conn, job, max_queue=settings.limits.max_queue, result_ttl_s=worker.result_ttl_s,
                            max_attempts=worker.max_attempts)
         log.info("job %s queued at position %d (seed %d)", job.id, position, job.seed)
         if args.local:
-            from worker.runner import run_worker
-            from worker.runtime import build_runtime
-
-            run_worker(build_runtime(settings, conn, model_source=model, measure_size=(request.width, request.height)),
-                       burst=True)
+            run_local(settings, conn, job, model, stack)
         try:
             event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
                                    no_worker_timeout=settings.cli.no_worker_timeout_s)
@@ -148,7 +249,6 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             raise
         if event.kind == "failed":
             raise PonybotError(f"job {job.id} failed: {event.error_message}")
-        out_dir.mkdir(parents=True, exist_ok=True)
         for image in event.images:
             data = load_image(conn, image.key) if image.key else None
             if data is None:
@@ -159,17 +259,46 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def run_local(settings: Settings, conn: redis.Redis, job: Job, model: str, stack: ExitStack) -> None:
+    """The job on a worker in this process, on the private Redis; Ctrl-C stops it at once (exit 130)."""
+    from worker.runner import run_worker
+    from worker.runtime import build_runtime
+
+    waiting = generation_queue(conn).job_ids
+    if waiting != [job.id]:  # cannot happen on a private Redis; never run anyone else's job
+        raise PonybotError(f"refusing to run: the local queue holds jobs this command did not enqueue ({waiting})")
+
+    def interrupted() -> None:
+        logging.disable(logging.CRITICAL)  # RQ's threads would complain about the Redis going away
+        stack.close()  # the private Redis and its folder
+        complain("interrupted")
+        os._exit(EXIT_INTERRUPTED)
+
+    # its speed measured at the job's own size: the job's time limit follows from it
+    runtime = build_runtime(settings, conn, model_source=model, measure_size=(job.request.width, job.request.height))
+    runtime.only_jobs = frozenset({job.id})
+    run_worker(runtime, burst=True, on_interrupt=interrupted)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.loading import resolve_device
     from worker.runner import run_worker
     from worker.runtime import build_runtime
 
     if args.device:
-        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update={"device": args.device})})
+        try:
+            worker = WorkerSettings.model_validate({**settings.worker.model_dump(), "device": args.device})
+        except ValidationError as error:
+            raise ConfigError(f"worker.device (--device): {error.errors()[0]['msg'].removeprefix('Value error, ')}"
+                              f" (got {shorten(args.device)})") from None
+        settings = settings.model_copy(update={"worker": worker})
+    resolve_device(settings.worker.device)  # a device this machine cannot run: said before anything loads
+    port = args.metrics_port if args.metrics_port is not None else settings.metrics.worker_port
+    check_port(port, "metrics.worker_port (--metrics-port)")
     conn = connect(resolve_redis(settings))
     models = [name.strip() for name in args.models.split(",") if name.strip()] if args.models else None
     runtime = build_runtime(settings, conn, model_source=args.model, name=args.name, models=models,
-                            metrics_port=args.metrics_port if args.metrics_port is not None
-                            else settings.metrics.worker_port)
+                            metrics_port=port)
     run_worker(runtime, burst=args.burst)
     return 0
 
@@ -177,6 +306,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
     from bot.app import run_bot
 
+    settings.require_discord_token()
+    check_port(settings.metrics.bot_port, "metrics.bot_port")
     run_bot(settings)
     return 0
 
@@ -184,6 +315,8 @@ def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from ponybot.up import Supervisor
 
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers: must be 0 or more, got {args.workers}")
     return Supervisor(settings, config=args.config, workers=args.workers).run()
 
 
@@ -224,8 +357,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as error:
-        sys.stderr.write(f"ponybot: {error}\n")
+        complain(str(error))
         return EXIT_USAGE
+    for warning in unknown_environment(os.environ):
+        complain(f"warning: {warning}")
     logging.basicConfig(
         level=args.log_level or settings.log.level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -233,13 +368,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, settings)
     except (InvalidRequestError, ConfigError) as error:
-        sys.stderr.write(f"ponybot: {error}\n")
+        complain(str(error))
         return EXIT_USAGE
+    except ModelLoadError as error:
+        complain(str(error))
+        return EXIT_CANNOT_START
     except (PonybotError, TimeoutError) as error:
-        sys.stderr.write(f"ponybot: {error}\n")
+        complain(str(error))
         return EXIT_FAILED
     except KeyboardInterrupt:
-        return 130
+        complain("interrupted")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

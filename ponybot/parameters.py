@@ -1,4 +1,13 @@
-"""A1111-style ``parameters`` text: written into each PNG, shown by the Details button."""
+"""A1111-style ``parameters`` text: written into each PNG, shown by the Details button.
+
+A1111 reads this text line by line: the last line holds the settings, a line starting
+``Negative prompt:`` starts the negative prompt. So a prompt's own lines could pose as
+other fields. Prompts are written on one line each (CLIP reads a newline as a space, so
+the tokens are the same), and a prompt that begins with ``Negative prompt:`` has it
+written in lower case (CLIP lower-cases everything): what a prompt says can never be
+read back as another field. Control characters are refused before a job is queued
+(:func:`ponybot.schemas.check_text`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,16 @@ def quote(value: object) -> str:
     """A1111's quoting: a value holding a comma, colon or newline is written as a JSON string."""
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if any(char in text for char in ",:\n") else text
+
+NEGATIVE_MARKER = "Negative prompt:"
+
+
+def one_line(text: str, *, first: bool = False) -> str:
+    """``text`` as it is written into the metadata: one line; the first field never starts with the marker."""
+    flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if first and flat.startswith(NEGATIVE_MARKER):
+        flat = NEGATIVE_MARKER.lower() + flat[len(NEGATIVE_MARKER):]
+    return flat
 
 
 def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, model: str,
@@ -45,7 +64,7 @@ def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, m
         if job.source:
             fields["Source"] = f"{job.source.job_id}:{job.source.index}"
     settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
-    return f"{prompt}\nNegative prompt: {negative_prompt}\n{settings}"
+    return f"{one_line(prompt, first=True)}\n{NEGATIVE_MARKER} {one_line(negative_prompt)}\n{settings}"
 
 
 def parse_parameters(text: str) -> dict[str, str]:

@@ -62,7 +62,9 @@ class EmbeddedRedis:
             "--appendonly", "yes" if self.persistent else "no",
         ]
         log.info("starting embedded Redis on port %d (data in %s)", self.port, self.data_dir)
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # its own session: a terminal's Ctrl-C reaches ponybot, which stops Redis last, after the workers
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        start_new_session=True)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

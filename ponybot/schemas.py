@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -54,6 +55,11 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+def image_seed(seed: int, index: int) -> int:
+    """Image ``index`` of a job seeded ``seed``: ``(seed + index) mod 2**32``, always a valid ``--seed``."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -63,7 +69,7 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         width, height = (int(part) for part in text.lower().replace(" ", "").split("x"))
     except ValueError:
-        raise ValueError(f"size must look like 512x768, got {text!r}") from None
+        raise ValueError(f"must look like 512x768, got {shorten(text)}") from None
     check_side(width)
     check_side(height)
     return width, height
@@ -73,6 +79,29 @@ def check_side(value: int) -> int:
     if not MIN_SIDE <= value <= MAX_SIDE or value % SIDE_STEP:
         raise ValueError(f"must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}, got {value}")
     return value
+
+
+#: Line and paragraph separators other than ``\n``: text tools split lines on them too.
+_LINE_BREAKS = {"Zl", "Zp"}
+
+
+def check_text(value: str) -> str:
+    """Refuse control characters (plain newlines and tabs are fine): they could forge the PNG metadata."""
+    for position, char in enumerate(value):
+        if char in "\n\t":
+            continue
+        if unicodedata.category(char) == "Cc" or unicodedata.category(char) in _LINE_BREAKS:
+            raise ValueError(
+                f"contains the control character U+{ord(char):04X} at position {position + 1}: "
+                "use plain text (line breaks are fine)"
+            )
+    return value
+
+
+def shorten(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so an error never echoes a whole 10,000-character prompt."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}...({len(text):,} characters)"
 
 
 class Versioned(BaseModel):
@@ -118,6 +147,11 @@ class GenerationRequest(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _plain_text(cls, value: str) -> str:
+        return check_text(value)
+
     @field_validator("width", "height")
     @classmethod
     def _side(cls, value: int) -> int:
@@ -148,7 +182,7 @@ def build_request(limits: LimitSettings, **options: Any) -> GenerationRequest:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"
         message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(field, f"{message} (got {first.get('input')!r})") from None
+        raise InvalidRequestError(field, f"{message} (got {shorten(first.get('input'))})") from None
     return check_limits(request, limits)
 
 
@@ -282,8 +316,8 @@ class Job(Versioned):
         return tuple(sorted((lora.name, lora.weight) for lora in self.loras if lora.weight != 0))
 
     def image_seed(self, index: int) -> int:
-        """A1111's convention: image i of a job gets seed + i."""
-        return self.seed + index
+        """A1111's convention: image i of a job gets seed + i, wrapped into 0..MAX_SEED."""
+        return image_seed(self.seed, index)
 
 
 class ProgressEvent(Versioned):

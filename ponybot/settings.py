@@ -8,12 +8,15 @@ Precedence, highest first: ``PONYBOT_SECTION__KEY`` environment variables (and
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -25,12 +28,20 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
 
 from ponybot.errors import ConfigError
 from ponybot.keys import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN
 from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG
-from ponybot.schemas import Sampler, parse_size
+from ponybot.schemas import Sampler, parse_size, shorten
 
 DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
 #: Keys of the single-model ``[model]`` section of earlier versions, read as the default model's.
@@ -57,6 +68,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_redis_url(value: str) -> str:
+    """A URL redis-py can connect to: redis://, rediss:// or unix://, a host, a port from 1 to 65535, a db number."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must look like redis://host:6379/0 (or rediss://, unix://)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("its port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("its port must be a number from 1 to 65535")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("has no host: it must look like redis://host:6379/0")
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ValueError(f"its database must be a number (the /0 at the end), got {database!r}")
+    return value
+
+
 class RedisSettings(_Section):
     url: str | None = None
     embedded_dir: Path = Path("data/redis")
@@ -78,6 +108,10 @@ class RedisSettings(_Section):
                 raise ValueError("is neither a JSON list nor comma-separated host:port items") from None
         return value
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return check_redis_url(value) if value else value
 
 
 def sentinel_address(item: str) -> tuple[str, int]:
@@ -153,7 +187,7 @@ class WorkerSettings(_Section):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda", "mps") or value.startswith("cuda:"):
+        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             return value
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
 
@@ -335,6 +369,18 @@ class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class ListFriendlyEnvSource(EnvSettingsSource):
+    """The environment, where a list setting may be JSON (``["a","b"]``) or comma-separated (``a,b``)."""
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if field is not None and get_origin(field.annotation) is list and isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            raise
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PONYBOT_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -365,7 +411,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The TOML file arrives as init data; the environment overrides it.
-        return (env_settings, init_settings)
+        return (ListFriendlyEnvSource(settings_cls), init_settings)
 
     @model_validator(mode="before")
     @classmethod
@@ -451,14 +497,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     data: dict[str, Any] = {}
     file = config_path(path)
     if file is not None:
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {file} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
+        data = read_config_file(file)
     token = os.environ.get("DISCORD_TOKEN")
-    if token and not os.environ.get("PONYBOT_DISCORD__TOKEN"):
+    if token and not os.environ.get("PONYBOT_DISCORD__TOKEN") and isinstance(data.get("discord", {}), dict):
         data.setdefault("discord", {})["token"] = token
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
@@ -466,16 +507,76 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(error, source=file)) from None
+    except SettingsError as error:
+        cause = f" ({error.__cause__})" if error.__cause__ else ""
+        raise ConfigError(f"an environment variable is not valid JSON: {error}{cause}") from None
+
+
+def read_config_file(file: Path) -> dict[str, Any]:
+    """The TOML file as a dict, or a ConfigError that says what is wrong with the file."""
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {file} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {file} is a folder, not a TOML file") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {file} is not UTF-8 text (byte {error.start + 1} is not): "
+                          "save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file {file} cannot be read: {error.strerror or error}") from None
+
+
+#: Settings whose values are never echoed in messages (a URL can hold a password).
+UNECHOED = {"redis.url", "discord.token"}
+
+
+def setting_names() -> list[str]:
+    """Every setting as ``section.key``."""
+    return [f"{section}.{key}" for section, field in Settings.model_fields.items()
+            for key in getattr(field.annotation, "model_fields", {})]
 
 
 def describe_validation_error(error: ValidationError, source: Path | None = None) -> str:
-    """One message naming each bad key, what was given and what is allowed."""
-    where = f" in {source}" if source else ""
-    lines = [f"invalid settings{where}:"]
+    """One line per bad key: the key, what is wrong, what was given (shortened) and where."""
+    where = f" (in {source})" if source else ""
+    lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
-        message = item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown setting (see config.example.toml for the valid ones)"
-        lines.append(f"  {key}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)
+            close = difflib.get_close_matches(key, setting_names(), n=1)
+            message = f"unknown setting (did you mean {close[0]}?)" if close else (
+                "unknown setting (see config.example.toml for the valid ones)")
+        if not key:  # a rule across settings: its message names them
+            lines.append(message)
+            continue
+        given = "" if key in UNECHOED else f" (got {shorten(item.get('input'))})"
+        lines.append(f"{key}: {message}{given}")
+    return f"invalid setting{where}: " + "\n  ".join(lines)
+
+
+#: ``PONYBOT_*`` variables that are not settings but are read elsewhere.
+OTHER_VARIABLES = ("PONYBOT_CONFIG", "PONYBOT_TEST_REDIS_URL")
+
+
+def unknown_environment(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``PONYBOT_*`` variable that no setting reads, naming the closest one.
+
+    A variable under a known section (``PONYBOT_LIMITS__MAX_STEPZ``) is an error instead (an unknown key).
+    """
+    sections = {f"PONYBOT_{name.upper()}" for name in Settings.model_fields}
+    known = {f"PONYBOT_{name.upper().replace('.', '__')}" for name in setting_names()} | sections
+    warnings = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith("PONYBOT_") or name in known or name in OTHER_VARIABLES:
+            continue
+        if name.split("__", 1)[0] in sections and "__" in name:
+            continue  # the settings report it as an unknown key of that section
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see config.example.toml for the settings"
+        warnings.append(f"{variable} is not a ponybot setting and is ignored ({hint})")
+    return warnings

@@ -21,7 +21,7 @@ from tests.conftest import cli_env, run_cli
         (["--cfg", "30"], "cfg:"),
         (["--size", "300x300"], "size: must be a multiple of 64"),
         (["--size", "1024x1024"], "size: 1024x1024 is over this bot's budget"),
-        (["--size", "big"], "size: size must look like 512x768"),
+        (["--size", "big"], "size: must look like 512x768"),
         (["--count", "9"], "count:"),
         (["--seed", "-5"], "seed:"),
         (["--sampler", "plms"], "sampler: must be one of ddim, euler_a, dpmpp_2m_karras"),
@@ -67,7 +67,7 @@ def test_missing_model_path(tmp_path: Path, model_cache: Path, redis_url: str, c
                             run_main: Any) -> None:
     result = run_main(["generate", "pony", "--local", "--model", str(tmp_path / "nope")],
                       cli_env(redis_url, model_cache), tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert f"model path {tmp_path / 'nope'} does not exist" in result.stderr
 
 
@@ -77,11 +77,11 @@ def test_corrupt_checkpoint(tmp_path: Path, model_cache: Path, redis_url: str, c
     checkpoint.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all, just bytes")
     env = cli_env(redis_url, model_cache)
     result = run_main(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert "set model.config_dir" in result.stderr
     env["PONYBOT_MODEL__CONFIG_DIR"] = str(model_cache / "tiny-v2")
     result = run_main(["generate", "pony", "--local", "--model", str(checkpoint)], env, tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert "could not load model" in result.stderr
     assert "pony.safetensors" in result.stderr
 
@@ -92,7 +92,7 @@ def test_pickle_checkpoint_refused(tmp_path: Path, model_cache: Path, redis_url:
     checkpoint.write_bytes(b"whatever")
     result = run_main(["generate", "pony", "--local", "--model", str(checkpoint)],
                       cli_env(redis_url, model_cache), tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 3  # the worker cannot start: `up` does not restart it
     assert "pickle checkpoints can run code" in result.stderr
 
 

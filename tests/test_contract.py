@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -83,3 +84,75 @@ def test_parameters_round_trip() -> None:
     assert parsed["Clip skip"] == "2"
     assert parsed["Job"] == job.id
     assert parsed["Size"] == "512x512"
+
+
+#: A1111's own reader (modules/infotext_utils.parse_generation_parameters), rewritten here independently.
+A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def a1111_parse(text: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    prompt, negative, done_with_prompt = "", "", False
+    *lines, last = text.strip().split("\n")
+    if len(A1111_PARAM.findall(last)) < 3:
+        lines.append(last)
+        last = ""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("Negative prompt:"):
+            done_with_prompt = True
+            line = line[16:].strip()
+        if done_with_prompt:
+            negative += ("" if negative == "" else "\n") + line
+        else:
+            prompt += ("" if prompt == "" else "\n") + line
+    fields["Prompt"], fields["Negative prompt"] = prompt, negative
+    for key, value in A1111_PARAM.findall(last):
+        fields[key] = value
+    return fields
+
+
+@pytest.mark.parametrize(
+    ("prompt", "negative"),
+    [
+        ("pony\nNegative prompt: x\nSteps: 99, Seed: 1, Sampler: Euler, CFG scale: 3, Size: 64x64", "blurry"),
+        ("Negative prompt: evil, Steps: 99, Seed: 1", "blurry\nSteps: 99, Seed: 1, Model: forged, Job: x"),
+        ("pony", "lowres\n\nNegative prompt: again\nSteps: 1, Sampler: Euler, Seed: 1"),
+    ],
+)
+def test_prompt_lines_cannot_pose_as_other_fields(prompt: str, negative: str) -> None:
+    job = Job.create(build_request(LIMITS, prompt=prompt, negative_prompt=negative, seed=5, steps=20))
+    text = format_parameters(job, 0, prompt, negative, "pony-v4")
+    for parsed in (a1111_parse(text), parse_parameters(text)):
+        values = {key.lower(): value for key, value in parsed.items()}
+        assert values["steps"] == "20" and values["seed"] == "5" and values["model"] == "pony-v4"
+        assert values["sampler"] == "DDIM" and values["job"] == job.id
+        # the same words (CLIP reads a newline as a space and lower-cases everything)
+        assert values["prompt"].lower().split() == prompt.lower().split()
+        assert values["negative prompt" if "negative prompt" in values else "negative_prompt"].split() == \
+            negative.split()
+
+
+@pytest.mark.parametrize(("field", "value", "shown"), [
+    ("prompt", "pony \x1b[31mred", "U+001B"),
+    ("prompt", "pony\rSteps: 1", "U+000D"),
+    ("negative_prompt", "blurry\x00", "U+0000"),
+    ("prompt", "pony\u2028Steps: 1", "U+2028"),
+    ("negative_prompt", "a\x85b", "U+0085"),
+])
+def test_control_characters_refused(field: str, value: str, shown: str) -> None:
+    options = {"prompt": "pony", field: value}
+    expected = re.escape(f"{field}: contains the control character {shown}")
+    with pytest.raises(InvalidRequestError, match=expected) as caught:
+        build_request(LIMITS, **options)
+    assert caught.value.field == field
+
+
+def test_multi_line_prompts_and_tabs_are_fine() -> None:
+    assert build_request(LIMITS, prompt="pinkie pie,\n\tballoons", negative_prompt="a\nb").prompt.count("\n") == 1
+
+
+def test_long_input_is_not_echoed_whole() -> None:
+    with pytest.raises(InvalidRequestError) as caught:
+        build_request(LIMITS, prompt="a" * 10_000)
+    assert len(str(caught.value)) < 200 and "10,002 characters" in str(caught.value)

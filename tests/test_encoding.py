@@ -87,3 +87,43 @@ def test_break_starts_a_new_chunk(encoder: Any) -> None:
     together, apart = encoder.encode("pinkie pie rainbow dash", 2), encoder.encode("pinkie pie BREAK rainbow dash", 2)
     assert together.shape[1] == 77 and apart.shape[1] == 2 * 77
     assert torch.equal(apart[:, :77], encoder.encode("pinkie pie", 2))
+
+
+def test_restore_mean_is_bounded() -> None:
+    from worker.encoding import MAX_MEAN_RATIO, restore_mean
+
+    row = torch.tensor([[1.0, -1.0], [2.0, -2.0]])  # mean exactly 0
+    assert torch.equal(restore_mean(row, torch.tensor(0.5)), row)  # no division by zero: left as it is
+    near = torch.tensor([[1.0, -1.0 + 1e-6]])
+    assert torch.allclose(restore_mean(near, torch.tensor(0.5)), near * MAX_MEAN_RATIO)  # clamped, not x1e6
+    assert torch.equal(restore_mean(row + 1, torch.tensor(-3.0)), row + 1)  # never flips the sign
+    assert torch.allclose(restore_mean(row + 1, torch.tensor(1.2)).mean(), torch.tensor(1.2))  # A1111's rule
+
+
+def test_weights_with_a_zero_mean_never_blow_up_the_embedding(encoder: Any) -> None:
+    """A1111 divides by the weighted mean; a weight that makes it ~0 must not explode the embedding."""
+    import copy
+
+    from worker.encoding import MAX_MEAN_RATIO, PromptEncoder
+
+    # the tiny model's final layer norm has no bias, so its rows have mean ~0 already; a real CLIP's has one
+    text_encoder = copy.deepcopy(encoder.text_encoder)
+    with torch.no_grad():
+        getattr(text_encoder, "text_model", text_encoder).final_layer_norm.bias.fill_(0.5)
+    biased = PromptEncoder(encoder.tokenizer, text_encoder)
+    plain = biased.encode_chunks(biased.chunks("a cat sitting"), 2)[0]
+    chunk = biased.chunks("a (cat:2) sitting")[0]
+    rows = [1 + i for i, weight in enumerate(chunk.weights) if weight == 2.0]  # +1: the start token
+    weight = 1 - float(plain.sum() / plain[rows].sum())  # the weight that makes the row's sum (and mean) zero
+    prompt = f"a (cat:{weight:.6f}) sitting"
+    [parsed] = [w for text, w in parse_emphasis(prompt) if "cat" in text]
+    scale = torch.ones(plain.shape[0])
+    scale[rows] = parsed
+    assert abs(float(plain.mean() / (plain * scale[:, None]).mean())) > 1000  # what A1111 would multiply by
+
+    encoded = biased.encode(prompt, 2)
+    assert torch.isfinite(encoded).all()
+    assert float(encoded.abs().max()) <= MAX_MEAN_RATIO * abs(parsed) * float(plain.abs().max()) + 1e-4
+    # ordinary emphasis keeps A1111's mean restoration exactly
+    emphasised = biased.encode("a (cat:1.3) sitting", 2)[0]
+    assert torch.allclose(emphasised.mean(), plain.mean(), atol=1e-5)

@@ -8,7 +8,9 @@
   tokens, encoded separately and concatenated along the sequence axis. A chunk
   that would split a phrase breaks at a comma within its last 20 tokens.
 * Emphasis: ``(word:1.3)``, ``(word)``, ``[word]`` scale the token embeddings,
-  and the chunk's mean is restored afterwards, as A1111 does.
+  and the chunk's mean is restored afterwards, as A1111 does, except that the
+  correction is bounded (:func:`restore_mean`): weights whose scaled mean is near
+  zero never blow the embedding up (A1111 divides by it and draws black images).
 * ``BREAK`` (the word, in capitals) ends the current chunk: what follows starts
   a new one, as in A1111.
 * Textual-inversion embeddings: where a loaded embedding's name appears as a
@@ -18,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,22 @@ from ponybot.prompt_syntax import BREAK, parse_emphasis
 
 CHUNK_TOKENS = 75
 COMMA_LOOKBACK = 20
+#: The mean correction after emphasis is kept within [1 / MAX_MEAN_RATIO, MAX_MEAN_RATIO].
+MAX_MEAN_RATIO = 4.0
+
+
+def restore_mean(weighted: torch.Tensor, original_mean: torch.Tensor) -> torch.Tensor:
+    """``weighted`` rescaled so its mean is ``original_mean`` again, as A1111 does, within bounds.
+
+    A1111 multiplies by ``original_mean / weighted.mean()``; when the weights make that mean
+    (near) zero the factor is huge or infinite, the embedding explodes and the images come out
+    black. Here a ratio that is not finite or not positive is not applied at all, and any other
+    is clamped to ``[1/MAX_MEAN_RATIO, MAX_MEAN_RATIO]``; ordinary prompts (ratios near 1) are unchanged.
+    """
+    ratio = float(original_mean) / float(weighted.mean()) if float(weighted.mean()) != 0.0 else float("inf")
+    if not math.isfinite(ratio) or ratio <= 0:
+        return weighted
+    return weighted * min(max(ratio, 1 / MAX_MEAN_RATIO), MAX_MEAN_RATIO)
 
 
 @dataclass(frozen=True)
@@ -120,7 +139,7 @@ class PromptEncoder:
                 scale = torch.tensor([1.0, *chunk.weights, 1.0] + [1.0] * (CHUNK_TOKENS - len(chunk.ids)))
                 original_mean = hidden[row].mean()
                 hidden[row] = hidden[row] * scale.to(hidden)[:, None]
-                hidden[row] = hidden[row] * (original_mean / hidden[row].mean())
+                hidden[row] = restore_mean(hidden[row], original_mean)
         return [part.reshape(1, -1, hidden.shape[-1]) for part in hidden.split(count)]  # type: ignore[no-untyped-call]
 
     def encode_pair(self, prompt: str, negative: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ponybot.errors import GenerationError
 from ponybot.networks import strip_loras
-from ponybot.schemas import GenerationRequest, LoraRef, Speed
+from ponybot.schemas import GenerationRequest, LoraRef, Speed, image_seed
 from worker.adapters import Adapters
 from worker.deepcache import deep_cache
 from worker.encoding import PromptEncoder
@@ -52,6 +52,22 @@ class GenerationOutput:
     seconds: float = 0.0
     hashes: dict[str, str | None] = field(default_factory=dict)  #: A1111's ``Model hash`` and ``Lora hashes``
     tags: list[dict[str, float]] = field(default_factory=list)  #: the tags the image tagger read, per image
+    #: set when the job's images are unusable (NaN or inf in the decoded pixels): the job fails with it
+    error: GenerationError | None = None
+
+
+#: The failure code (and metric label) of a job whose decoded images hold NaN or inf.
+NON_FINITE = "non_finite"
+
+
+def non_finite_error(seeds: list[int], bad: list[int]) -> GenerationError:
+    """A clear failure for images that would have been black squares."""
+    which = ", ".join(f"image {index} (seed {seeds[index]})" for index in bad)
+    return GenerationError(
+        NON_FINITE,
+        f"the model produced invalid pixels (NaN/inf) for {which}; nothing was posted. "
+        "Try another seed, a lower CFG scale or milder emphasis weights",
+    )
 
 
 class Generator:
@@ -152,8 +168,8 @@ class Generator:
         pipeline = self.pipeline if init_image is None else self.img2img
         pipeline.scheduler = make_scheduler(request.sampler, self.base_scheduler_config)
 
-        # 5. One CPU generator per image: image i of a job gets seed + i, the same on every device.
-        seeds = [[item.seed + index for index in range(item.count)] for item in items]
+        # 5. One CPU generator per image: image i of a job gets (seed + i) mod 2**32, the same on every device.
+        seeds = [[image_seed(item.seed, index) for index in range(item.count)] for item in items]
         generators = [torch.Generator("cpu").manual_seed(seed) for job_seeds in seeds for seed in job_seeds]
 
         # 6. Denoise and decode: the VAE decodes the batch in one pass when memory allows (else in slices).
@@ -251,6 +267,10 @@ class HostImages:
         array = self.host.permute(0, 2, 3, 1).float().numpy()
         return list(numpy_to_pil(array))
 
+    def finite(self) -> list[bool]:
+        """Per image: no NaN or inf in its pixels (call after :meth:`pil`, which waits for the copy)."""
+        return [bool(ok) for ok in torch.isfinite(self.host).flatten(1).all(1).tolist()]
+
 
 @dataclass
 class DeferredBatch:
@@ -270,14 +290,22 @@ class DeferredBatch:
             self.seconds = time.perf_counter() - self.started  # on the CPU the work is done by now
 
     def outputs(self) -> list[GenerationOutput]:
-        """Back to one output per job, as PIL images (waits for the GPU to finish this batch)."""
+        """Back to one output per job, as PIL images (waits for the GPU to finish this batch);
+        a job with NaN/inf pixels fails instead of posting black squares."""
         images = self.images.pil()
+        finite = self.images.finite()
         if self.end is not None and self.timer.begin is not None:
             self.end.synchronize()  # recorded just after the copy: nothing more to wait for
             self.seconds = self.timer.begin.elapsed_time(self.end) / 1000
         outputs, offset = [], 0
         for job_seeds in self.seeds:
             mine = images[offset : offset + len(job_seeds)]
-            outputs.append(GenerationOutput(mine, job_seeds, [None] * len(mine), self.seconds, self.hashes))
+            bad = [index for index, ok in enumerate(finite[offset : offset + len(job_seeds)]) if not ok]
+            if bad:
+                log.error("generation produced NaN/inf pixels for seeds %s", [job_seeds[i] for i in bad])
+                outputs.append(GenerationOutput([], job_seeds, [], self.seconds, self.hashes,
+                                                error=non_finite_error(job_seeds, bad)))
+            else:
+                outputs.append(GenerationOutput(mine, job_seeds, [None] * len(mine), self.seconds, self.hashes))
             offset += len(job_seeds)
         return outputs

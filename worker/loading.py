@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from ponybot.errors import ModelLoadError
+from ponybot.errors import ConfigError, ModelLoadError
+from ponybot.hints import ponybot_command
 from ponybot.keys import DEFAULT_MODEL_NAME
 from ponybot.settings import ModelEntry, ModelSettings, WorkerSettings
 from worker.networks import Architecture, model_hash
@@ -38,12 +39,22 @@ class LoadedModel:
 
 
 def resolve_device(setting: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; a device this machine cannot run is a ConfigError."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(setting)
+    try:
+        device = torch.device(setting)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"worker.device: torch does not know the device {setting!r} "
+                          "(use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"worker.device is {setting!r} but CUDA is not available on this machine")
+        raise ConfigError(f"worker.device: {setting!r} needs a CUDA GPU, and torch sees none on this machine "
+                          "(use cpu or auto; on a GPU host install CUDA torch: make run TORCH=torch)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"worker.device: {setting!r} does not exist here: this machine has "
+                          f"{torch.cuda.device_count()} CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"worker.device: {setting!r} is not available on this machine (use cpu or auto)")
     return device
 
 
@@ -62,6 +73,7 @@ def load_model(source: str, settings: ModelSettings, device: torch.device, *, en
     """
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     started = time.perf_counter()
+    log.info("loading model %s on %s", source, device)
     config_dir = entry.config_dir if entry is not None else settings.config_dir
     pipeline = _load_pipeline(source, settings.cache_dir, config_dir, dtype)
     pipeline.set_progress_bar_config(disable=True)
@@ -102,8 +114,22 @@ def _load_pipeline(source: str, cache_dir: Path, config_dir: Path | None, dtype:
         return _guarded(source, lambda: StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common))
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ModelLoadError(f"model path {source} does not exist (and it is no hub id of the form owner/name)")
-    return _guarded(
-        source, lambda: StableDiffusionPipeline.from_pretrained(source, cache_dir=cache_dir, **common)
+    try:
+        return StableDiffusionPipeline.from_pretrained(source, cache_dir=cache_dir, **common)
+    except Exception as error:  # offline, not in the cache, no such repository: one plain message
+        raise ModelLoadError(cannot_fetch(source, cache_dir, error)) from error
+
+
+def cannot_fetch(source: str, cache_dir: Path, error: Exception) -> str:
+    """What failed when a hub model could not be fetched, and the three ways on."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    return (
+        f"model.source: could not fetch {source} from the Hugging Face hub, and it is not in the cache "
+        f"{cache_dir} ({type(error).__name__}: {reason}). Either run once on a host with internet "
+        f"(the first run downloads it into model.cache_dir, about 2-4 GB; copy that folder here), "
+        "or set model.source to a local diffusers folder or .safetensors file, "
+        f"or try the tiny test model: PONYBOT_MODEL__SOURCE=tiny make run "
+        f"(or PONYBOT_MODEL__SOURCE=tiny {ponybot_command()} up)"
     )
 
 

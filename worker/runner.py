@@ -9,6 +9,7 @@ pipeline; RQ callbacks are refused, so writing to Redis cannot run code here.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import threading
 import time
@@ -144,8 +145,10 @@ class InFlight:
 class GenerationWorker(SimpleWorker):
     """RQ's in-process worker bound to one runtime; JSON only, SafeJob only."""
 
-    def __init__(self, runtime: WorkerRuntime, **kwargs: Any) -> None:
+    def __init__(self, runtime: WorkerRuntime, *, on_interrupt: Callable[[], None] | None = None,
+                 **kwargs: Any) -> None:
         self._last_worker_beat = float("-inf")
+        self.on_interrupt = on_interrupt
         job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
         super().__init__(
             [generation_queue(runtime.conn, model) for model in runtime.generators],
@@ -162,6 +165,15 @@ class GenerationWorker(SimpleWorker):
         self.heartbeat_s = runtime.settings.worker.heartbeat_s
         self.stage = PostStage(runtime.settings.worker.overlap_depth)
         self._flight: InFlight | None = None
+
+    def _install_signal_handlers(self) -> None:
+        """RQ's warm shutdown, unless ``on_interrupt`` is given: then SIGINT/SIGTERM call it, at once."""
+        if self.on_interrupt is None:
+            super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+            return
+        interrupt = self.on_interrupt
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, lambda _signum, _frame: interrupt())
 
     #: RQ renews the worker's own key before and after every dequeue and after every job: three
     #: round trips of three commands per job. The key lives ``worker_ttl + 60`` s, so once a second is plenty.
@@ -459,10 +471,14 @@ def lora_set(prompt: str) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((lora.name, lora.weight) for lora in parse_loras(prompt) if lora.weight != 0))
 
 
-def run_worker(runtime: WorkerRuntime, *, burst: bool = False) -> bool:
+def run_worker(runtime: WorkerRuntime, *, burst: bool = False, on_interrupt: Callable[[], None] | None = None
+               ) -> bool:
     """Take jobs until stopped (SIGTERM/SIGINT: the current batch and its post-processing finish first)
-    or, in burst mode, drained."""
-    worker = GenerationWorker(runtime)
+    or, in burst mode, drained.
+
+    ``on_interrupt`` replaces that warm shutdown (``generate --local``: its own job, nothing to finish).
+    """
+    worker = GenerationWorker(runtime, on_interrupt=on_interrupt)
     started = time.perf_counter()
     log.info("worker %s holds %s, listening on %s", runtime.name, ", ".join(runtime.generators),
              ", ".join(queue.name for queue in worker.queues))

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from ponybot import keys
 from ponybot.cpus import available_cpus
-from ponybot.errors import GenerationError, InvalidRequestError
+from ponybot.errors import ForgedJobError, GenerationError, InvalidRequestError
 from ponybot.metrics import WorkerMetrics
 from ponybot.metrics import serve as serve_metrics
 from ponybot.networks import check_lora_count, parse_loras
@@ -96,6 +96,8 @@ class WorkerRuntime:
         #: ``worker.step_budget_s``); one speed alone is the first model's
         self.speeds = dict(speed) if isinstance(speed, dict) else {} if speed is None else {
             next(iter(self.generators)): speed}
+        #: when set, the only job ids this worker runs (``generate --local``: the job it enqueued itself)
+        self.only_jobs: frozenset[str] | None = None
         #: the batch :meth:`run` generated and left for the post stage
         self.pending: Batch | None = None
 
@@ -181,6 +183,10 @@ class WorkerRuntime:
         its post-processing in :attr:`pending`, for the worker's post stage to :meth:`finish_batch`.
         """
         jobs = [Job.model_validate_json(payload), *self.batched]
+        strangers = [job.id for job in jobs if self.only_jobs is not None and job.id not in self.only_jobs]
+        if strangers:
+            raise ForgedJobError(f"refusing job(s) {', '.join(strangers)}: this worker runs only "
+                                 f"{', '.join(sorted(self.only_jobs or ()))}")
         batch = self.start_batch(jobs)
         if self.settings.worker.overlap_depth:
             self.pending = batch
@@ -239,14 +245,21 @@ class WorkerRuntime:
         """The post stage: images to the host, classifier, PNGs, Redis writes, each job's event, metrics."""
         if batch.generated is not None:
             outputs = batch.generated.outputs()
+            failed = {job.id: self._failed(job, output.error.code, str(output.error), batch.queued[job.id])
+                      for (job, _p, _d), output in zip(batch.planned, outputs, strict=True)
+                      if output.error is not None}
+            batch.events.update(failed)
+            kept = [(plan, output) for plan, output in zip(batch.planned, outputs, strict=True)
+                    if plan[0].id not in failed]
+            planned, outputs = [plan for plan, _o in kept], [output for _p, output in kept]
             # the classifier per job and the PNG per image run side by side on the CPU
             # (onnxruntime and zlib release the GIL), instead of one after another
             screened = self.side_by_side(lambda pair: self.screen(pair[0][0], pair[0][1], pair[1].images),
-                                         list(zip(batch.planned, outputs, strict=True)))
+                                         list(zip(planned, outputs, strict=True)))
             for output, verdicts in zip(outputs, screened, strict=True):
                 output.nsfw, output.tags = [v.flagged for v in verdicts], [v.tags for v in verdicts]
             assert batch.generator is not None
-            batch.events.update(self._store(batch.planned, outputs, batch.queued, batch.generator))
+            batch.events.update(self._store(planned, outputs, batch.queued, batch.generator))
         for job in batch.jobs:
             event = batch.events[job.id]
             with_redis_retry(job.id, lambda event=event: publish_event(self.conn, event))  # type: ignore[misc]
