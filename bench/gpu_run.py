@@ -216,18 +216,17 @@ class WorkerPath:
     def __init__(self, generator: Generator, scratch: Path, bench: Bench) -> None:
         from ponybot.queue import connect
         from ponybot.redis_server import EmbeddedRedis
-        from ponybot.settings import SafetySettings, Settings
-        from worker.safety import load_classifier
+        from ponybot.settings import Settings
+        from worker.safety import load_safety
 
         self.bench = bench
         self.server = EmbeddedRedis(scratch / "redis", persistent=False)
         self.conn = connect(self.server.start())
         self.settings = Settings()
-        try:
-            classifier = load_classifier(SafetySettings())
-        except ImportError as error:
-            classifier = None
-            bench.recorder.note(f"worker path without its image classifier ({error})")
+        # the workers' own image check (open_nsfw, and the tagger where the model cache holds it)
+        classifier = load_safety(self.settings.safety, self.settings.model.cache_dir, download=False)
+        if classifier.missing:
+            bench.recorder.note(f"worker path without {', '.join(classifier.missing)} (not in the model cache)")
         from worker.runtime import WorkerRuntime
 
         self.runtime = WorkerRuntime(self.settings, self.conn, generator, "bench-gpu", classifier)
