@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from itertools import pairwise
 from typing import Any
 
@@ -54,27 +55,32 @@ async def test_position_counts_down(fake: FakeDiscord, discord_settings: Setting
 
 
 class Paced:
-    """The real pipeline, going on past step i only once the member's message shows step i.
+    """The real pipeline, going on past step i only once the member's message shows step i, or two edit
+    intervals later (progress is published by time, so a step may have none of its own).
 
     So the job spans several edit intervals on any machine, and the test waits no longer than that.
     """
 
-    def __init__(self, generator: Any, fake: FakeDiscord, interaction: Interaction) -> None:
-        self.model = generator.model
-        self.generator, self.fake, self.interaction = generator, fake, interaction
+    def __init__(self, generator: Any, fake: FakeDiscord, interaction: Interaction, interval_s: float) -> None:
+        self.generator, self.fake, self.interaction, self.interval_s = generator, fake, interaction, interval_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.generator, name)
 
     def shown(self) -> list[str]:
         return [str((r.body or {}).get("content", "")) for r in list(self.fake.requests) if r.method == "PATCH"
                 and r.path.endswith(str(self.interaction.original_id))]
 
-    def generate_batch(self, request: Any, items: Any, *, on_step: Any = None, **options: Any) -> Any:
+    def generate_deferred(self, request: Any, items: Any, *, on_step: Any = None, **options: Any) -> Any:
         def step(index: int, total: int, latents: Any) -> None:
             if on_step is not None:
                 on_step(index, total, latents)
-            wait_until(lambda: any(text.startswith(f"Generating: step {index} of") for text in self.shown()),
+            started = time.monotonic()
+            wait_until(lambda: any(text.startswith(f"Generating: step {index} of") for text in self.shown())
+                       or time.monotonic() - started >= 2 * self.interval_s,
                        what=f"the member's message showing step {index}")
 
-        return self.generator.generate_batch(request, items, on_step=step, **options)
+        return self.generator.generate_deferred(request, items, on_step=step, **options)
 
 
 async def test_progress_edits_throttled(fake: FakeDiscord, discord_settings: Settings, redis_url: str,
@@ -82,9 +88,10 @@ async def test_progress_edits_throttled(fake: FakeDiscord, discord_settings: Set
     runtime.settings = runtime.settings.model_copy(update={"worker": runtime.settings.worker.model_copy(
         update={"preview_every": 2})})
     async with running_bot(discord_settings, redis_url):
-        interaction = await fake.slash("generate", {"prompt": "slow", "steps": 4})
+        interaction = await fake.slash("generate", {"prompt": "slow", "steps": 6})
         await fake.wait_for(lambda: "Queued" in content(fake, interaction))
-        runtime.generator = Paced(runtime.generator, fake, interaction)
+        runtime.generator = Paced(runtime.generator, fake, interaction,
+                                  discord_settings.discord.progress_edit_interval_s)
         await drain(runtime)
         await generated(fake, interaction)
     edits = [r for r in fake.requests if r.method == "PATCH" and r.path.endswith(str(interaction.original_id))
