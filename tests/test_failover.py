@@ -125,7 +125,8 @@ def result_messages(fake: FakeDiscord) -> list[dict[str, Any]]:
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.skip(reason="fails on the merged tree (the fake never saw a result after the promotion); passed on its branch; issue 15 stays open until it passes again")
+@pytest.mark.skip(reason="fails on the merged tree (the fake never saw a result after the promotion); "
+                  "passed on its branch; issue 15 stays open until it passes again")
 async def test_primary_dies_mid_queue(tmp_path: Path, model_cache: Path, fake: FakeDiscord) -> None:
     with sentinel_set(tmp_path / "redis") as topology:
         target = RedisTarget(sentinels=tuple(("127.0.0.1", port) for port in topology.sentinel_ports),
