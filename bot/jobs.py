@@ -7,6 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,7 +19,7 @@ from bot.i18n import t
 from bot.uploads import PendingUpload, store_upload
 from ponybot import keys
 from ponybot.errors import NoWorkerError, PolicyRefusal, RedisUnavailableError
-from ponybot.networks import parse_loras
+from ponybot.networks import check_lora_count, parse_loras
 from ponybot.policy import Decision, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import check_fair_share, enqueue, estimate_wait, job_model
@@ -58,9 +59,19 @@ def interaction_ref(interaction: discord.Interaction[Any], message_id: int | Non
     )
 
 
-def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> tuple[Decision, list[str]]:
+@dataclass(frozen=True)
+class Admission:
+    """What :func:`admit` found: the policy's decision, the embeddings the prompts name, and whether a
+    worker for the model still has to start (``worker.on_demand``)."""
+
+    decision: Decision
+    embeddings: list[str]
+    worker_starting: bool = False
+
+
+def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> Admission:
     """The channel's policy, a worker for the model, the LoRAs, the member's share and cooldown, before
-    anything is queued (runs in a thread). Returns the decision and the embeddings the prompts name."""
+    anything is queued (runs in a thread)."""
     store = PolicyStore(bot.sync_redis)
     settings = bot.settings
     limits = settings.limits
@@ -76,10 +87,14 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
         if not decision.allowed:
             raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=decision.reason))
         records = models_online(bot.sync_redis).get(model)
-        if not records:
+        if records:
+            _loras, embeddings = check_networks(records, request, settings.model.max_loras)
+        elif settings.worker.on_demand:  # queued: its job makes a worker start; that worker checks the LoRAs
+            check_lora_count(parse_loras(request.prompt), settings.model.max_loras)
+            embeddings = []
+        else:
             raise NoWorkerError(t(origin.locale, "Not queued: no worker holding the model **{model}** is online "
                                   "right now. Pick another model, or try again later.", model=model))
-        _loras, embeddings = check_networks(records, request, settings.model.max_loras)
         if policy.cooldown_s:
             key = keys.cooldown(origin.guild_id, origin.channel_id, origin.user_id)
             if not bot.sync_redis.set(key, 1, nx=True, ex=policy.cooldown_s):
@@ -88,7 +103,7 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
                                       "{seconds} s.", seconds=max(1, int(wait))))
     except redis.RedisError as error:
         raise RedisUnavailableError(str(error)) from None
-    return decision, embeddings
+    return Admission(decision, embeddings, worker_starting=not records)
 
 
 async def submit(bot: PonyBot, job: Job) -> int:
@@ -112,7 +127,7 @@ async def queue_job(
     (it can take longer than Discord's 3 s); an :class:`UploadedImage` is one already stored.
     """
     origin = origin_of(interaction)
-    _decision, embeddings = await asyncio.to_thread(admit, bot, origin, request, quality)
+    admission = await asyncio.to_thread(admit, bot, origin, request, quality)
     callback = await interaction.response.defer(thinking=True, ephemeral=ephemeral)
     message_id = callback.message_id if callback is not None else None
     job_id = uuid.uuid4().hex
@@ -123,7 +138,7 @@ async def queue_job(
     fields: dict[str, Any] = {"id": job_id, "quality_tags": quality, "origin": origin, "kind": kind,
                               "source": source, "upload": upload,
                               "interaction": interaction_ref(interaction, message_id, ephemeral=ephemeral),
-                              "embeddings": embeddings, "loras": parse_loras(request.prompt)}
+                              "embeddings": admission.embeddings, "loras": parse_loras(request.prompt)}
     job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
     try:
         position = await submit(bot, job)
@@ -137,7 +152,8 @@ async def queue_job(
              interaction.channel_id, position)
     from bot.features.results import queued_view
 
-    await interaction.edit_original_response(content=messages.queued(origin.locale, position, eta),
+    content = messages.queued(origin.locale, position, eta, worker_starting=admission.worker_starting)
+    await interaction.edit_original_response(content=content,
                                              view=queued_view(job.id, origin.locale))
     bot.tracker.track(job)
     return job

@@ -24,7 +24,10 @@ def locale_of(event: JobEvent) -> str:
     return event.job.origin.locale if event.job.origin else "en-US"
 
 
-def queued(locale: str, position: int, eta_s: float | None) -> str:
+def queued(locale: str, position: int, eta_s: float | None, *, worker_starting: bool = False) -> str:
+    if worker_starting:
+        return t(locale, "Queued: position {position}. No worker is running yet: one is starting, which can take "
+                 "a few minutes.", position=position)
     if eta_s is None:
         if position <= 1:
             return t(locale, "Queued: next in line.")

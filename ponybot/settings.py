@@ -163,6 +163,16 @@ def _default_models() -> dict[str, ModelEntry]:
     )}
 
 
+def _builtin_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``[models.pony-v4]`` table keeps the model card's conventions (quality tags, description, license)
+    for every field it does not set, whatever its source: the name says which model it is."""
+    models = data.get("models")
+    if not isinstance(models, dict) or not isinstance(given := models.get(DEFAULT_MODEL_NAME), dict):
+        return data
+    builtin = _default_models()[DEFAULT_MODEL_NAME].model_dump(exclude_none=True)
+    return {**data, "models": {**models, DEFAULT_MODEL_NAME: builtin | given}}
+
+
 class WorkerSettings(_Section):
     device: str = "auto"
     result_ttl_s: int = Field(3600, ge=60)
@@ -183,6 +193,9 @@ class WorkerSettings(_Section):
     heartbeat_s: int = Field(10, ge=1, le=300)
     maintenance_s: int = Field(30, ge=1)
     cpu_threads: int = Field(0, ge=0, le=256)
+    #: Workers start when jobs wait (KEDA scaling to zero): the bot queues a configured model's jobs even
+    #: while no worker online holds it, and tells the member one is starting.
+    on_demand: bool = False
 
     @field_validator("device")
     @classmethod
@@ -424,7 +437,7 @@ class Settings(BaseSettings):
             model = model.model_dump(exclude_none=True)
         legacy = {key: model[key] for key in LEGACY_MODEL_KEYS if model.get(key) is not None}
         if not legacy:
-            return data
+            return _builtin_defaults(data)
         if data.get("models"):
             raise ValueError(
                 f"model.{', model.'.join(legacy)} (the single-model style) and [models.NAME] tables are both set: "

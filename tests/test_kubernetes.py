@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import yaml
 from rq import Queue
 
 from ponybot import keys
-from ponybot.settings import Settings
+from ponybot.settings import Settings, load_settings
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -49,11 +50,11 @@ def source_objects() -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{path.relative_to(DEPLOY)}: {doc['kind']} {doc['metadata']['name']}", doc
 
 
-def rendered() -> list[dict[str, Any]]:
+def rendered(overlay: Path = OVERLAY) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: the rendered overlay is not checked (the source files still are)")
-    result = subprocess.run([kubectl, "kustomize", str(OVERLAY)], capture_output=True, text=True, timeout=120,
+    result = subprocess.run([kubectl, "kustomize", str(overlay)], capture_output=True, text=True, timeout=120,
                             check=False)
     assert result.returncode == 0, result.stderr
     return load_all(result.stdout)
@@ -157,14 +158,66 @@ def test_rendered_workers_bot_and_scaler_fit_together() -> None:
             assert ref["key"] in secrets[ref["name"]]["data"]
 
 
-def test_scaler_watches_the_workers_queue() -> None:
-    """KEDA's list is the RQ queue the workers take jobs from (ponybot.keys)."""
-    scalers = [obj for _where, obj in source_objects() if obj["kind"] == "ScaledObject"]
-    assert scalers
-    for scaler in scalers:
+def check_models_fit(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """Each model's workers hold that model, its ScaledObject watches that model's RQ queue (ponybot.keys), and
+    the settings file every pod reads configures it. Returns model -> the list KEDA watches."""
+    [settings_file] = [c for c in find(objects, "ConfigMap") if c["metadata"]["name"].startswith("ponybot-file")]
+    [environment] = [c for c in find(objects, "ConfigMap") if c["metadata"]["name"] == "ponybot-config"]
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "ponybot.toml"
+        path.write_text(settings_file["data"]["ponybot.toml"])
+        settings = load_settings(path)
+    watched = {}
+    for worker in find(objects, "Deployment"):
+        model = worker["metadata"]["labels"].get("ponybot.dev/model")
+        if model is None:
+            continue
+        [container] = worker["spec"]["template"]["spec"]["containers"]
+        assert container["args"] == ["ponybot", "worker", "--models", model]
+        assert model in settings.models, f"{model} has workers but no [models.{model}] table"
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert environment["data"]["PONYBOT_CONFIG"] == f"{mounts['settings']}/ponybot.toml"
+        [scaler] = [s for s in find(objects, "ScaledObject")
+                    if s["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]]
         [trigger] = scaler["spec"]["triggers"]
         assert trigger["type"] == "redis"
-        assert trigger["metadata"]["listName"] == Queue.redis_queue_namespace_prefix + keys.GENERATE_QUEUE
+        watched[model] = trigger["metadata"]["listName"]
+        assert watched[model] == Queue.redis_queue_namespace_prefix + keys.generate_queue(model), model
+        if scaler["spec"]["minReplicaCount"] == 0:  # else the bot would refuse jobs KEDA has to see first
+            assert environment["data"]["PONYBOT_WORKER__ON_DEMAND"] == "true"
+    return watched
+
+
+def test_scaler_watches_the_workers_queue() -> None:
+    """KEDA's list is the RQ queue the workers of its model take jobs from."""
+    assert check_models_fit(rendered()) == {"pony-v4": "rq:queue:ponybot-generate"}
+
+
+def test_a_second_model_as_the_readme_says(tmp_path: Path) -> None:
+    """Copy models/pony-v4 to models/pony-v3, replace the name, add its table and folder: its own workers,
+    watched on its own queue."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY, copy)
+    folder = copy / "models" / "pony-v3"
+    shutil.copytree(copy / "models" / "pony-v4", folder)
+    kustomization = folder / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text().replace("pony-v4", "pony-v3").replace(
+        "value: rq:queue:ponybot-generate\n", "value: rq:queue:ponybot-generate:pony-v3\n"))
+    base = copy / "base"
+    (base / "kustomization.yaml").write_text((base / "kustomization.yaml").read_text().replace(
+        "  - ../models/pony-v4\n", "  - ../models/pony-v4\n  - ../models/pony-v3\n"))
+    with (base / "ponybot.toml").open("a") as toml:
+        toml.write('\n[models.pony-v3]\nsource = "/models/pony-diffusion-v3.safetensors"\n')
+    objects = rendered(copy / "overlays" / "example")
+    assert check_models_fit(objects) == {"pony-v4": "rq:queue:ponybot-generate",
+                                         "pony-v3": "rq:queue:ponybot-generate:pony-v3"}
+    names = sorted(o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "ScaledObject"))
+    assert names == ["ponybot-bot", "ponybot-worker-pony-v3", "ponybot-worker-pony-v3", "ponybot-worker-pony-v4",
+                     "ponybot-worker-pony-v4"]
+    # a copy that keeps pony-v4's queue is caught
+    kustomization.write_text(kustomization.read_text().replace("ponybot-generate:pony-v3", "ponybot-generate"))
+    with pytest.raises(AssertionError, match="pony-v3"):
+        check_models_fit(rendered(copy / "overlays" / "example"))
 
 
 def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
@@ -220,12 +273,12 @@ def test_environment_names_are_settings() -> None:
         for container in spec["containers"]:
             names |= {item["name"] for item in container.get("env", [])}
     defaults = Settings().model_dump()
-    ponybot_names = {name for name in names if name.startswith("PONYBOT_")}
+    ponybot_names = {name for name in names if name.startswith("PONYBOT_") and name != "PONYBOT_CONFIG"}
     assert len(ponybot_names) >= 8
     for name in ponybot_names:
         section, _, key = name.removeprefix("PONYBOT_").lower().partition("__")
         assert section in defaults and key in defaults[section], f"{name} is no setting"
-    assert names - ponybot_names <= {"HF_HOME"}
+    assert names - ponybot_names <= {"HF_HOME", "PONYBOT_CONFIG"}  # PONYBOT_CONFIG: the settings file
 
 
 def configured_names() -> set[str]:

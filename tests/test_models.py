@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -42,7 +43,7 @@ def two_model_settings(redis_url: str, model_cache: Path, second_model: Path, **
     return load_settings(None, redis={"url": redis_url}, model={"cache_dir": model_cache},
                          models={"pony-v4": {"source": "tiny", "description": "the first tiny model"},
                                  "pony-v3": {"source": str(second_model), "description": "the second tiny model"}},
-                         defaults={"size": "256x256", "steps": 3}, worker={"heartbeat_s": 1}, **sections)
+                         defaults={"size": "256x256", "steps": 3}, **{"worker": {"heartbeat_s": 1}, **sections})
 
 
 def test_settings_single_model_style_and_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,6 +53,10 @@ def test_settings_single_model_style_and_table(tmp_path: Path, monkeypatch: pyte
     legacy = load_settings(None, model={"source": "tiny", "name": "mine"})
     assert legacy.default_model == "pony-v4" and legacy.models["pony-v4"].source == "tiny"
     assert legacy.models["pony-v4"].name == "mine" and legacy.models["pony-v4"].quality_tag == "derpibooru_p_95"
+    # a [models.pony-v4] table (the README's example) keeps the model card's conventions it does not set
+    own = load_settings(None, models={"pony-v4": {"source": "/m/v4.safetensors"}, "other": {"source": "x/y"}})
+    assert own.models["pony-v4"].quality_tag == "derpibooru_p_95" and own.models["pony-v4"].safe_tag
+    assert own.models["pony-v4"].source == "/m/v4.safetensors" and own.models["other"].quality_tag == ""
     table = tmp_path / "models.toml"
     table.write_text('[models.furry]\nsource = "x/furry"\nsafe_tag = false\n[models.pony-v3]\nsource = "x/v3"\n')
     settings = load_settings(table)
@@ -179,6 +184,35 @@ async def test_generate_names_the_model_nobody_holds(fake: FakeDiscord, redis_ur
     assert generation_queue(conn, "pony-v3").count == 0 and generation_queue(conn, "pony-v4").count == 1
     queued = Job.model_validate_json(conn.get(keys.job_record(generation_queue(conn).job_ids[0])) or b"")
     assert queued.request.model == "pony-v4"
+
+
+async def test_on_demand_queues_for_a_worker_yet_to_start(fake: FakeDiscord, redis_url: str, model_cache: Path,
+                                                          second_model: Path, conn: redis.Redis,
+                                                          classifier: Any) -> None:
+    """Scaled to zero (worker.on_demand): nobody online, the job is queued and says a worker is starting; the
+    worker that starts for it (KEDA's, here a thread) draws it and the member gets the picture."""
+    from worker.generate import Generator
+    from worker.loading import load_model, resolve_device
+
+    settings = bot_settings(two_model_settings(redis_url, model_cache, second_model, worker={"on_demand": True,
+                                                                                              "heartbeat_s": 1}),
+                            fake)
+    async with running_bot(settings, redis_url):
+        typed = await fake.autocomplete("generate", {"prompt": "pony", "model": "pony"}, "model")
+        await fake.wait_for(lambda: typed.choices is not None)
+        queued = await fake.slash("generate", {"prompt": "pony", "model": "pony-v3", "seed": 3})
+        waiting = await fake.wait_for(lambda: (fake.original(queued) or {}).get("content"))
+        assert generation_queue(conn, "pony-v3").count == 1  # waiting for a worker: what KEDA counts
+        entry = settings.models["pony-v3"]
+        generator = Generator(load_model(entry.source, settings.model, resolve_device("cpu"), entry=entry,
+                                         key="pony-v3"))
+        runtime = WorkerRuntime(settings, conn, {"pony-v3": generator}, "started-on-demand", classifier)
+        await asyncio.to_thread(run_worker_once, runtime)
+        posted = await fake.wait_for(lambda: [m for m in fake.messages.values() if m["attachments"]])
+    assert [choice["value"] for choice in typed.choices or []] == ["pony-v4", "pony-v3"]  # every configured model
+    assert "No worker is running yet: one is starting" in waiting and "position 1" in waiting
+    assert len(posted) == 1 and "pony" in posted[0]["content"]
+    assert generation_queue(conn, "pony-v3").count == 0
 
 
 def test_status_and_metrics_per_model(conn: redis.Redis, redis_url: str, model_cache: Path,

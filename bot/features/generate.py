@@ -77,12 +77,13 @@ async def find_style(bot: PonyBot, guild_id: int | None, name: str) -> Style:
 
 
 def model_choices(settings: Settings, records: list[WorkerRecord], typed: str) -> list[app_commands.Choice[str]]:
-    """The configured models some worker online holds, with their descriptions, matching what was typed."""
+    """The configured models some worker online holds (all of them with ``worker.on_demand``: a job starts a
+    worker), with their descriptions, matching what was typed."""
     online = models_online_from(records)
     choices = []
     for name, entry in settings.models.items():
         label = f"{name}: {entry.description}" if entry.description else name
-        if name in online and typed.lower() in label.lower():
+        if (name in online or settings.worker.on_demand) and typed.lower() in label.lower():
             choices.append(app_commands.Choice(name=label[:100], value=name))
     return choices[:25]
 
