@@ -2,11 +2,15 @@
 
 The tiny model on this machine's CPU, a real Redis and the real worker (queue, batching off, PNG,
 events). The image classifier is replaced by one that sleeps as long as the last generation
-took, so post-processing costs as much as the GPU stage: one after another
-(``worker.overlap_depth = 0``, the loop before the post stage existed) a job takes both;
-with the post stage (depth 1 and 2) the next job generates while the last one is post-processed,
-so images/s should approach twice as many: 2N/(N+1) for N jobs (1.88x for the default 16;
-goal: at least 1.8x). Alternating rounds, best of each.
+took, so post-processing (VAE decode, that classifier, PNG, Redis writes) costs at least as much as
+the generation stage: one after another (``worker.overlap_depth = 0``, the loop before the post stage
+existed) a job takes both; with the post stage (depth 1 and 2) the next job generates while the last
+one is post-processed. Goal: at least 1.8x the images/s. Alternating rounds, best of each.
+
+torch runs on one thread, so each stage has a core of its own, as the GPU stage and the CPU stage
+do on a GPU host. With two threads each on two cores, OpenMP oversubscription slows generation by
+about 65% whenever the stages overlap (measured on this bench: 1.21x instead of 1.9x); that is a
+property of sharing two cores, not of the pipeline.
 Run: ``.venv/bin/python bench/overlap.py``
 """
 
@@ -24,6 +28,7 @@ from common import machine, table  # type: ignore[import-not-found]
 from PIL import Image
 
 from ponybot import keys
+from ponybot.policy import Strictness
 from ponybot.queue import connect, enqueue
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import GenerationRequest, Job, build_request
@@ -32,6 +37,8 @@ from worker.generate import BatchItem, Generator
 from worker.loading import load_model, resolve_device
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
+from worker.safety import SafetyCheck
+from worker.tagger import Reading
 from worker.tiny import ensure_tiny_pipeline
 
 
@@ -55,9 +62,9 @@ class SlowClassifier:
 
         generator.generate_deferred = timed  # type: ignore[method-assign]
 
-    def classify(self, images: Sequence[Image.Image]) -> list[bool]:
+    def classify(self, images: Sequence[Image.Image], strictness: Strictness = Strictness.STANDARD) -> list[Reading]:
         time.sleep(self.seconds)
-        return [False] * len(images)
+        return [Reading(self.name, False, 0.0, 1.0) for _ in images]
 
 
 def through_worker(runtime: WorkerRuntime, conn, requests: list[GenerationRequest]) -> float:  # type: ignore[no-untyped-def]
@@ -77,7 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch) / "redis", persistent=False) as redis:
         cache = Path(scratch) / "models"
         ensure_tiny_pipeline(cache)
@@ -87,7 +94,7 @@ def main() -> None:
         requests = [build_request(settings.limits, prompt=f"pony {i}", steps=args.steps, width=256, height=256,
                                   seed=i) for i in range(args.jobs)]
         generator.generate_batch(requests[0], [BatchItem("warm-up", "", 0, 1)])
-        runtime = WorkerRuntime(settings, conn, generator, "bench", SlowClassifier(generator))
+        runtime = WorkerRuntime(settings, conn, generator, "bench", SafetyCheck([SlowClassifier(generator)]))
         timings: dict[int, list[float]] = {0: [], 1: [], 2: []}
         for _round in range(args.rounds):
             for depth, elapsed in timings.items():
@@ -102,7 +109,6 @@ def main() -> None:
     print(table(f"{args.jobs} jobs of 256x256, {args.steps} DDIM steps, tiny model on the CPU, best of {args.rounds}",
                 ["overlap_depth", "loop", "seconds", "images/s", "speed-up"], rows))
     best = max(serial / min(elapsed) for depth, elapsed in timings.items() if depth)
-    print(f"ceiling with {args.jobs} jobs of equal stages: {2 * args.jobs / (args.jobs + 1):.2f}x")
     print(f"goal >= 1.8x: {best:.2f}x {'met' if best >= 1.8 else 'not met'}")
 
 

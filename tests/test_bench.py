@@ -55,3 +55,14 @@ def test_postprocess_bench_prints_its_tables() -> None:
     levels = [line.split()[0] for line in result.stdout.splitlines() if line.split()[:1] in (["1"], ["6"])]
     assert levels == ["1", "6"]
     assert "<- ponybot" in result.stdout and "speed-up" in result.stdout
+
+
+@pytest.mark.timeout(600)
+def test_overlap_bench_prints_both_loops() -> None:
+    """bench/overlap.py runs (its figures are quoted in the notes, measured on a quiet machine, not here)."""
+    result = subprocess.run([sys.executable, "bench/overlap.py", "--jobs", "2", "--steps", "2", "--rounds", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=540)
+    assert result.returncode == 0, result.stderr
+    depths = [line.split()[0] for line in result.stdout.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    assert depths == ["0", "1", "2"]
+    assert "one after another (before)" in result.stdout and "goal >= 1.8x:" in result.stdout
