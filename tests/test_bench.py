@@ -63,6 +63,7 @@ def test_overlap_bench_prints_both_loops() -> None:
     result = subprocess.run([sys.executable, "bench/overlap.py", "--jobs", "2", "--steps", "2", "--rounds", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stderr
-    rows = [line.split()[:2] for line in result.stdout.splitlines() if "one after another" in line or "post stage" in line]
+    rows = [line.split()[:2] for line in result.stdout.splitlines()
+            if "one after another" in line or "post stage" in line]
     assert rows == [["0", "one"], ["1", "post"], ["2", "post"]]
     assert "goal >= 1.8x:" in result.stdout
