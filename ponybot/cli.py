@@ -7,12 +7,15 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
 
 import redis
 from pydantic import ValidationError
@@ -262,7 +265,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
 def run_local(settings: Settings, conn: redis.Redis, job: Job, model: str, stack: ExitStack) -> None:
     """The job on a worker in this process, on the private Redis; Ctrl-C stops it at once (exit 130)."""
     from worker.runner import run_worker
-    from worker.runtime import build_runtime
+    from worker.startup import build_runtime
 
     waiting = generation_queue(conn).job_ids
     if waiting != [job.id]:  # cannot happen on a private Redis; never run anyone else's job
@@ -283,7 +286,7 @@ def run_local(settings: Settings, conn: redis.Redis, job: Job, model: str, stack
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from worker.loading import resolve_device
     from worker.runner import run_worker
-    from worker.runtime import build_runtime
+    from worker.startup import build_runtime
 
     if args.device:
         try:
@@ -365,20 +368,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level or settings.log.level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    interrupted = threading.Event()
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        interrupted.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         return COMMANDS[args.command](args, settings)
-    except (InvalidRequestError, ConfigError) as error:
-        complain(str(error))
-        return EXIT_USAGE
-    except ModelLoadError as error:
-        complain(str(error))
-        return EXIT_CANNOT_START
-    except (PonybotError, TimeoutError) as error:
-        complain(str(error))
-        return EXIT_FAILED
     except KeyboardInterrupt:
         complain("interrupted")
         return EXIT_INTERRUPTED
+    except (InvalidRequestError, ConfigError, ModelLoadError, PonybotError, TimeoutError) as error:
+        if interrupted.is_set():  # Ctrl-C inside a library (an import, a load) can surface as its own error
+            complain("interrupted")
+            return EXIT_INTERRUPTED
+        complain(str(error))
+        if isinstance(error, (InvalidRequestError, ConfigError)):
+            return EXIT_USAGE
+        return EXIT_CANNOT_START if isinstance(error, ModelLoadError) else EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ponybot.settings import Settings
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -24,3 +28,12 @@ def available_cpus(cgroup_cpu_max: Path = CGROUP_CPU_MAX) -> int:
 def cpu_share(workers: int, cpus: int | None = None) -> int:
     """Threads for each of ``workers`` workers on one host: an equal share of its CPUs, at least one."""
     return max(1, (cpus if cpus is not None else available_cpus()) // max(1, workers))
+
+
+def cpu_threads(settings: Settings) -> int:
+    """This worker's CPU threads: ``worker.cpu_threads``, else ``OMP_NUM_THREADS`` when set, else every CPU
+    its cgroup and affinity allow."""
+    if settings.worker.cpu_threads:
+        return settings.worker.cpu_threads
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    return int(omp) if omp.isdigit() and int(omp) > 0 else available_cpus()

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ponybot.queue import connect, resolve_redis_url
 from ponybot.settings import load_settings
 from worker.runner import run_worker
-from worker.runtime import build_runtime
 from worker.safety import Verdict
+from worker.startup import build_runtime
 
 HELD = "test:held"  #: one entry per batch whose images reached the post stage
 RELEASE = "test:release"  #: set it to let the held post stage go on

@@ -120,7 +120,10 @@ def test_redis_restart_loses_no_job(settings: Settings, model_cache: Path, tmp_p
             server.start()
             conn = redis.Redis(port=port)
             wait_until(lambda: all(events_for(conn, job.id) for job in jobs), 2 * PATIENCE_S, "every job's event")
-        assert all(events_for(conn, job.id)[0].kind == "done" for job in jobs)
+        firsts = {job.id: events_for(conn, job.id)[0] for job in jobs}
+        failed = {job_id: (event.error_code, event.error_message) for job_id, event in firsts.items()
+                  if event.kind != "done"}
+        assert not failed, f"{failed}\n{(tmp_path / 'w-steady.log').read_text()[-6000:]}"
         assert generation_queue(conn).count == 0
     finally:
         server.stop()

@@ -17,7 +17,7 @@ from ponybot.schemas import Job, build_request
 from ponybot.settings import Settings
 from tests.conftest import wait_until
 from tests.test_resilience import events_for, running_on, workers
-from worker.runner import ATTEMPTS_FIELD
+from worker.rq_job import ATTEMPTS_FIELD
 
 HEARTBEAT_S, MAINTENANCE_S = 1, 1
 #: README: an abandoned job is found within about 3 x heartbeat_s + maintenance_s.
@@ -109,7 +109,7 @@ def test_worker_caps_torch_and_onnxruntime_threads(tmp_path: Path) -> None:
     script = (
         "import torch\n"
         "from ponybot.settings import SafetySettings, load_settings\n"
-        "from worker.runtime import cpu_threads, limit_cpu_threads\n"
+        "from ponybot.cpus import cpu_threads\nfrom worker.startup import limit_cpu_threads\n"
         "from pathlib import Path\n"
         "from worker.safety import load_safety\n"
         "threads = cpu_threads(load_settings(None, worker={'cpu_threads': 1}))\n"

@@ -185,7 +185,7 @@ def compile_model(model: LoadedModel, cache_dir: Path, mode: str) -> None:
 
     Before compiling: inductor told to run 1x1 convolutions as matmuls and to tune its kernels' tiling
     (diffusers' guide to fast text-to-image inference). Each shape (size, batch size) compiles,
-    and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.runtime.warm_up`
+    and in a CUDA-graph mode captures its graphs, on first use: :func:`worker.startup.warm_up`
     runs them before the first job. ``speed: fast`` runs the UNet's modules eagerly (worker/deepcache.py).
     """
     configure_inductor(cache_dir)

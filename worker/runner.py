@@ -13,14 +13,12 @@ import signal
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import redis
 from rq import SimpleWorker
-from rq.exceptions import DeserializationError, NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job as RQJob
 from rq.registry import clean_registries as rq_clean_registries
@@ -30,14 +28,13 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
-from ponybot.errors import ForgedJobError, InvalidRequestError
-from ponybot.networks import parse_loras
 from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import (
     Job,
-    JobKind,
 )
 from worker.announce import Announcer
+from worker.batching import UNREADABLE, BatchClaimer
+from worker.rq_job import ATTEMPTS_FIELD, SafeJob, attempts_of
 from worker.runtime import Batch, WorkerRuntime, with_redis_retry
 from worker.speed import ALLOWANCE_S
 from worker.stage import PostStage
@@ -45,61 +42,10 @@ from worker.stage import PostStage
 log = logging.getLogger(__name__)
 
 
-class SafeJob(RQJob):
-    """An RQ job that can only ever run :attr:`handler`: no imports by name, no callbacks."""
-
-    handler: ClassVar[Callable[[str], Any]]
-
-    @property
-    def func(self) -> Callable[[str], Any]:
-        if self.func_name != keys.GENERATE_FUNC or self.instance is not None:
-            raise ForgedJobError(f"refusing job {self.id}: it names {self.func_name!r}, not {keys.GENERATE_FUNC!r}")
-        return type(self).handler
-
-    @property
-    def success_callback(self) -> None:
-        return self._no_callback(self._success_callback_name)
-
-    @property
-    def failure_callback(self) -> None:
-        return self._no_callback(self._failure_callback_name)
-
-    @property
-    def stopped_callback(self) -> None:
-        return self._no_callback(self._stopped_callback_name)
-
-    def _no_callback(self, name: str | None) -> None:
-        if name:
-            raise ForgedJobError(f"refusing job {self.id}: it asks for callback {name!r}")
-        return None
-
-
-#: Claim a queued job for a batch: LREM from the queue and LPUSH to RQ's intermediate list, atomically.
-CLAIM = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-#: What reading a malformed job out of Redis raises (RQ's restore, its JSON, our schema).
-UNREADABLE = (NoSuchJobError, DeserializationError, ValueError, IndexError, TypeError, KeyError, zlib.error)
-
 #: RQ's exception names -> the failure codes members are told about.
 FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
 #: Longest a sweep holds its lock (a sweep takes milliseconds; RQ's own lock lasts 899 s).
 SWEEP_LOCK_S = 60
-#: Field of RQ's job hash counting the times a worker started the job (RQ's own saves leave it alone).
-ATTEMPTS_FIELD = "ponybot_attempts"
-
-
-def attempts_of(conn: redis.Redis, job: RQJob) -> int:
-    """How many times a worker started ``job``."""
-    raw = conn.hget(job.key, ATTEMPTS_FIELD)
-    return int(raw) if raw else 0
-
-
 class Heartbeats:
     """Job heartbeats for one batch on their own thread, from its start until RQ is told it ended."""
 
@@ -107,13 +53,22 @@ class Heartbeats:
         self.worker = worker
         self.running = running
         self.done = threading.Event()
+        with worker.beating_lock:
+            worker.beating.add(self)
         self.thread = threading.Thread(target=self._beat, name="ponybot-heartbeats", daemon=True)
         self.thread.start()
 
     def stop(self) -> None:
         self.done.set()
+        with self.worker.beating_lock:
+            self.worker.beating.discard(self)
         if self.thread is not threading.current_thread():
             self.thread.join()
+
+    def renew(self) -> None:
+        """Every job of the batch's heartbeat, now; RedisError while Redis is away."""
+        for job, execution in self.running:
+            self.worker.maintain_heartbeats(job, execution)
 
     def _beat(self) -> None:
         """Heartbeats every ``heartbeat_s``, and the sweep for jobs abandoned by dead workers every
@@ -123,11 +78,10 @@ class Heartbeats:
         while not self.done.wait(max(0.0, min(next_beat - time.monotonic(), worker._next_sweep_in()))):
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + worker.heartbeat_s
-                for job, execution in self.running:
-                    try:
-                        worker.maintain_heartbeats(job, execution)
-                    except redis.RedisError as error:
-                        log.warning("job=%s heartbeat failed: %s", job.id, error)
+                try:
+                    self.renew()
+                except redis.RedisError as error:
+                    log.warning("job=%s heartbeat failed: %s", self.running[0][0].id, error)
             if worker.should_run_maintenance_tasks:
                 worker.sweep()
 
@@ -164,7 +118,11 @@ class GenerationWorker(SimpleWorker):
         self.runtime = runtime
         self.heartbeat_s = runtime.settings.worker.heartbeat_s
         self.stage = PostStage(runtime.settings.worker.overlap_depth)
+        self.claimer = BatchClaimer(runtime, runtime.conn, self.job_class, self.serializer)
         self._flight: InFlight | None = None
+        #: the heartbeats of every batch this worker has in hand (generating, or in the post stage)
+        self.beating: set[Heartbeats] = set()
+        self.beating_lock = threading.Lock()
 
     def _install_signal_handlers(self) -> None:
         """RQ's warm shutdown, unless ``on_interrupt`` is given: then SIGINT/SIGTERM call it, at once."""
@@ -325,42 +283,7 @@ class GenerationWorker(SimpleWorker):
         super().teardown()  # type: ignore[no-untyped-call]
 
     def claim_batch(self, leader: RQJob, queue: Any) -> list[tuple[RQJob, Job]]:
-        """Up to ``worker.max_batch - 1`` queued jobs of the leader's shape, waiting ``batch_window_ms`` at most.
-
-        Each is moved atomically from the queue to RQ's intermediate list, as RQ's own dequeue does:
-        should this process die before the job is registered as started, RQ's maintenance finds it
-        there and retries it. Each candidate is fetched once per claim, however often it is seen.
-        """
-        settings = self.runtime.settings.worker
-        if settings.max_batch <= 1 or leader.func_name != keys.GENERATE_FUNC:
-            return []
-        try:
-            lead = Job.model_validate_json(leader.args[0])
-        except (ValueError, IndexError, TypeError):
-            return []
-        if lead.kind is not JobKind.TXT2IMG:
-            return []
-        claimed: list[tuple[RQJob, Job]] = []
-        seen: dict[str, tuple[RQJob, Job] | None] = {}
-        deadline = time.monotonic() + settings.batch_window_ms / 1000
-        while len(claimed) < settings.max_batch - 1:
-            waiting = [raw.decode() for raw in self.connection.lrange(queue.key, 0, 100)]  # type: ignore[union-attr]
-            fresh = [job_id for job_id in waiting if job_id not in seen]
-            seen.update((job_id, self._compatible(job, lead)) for job_id, job in zip(fresh, self._fetch(fresh),
-                                                                                     strict=True))
-            for job_id in waiting:
-                candidate = seen[job_id]
-                if candidate is not None and self._claim(queue, job_id):
-                    claimed.append(candidate)
-                    seen[job_id] = None
-                    if len(claimed) == settings.max_batch - 1:
-                        break
-            if len(claimed) == settings.max_batch - 1 or time.monotonic() >= deadline:
-                break
-            time.sleep(0.005)
-        if claimed:
-            log.info("job=%s batched with %s", leader.id, ", ".join(f"job={o.id}" for o, _ in claimed))
-        return claimed
+        return self.claimer.claim(leader, queue)
 
     def time_limit(self, leader: RQJob, claimed: list[tuple[RQJob, Job]]) -> int:
         """Seconds the leader's batch may run on this worker (a minute for a job that cannot be read)."""
@@ -374,42 +297,6 @@ class GenerationWorker(SimpleWorker):
             log.exception("job=%s could not measure this worker's speed: a limit of %d s", leader.id, ALLOWANCE_S)
             return int(ALLOWANCE_S)
 
-    def _claim(self, queue: Any, job_id: str) -> bool:
-        """Move one job from the queue to RQ's intermediate list, unless another worker took it first."""
-        return bool(self.connection.eval(CLAIM, 2, queue.key, queue.intermediate_queue_key, job_id))
-
-    def _fetch(self, job_ids: list[str]) -> list[RQJob | None]:
-        """The jobs in one round trip; one by one if any is unreadable (it is then skipped, not fatal)."""
-        try:
-            return self.job_class.fetch_many(job_ids, connection=self.connection, serializer=self.serializer)
-        except UNREADABLE:
-            jobs: list[RQJob | None] = []
-            for job_id in job_ids:
-                try:
-                    jobs.append(self.job_class.fetch(job_id, connection=self.connection, serializer=self.serializer))
-                except UNREADABLE:
-                    jobs.append(None)
-            return jobs
-
-    @staticmethod
-    def _compatible(other: RQJob | None, lead: Job) -> tuple[RQJob, Job] | None:
-        if other is None:
-            return None
-        try:
-            if other.func_name != keys.GENERATE_FUNC:
-                return None
-            payload = Job.model_validate_json(other.args[0])
-        except UNREADABLE:
-            return None
-        a, b = lead.request, payload.request
-        same = (a.width, a.height, a.steps, a.sampler, a.cfg, a.clip_skip, a.speed, a.model) == (
-            b.width, b.height, b.steps, b.sampler, b.cfg, b.clip_skip, b.speed, b.model)
-        try:  # one model and one LoRA set per batch: the adapters are the pipeline's state
-            same = same and lora_set(a.prompt) == lora_set(b.prompt)
-        except InvalidRequestError:
-            return None
-        return (other, payload) if same and payload.kind is JobKind.TXT2IMG else None
-
     def _next_sweep_in(self) -> float:
         if self.last_cleaned_at is None:
             return 0.0
@@ -417,7 +304,15 @@ class GenerationWorker(SimpleWorker):
 
     def clean_registries(self) -> None:
         """RQ's, but its lock lasts :data:`SWEEP_LOCK_S`, not 15 minutes: a worker killed mid-sweep (now more
-        likely, since busy workers sweep too) must not stop every sweep for that long."""
+        likely, since busy workers sweep too) must not stop every sweep for that long.
+
+        This worker's own jobs are renewed first: after Redis was away for longer than their heartbeat's
+        time-to-live they look abandoned, and the sweep would fail jobs that are still running here.
+        """
+        with self.beating_lock:
+            in_hand = list(self.beating)
+        for beats in in_hand:
+            beats.renew()  # RedisError: Redis is away, no sweep now
         for queue in self.queues:
             if self.connection.set(queue.registry_cleaning_key, self.name, nx=True, ex=SWEEP_LOCK_S):
                 try:
@@ -465,10 +360,6 @@ class GenerationWorker(SimpleWorker):
         with_redis_retry(job.id, lambda: publish_event(self.runtime.conn, event))
         self.runtime.record(event)
         return True
-
-
-def lora_set(prompt: str) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted((lora.name, lora.weight) for lora in parse_loras(prompt) if lora.weight != 0))
 
 
 def run_worker(runtime: WorkerRuntime, *, burst: bool = False, on_interrupt: Callable[[], None] | None = None
