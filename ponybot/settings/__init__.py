@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -40,32 +39,39 @@ from pydantic_settings.exceptions import SettingsError
 
 from ponybot.errors import ConfigError
 from ponybot.keys import DEFAULT_MODEL_NAME, MODEL_NAME_PATTERN
-from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG
 from ponybot.schemas import Sampler, parse_size, shorten
+from ponybot.settings.base import Section
+from ponybot.settings.content import (
+    ALWAYS_FORBIDDEN_TERMS,
+    DEFAULT_EXPLICIT_TAGS,
+    DEFAULT_TAGGER,
+    NSFW_FORBIDDEN_TERMS,
+    SFW_FORBIDDEN_TERMS,
+    SFW_NEGATIVE,
+    GallerySettings,
+    PolicySettings,
+    SafetySettings,
+)
+from ponybot.settings.models import (
+    DEFAULT_MODEL,
+    ModelEntry,
+    ModelSettings,
+    builtin_defaults,
+    default_models,
+)
 
-DEFAULT_MODEL = "AstraliteHeart/pony-diffusion-v4"
+__all__ = [
+    "ALWAYS_FORBIDDEN_TERMS", "DEFAULT_EXPLICIT_TAGS", "DEFAULT_MODEL", "DEFAULT_TAGGER", "NSFW_FORBIDDEN_TERMS",
+    "SFW_FORBIDDEN_TERMS", "SFW_NEGATIVE", "CliSettings", "DefaultSettings", "DiscordSettings", "GallerySettings",
+    "LimitSettings", "LogSettings", "MetricsSettings", "ModelEntry", "ModelSettings", "PolicySettings",
+    "RedisSettings", "SafetySettings", "Settings", "UploadSettings", "WorkerSettings", "check_redis_url",
+    "config_path", "describe_validation_error", "load_settings", "read_config_file", "sentinel_address",
+    "setting_names", "unknown_environment",
+]
+
+
 #: Keys of the single-model ``[model]`` section of earlier versions, read as the default model's.
 LEGACY_MODEL_KEYS = ("source", "config_dir", "name")
-#: Refused in SFW channels (whole words; ``*`` matches every word it begins).
-SFW_FORBIDDEN_TERMS = (
-    "nsfw", "nude", "nudity", "naked", "explicit", "questionable", "sex", "sexy", "porn*", "hentai", "penis",
-    "vagina", "pussy", "genitals", "nipple", "breasts", "boobs", "anus", "anal", "cum", "orgasm", "erection",
-    "masturbation", "lewd", "fetish", "bdsm", "bondage", "rule34", "r34", "upskirt", "topless", "bottomless",
-    "grimdark", "grotesque", "gore",
-)
-#: Refused in NSFW channels: young characters never appear in NSFW images.
-NSFW_FORBIDDEN_TERMS = (
-    "foal", "filly", "fillies", "colt", "child*", "kid", "baby", "babies", "toddler*", "cub", "minor", "young*",
-    "underage",
-)
-#: Refused everywhere.
-ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp")
-#: Added to the negative prompt in SFW channels (the model card's advice: suppress what SFW excludes).
-SFW_NEGATIVE = "nsfw, explicit, questionable, suggestive, nudity, nude, nipples, genitals, sex"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def check_redis_url(value: str) -> str:
@@ -87,7 +93,7 @@ def check_redis_url(value: str) -> str:
     return value
 
 
-class RedisSettings(_Section):
+class RedisSettings(Section):
     url: str | None = None
     embedded_dir: Path = Path("data/redis")
     #: from the environment as JSON or comma-separated: ``sentinel-0:26379,sentinel-1:26379``
@@ -122,58 +128,7 @@ def sentinel_address(item: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class ModelSettings(_Section):
-    """What every model shares: the default's name, caches, LoRA and embedding folders.
-
-    ``source``, ``config_dir`` and ``name`` are the single-model settings of earlier versions:
-    when given (and no ``[models.NAME]`` table is), they describe the default model.
-    """
-
-    default: str | None = None
-    cache_dir: Path = Path("data/models")
-    lora_dir: Path = Path("models/lora")
-    embeddings_dir: Path = Path("models/embeddings")
-    max_loras: int = Field(4, ge=0, le=16)
-    lora_cache: int = Field(8, ge=1, le=64)
-    source: str | None = None
-    config_dir: Path | None = None
-    name: str | None = None
-
-
-class ModelEntry(_Section):
-    """One model of the ``[models.NAME]`` table: where it comes from and its own prompt conventions."""
-
-    source: str
-    config_dir: Path | None = None
-    name: str | None = None
-    description: str = ""
-    clip_skip: Literal[1, 2] | None = None
-    negative_prompt: str | None = None
-    quality_tag: str = ""
-    quality_negative: str = ""
-    safe_tag: bool = True
-    license_name: str = "CreativeML OpenRAIL-M"
-    license_text: str | None = None
-
-
-def _default_models() -> dict[str, ModelEntry]:
-    return {DEFAULT_MODEL_NAME: ModelEntry(
-        source=DEFAULT_MODEL, description="pony-diffusion v4 (SD 1.5): ponies, booru tags",
-        quality_tag=QUALITY_TAG, quality_negative=QUALITY_NEGATIVE,
-    )}
-
-
-def _builtin_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """A ``[models.pony-v4]`` table keeps the model card's conventions (quality tags, description, license)
-    for every field it does not set, whatever its source: the name says which model it is."""
-    models = data.get("models")
-    if not isinstance(models, dict) or not isinstance(given := models.get(DEFAULT_MODEL_NAME), dict):
-        return data
-    builtin = _default_models()[DEFAULT_MODEL_NAME].model_dump(exclude_none=True)
-    return {**data, "models": {**models, DEFAULT_MODEL_NAME: builtin | given}}
-
-
-class WorkerSettings(_Section):
+class WorkerSettings(Section):
     device: str = "auto"
     result_ttl_s: int = Field(3600, ge=60)
     job_timeout_s: int | None = Field(None, ge=10)
@@ -205,7 +160,7 @@ class WorkerSettings(_Section):
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
 
 
-class LimitSettings(_Section):
+class LimitSettings(Section):
     max_steps: int = Field(50, ge=1, le=150)
     max_pixels: int = Field(768 * 768, ge=256 * 256, le=1024 * 1024)
     max_count: int = Field(4, ge=1, le=4)
@@ -215,7 +170,7 @@ class LimitSettings(_Section):
     max_upscale_pixels: int = Field(1024 * 1024, ge=256 * 256, le=2048 * 2048)
 
 
-class UploadSettings(_Section):
+class UploadSettings(Section):
     """Pictures members upload for img2img: checked by the bot before anything is queued."""
 
     max_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
@@ -223,7 +178,7 @@ class UploadSettings(_Section):
     max_side: int = Field(8192, ge=64, le=20_000)
 
 
-class DefaultSettings(_Section):
+class DefaultSettings(Section):
     steps: int = Field(25, ge=1, le=150)
     cfg: float = Field(7.5, ge=1, le=20)
     size: str = "512x512"
@@ -241,7 +196,7 @@ class DefaultSettings(_Section):
         return value
 
 
-class DiscordSettings(_Section):
+class DiscordSettings(Section):
     token: SecretStr | None = None
     application_id: int | None = None
     api_base: str = "https://discord.com/api/v10"
@@ -259,126 +214,17 @@ class DiscordSettings(_Section):
         return value
 
 
-class PolicySettings(_Section):
-    sfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(SFW_FORBIDDEN_TERMS))
-    nsfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(NSFW_FORBIDDEN_TERMS))
-    always_forbidden_terms: list[str] = Field(default_factory=lambda: list(ALWAYS_FORBIDDEN_TERMS))
-    sfw_negative: str = SFW_NEGATIVE
-    safe_tag: str = "safe"
-
-
-#: A WD v3 tagger's general tags that mean an image is explicit, each with the score at or above which it
-#: flags the image. Genitals and sex acts at 0.3: on drawn art the tagger rarely gives them even 0.3
-#: without cause, and a miss is what an SFW channel cannot afford. Plain nudity at 0.4 and the
-#: partial kinds at 0.5: they also appear, weakly, on swimsuits and on ponies (who wear nothing).
-#: 0.35 is the threshold the WD tagger's own demo uses for general tags.
-DEFAULT_EXPLICIT_TAGS: dict[str, float] = {
-    "penis": 0.3, "pussy": 0.3, "testicles": 0.3, "anus": 0.3, "clitoris": 0.3, "erection": 0.3,
-    "sex": 0.3, "vaginal": 0.3, "anal": 0.3, "oral": 0.3, "fellatio": 0.3, "cunnilingus": 0.3,
-    "masturbation": 0.3, "handjob": 0.3, "paizuri": 0.3, "cum": 0.3, "ejaculation": 0.3, "after_sex": 0.3,
-    "sex_toy": 0.3, "dildo": 0.3, "nipples": 0.4, "nude": 0.4, "completely_nude": 0.4, "pubic_hair": 0.4,
-    "areolae": 0.4, "topless": 0.5, "bottomless": 0.5, "censored": 0.5, "mosaic_censoring": 0.4,
-}
-DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"
-
-
-class SafetySettings(_Section):
-    opennsfw: bool = True
-    opennsfw_threshold: float = Field(0.5, gt=0, lt=1)
-    tagger: str = DEFAULT_TAGGER
-    tagger_threshold: float = Field(0.35, gt=0, lt=2)
-    explicit_tags: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EXPLICIT_TAGS))
-    strict_factor: float = Field(0.6, gt=0, le=1)
-    tags_kept: int = Field(20, ge=0, le=200)
-    tag_min_score: float = Field(0.35, ge=0, lt=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _migrate(cls, data: Any) -> Any:
-        """The settings before the tagger became the default: ``classifiers``, ``wd14_model``, ``wd14_threshold``."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        old = data.pop("classifiers", None)
-        model, threshold = data.pop("wd14_model", None), data.pop("wd14_threshold", None)
-        if old is not None:
-            unknown = set(old) - {"opennsfw", "wd14"}
-            if unknown:
-                raise ValueError(f"classifiers: unknown {sorted(unknown)} (now: safety.opennsfw and safety.tagger)")
-            data.setdefault("opennsfw", "opennsfw" in old)
-        if model and (old is None or "wd14" in old):
-            data.setdefault("tagger", model)
-        if threshold is not None:
-            data.setdefault("tagger_threshold", threshold)
-        return data
-
-    @field_validator("explicit_tags")
-    @classmethod
-    def _tag_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [f"{tag} = {score}" for tag, score in value.items() if not 0 < score < 1]
-        if bad:
-            raise ValueError(f"each threshold must be between 0 and 1, not {', '.join(bad)}")
-        return value
-
-    @property
-    def tagger_enabled(self) -> bool:
-        return self.tagger.strip().lower() not in ("", "none")
-
-
-class MetricsSettings(_Section):
+class MetricsSettings(Section):
     bot_port: int = Field(0, ge=0, le=65535)
     worker_port: int = Field(0, ge=0, le=65535)
 
 
-class CliSettings(_Section):
+class CliSettings(Section):
     no_worker_timeout_s: float = Field(10.0, gt=0)
     out_dir: Path = Path("out")
 
 
-class GallerySettings(_Section):
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
-    public_url: str = "http://127.0.0.1:8080"
-    database_url: str = "sqlite:///data/gallery/gallery.db"
-    store: Literal["folder", "s3"] = "folder"
-    store_dir: Path = Path("data/gallery/images")
-    s3_bucket: str | None = None
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_prefix: str = ""
-    handoff_ttl_s: int = Field(7 * 24 * 3600, ge=3600)
-    client_id: int | None = None
-    client_secret: SecretStr | None = None
-    session_secret: SecretStr | None = None
-    authorize_url: str = "https://discord.com/oauth2/authorize"
-    session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
-    page_size: int = Field(24, ge=1, le=100)
-    max_search_chars: int = Field(200, ge=10, le=2000)
-    likes_per_minute: int = Field(30, ge=1)
-    reports_per_hour: int = Field(10, ge=1)
-    logins_per_minute: int = Field(10, ge=1)
-
-    @property
-    def sign_in(self) -> bool:
-        """Discord sign-in is offered when an OAuth client is configured; else the site is public-only."""
-        return self.client_id is not None
-
-    def require_secrets(self) -> tuple[str, str]:
-        """The OAuth client secret and the cookie signing secret, or a ConfigError naming what is missing."""
-        missing = [name for name, value in (("client_secret", self.client_secret),
-                                            ("session_secret", self.session_secret))
-                   if value is None or not value.get_secret_value()]
-        if missing:
-            names = " and ".join(f"gallery.{name}" for name in missing)
-            raise ConfigError(f"gallery.client_id is set, so {names} must be set too (config.toml [gallery] or "
-                              "PONYBOT_GALLERY__CLIENT_SECRET / PONYBOT_GALLERY__SESSION_SECRET); "
-                              "remove client_id to run the gallery public-only")
-        assert self.client_secret is not None and self.session_secret is not None
-        return self.client_secret.get_secret_value(), self.session_secret.get_secret_value()
-
-
-class LogSettings(_Section):
+class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
@@ -401,7 +247,7 @@ class Settings(BaseSettings):
 
     redis: RedisSettings = Field(default_factory=RedisSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
-    models: dict[str, ModelEntry] = Field(default_factory=_default_models)
+    models: dict[str, ModelEntry] = Field(default_factory=default_models)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     defaults: DefaultSettings = Field(default_factory=DefaultSettings)
@@ -437,14 +283,14 @@ class Settings(BaseSettings):
             model = model.model_dump(exclude_none=True)
         legacy = {key: model[key] for key in LEGACY_MODEL_KEYS if model.get(key) is not None}
         if not legacy:
-            return _builtin_defaults(data)
+            return builtin_defaults(data)
         if data.get("models"):
             raise ValueError(
                 f"model.{', model.'.join(legacy)} (the single-model style) and [models.NAME] tables are both set: "
                 "move them into the [models.NAME] table of the model they describe"
             )
         name = model.get("default") or DEFAULT_MODEL_NAME
-        entry = _default_models()[DEFAULT_MODEL_NAME].model_dump(exclude_none=True) | legacy
+        entry = default_models()[DEFAULT_MODEL_NAME].model_dump(exclude_none=True) | legacy
         rest = {key: value for key, value in model.items() if key not in LEGACY_MODEL_KEYS}
         return {**data, "model": rest, "models": {name: entry}}
 

@@ -1,0 +1,138 @@
+"""Settings of what may be generated and shown: the channel policy's defaults (``[policy]``), the image
+check (``[safety]``) and the community gallery (``[gallery]``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from ponybot.errors import ConfigError
+from ponybot.settings.base import Section
+
+#: Refused in SFW channels (whole words; ``*`` matches every word it begins).
+SFW_FORBIDDEN_TERMS = (
+    "nsfw", "nude", "nudity", "naked", "explicit", "questionable", "sex", "sexy", "porn*", "hentai", "penis",
+    "vagina", "pussy", "genitals", "nipple", "breasts", "boobs", "anus", "anal", "cum", "orgasm", "erection",
+    "masturbation", "lewd", "fetish", "bdsm", "bondage", "rule34", "r34", "upskirt", "topless", "bottomless",
+    "grimdark", "grotesque", "gore",
+)
+#: Refused in NSFW channels: young characters never appear in NSFW images.
+NSFW_FORBIDDEN_TERMS = (
+    "foal", "filly", "fillies", "colt", "child*", "kid", "baby", "babies", "toddler*", "cub", "minor", "young*",
+    "underage",
+)
+#: Refused everywhere.
+ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp")
+#: Added to the negative prompt in SFW channels (the model card's advice: suppress what SFW excludes).
+SFW_NEGATIVE = "nsfw, explicit, questionable, suggestive, nudity, nude, nipples, genitals, sex"
+
+
+class PolicySettings(Section):
+    sfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(SFW_FORBIDDEN_TERMS))
+    nsfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(NSFW_FORBIDDEN_TERMS))
+    always_forbidden_terms: list[str] = Field(default_factory=lambda: list(ALWAYS_FORBIDDEN_TERMS))
+    sfw_negative: str = SFW_NEGATIVE
+    safe_tag: str = "safe"
+
+
+#: A WD v3 tagger's general tags that mean an image is explicit, each with the score at or above which it
+#: flags the image. Genitals and sex acts at 0.3: on drawn art the tagger rarely gives them even 0.3
+#: without cause, and a miss is what an SFW channel cannot afford. Plain nudity at 0.4 and the
+#: partial kinds at 0.5: they also appear, weakly, on swimsuits and on ponies (who wear nothing).
+#: 0.35 is the threshold the WD tagger's own demo uses for general tags.
+DEFAULT_EXPLICIT_TAGS: dict[str, float] = {
+    "penis": 0.3, "pussy": 0.3, "testicles": 0.3, "anus": 0.3, "clitoris": 0.3, "erection": 0.3,
+    "sex": 0.3, "vaginal": 0.3, "anal": 0.3, "oral": 0.3, "fellatio": 0.3, "cunnilingus": 0.3,
+    "masturbation": 0.3, "handjob": 0.3, "paizuri": 0.3, "cum": 0.3, "ejaculation": 0.3, "after_sex": 0.3,
+    "sex_toy": 0.3, "dildo": 0.3, "nipples": 0.4, "nude": 0.4, "completely_nude": 0.4, "pubic_hair": 0.4,
+    "areolae": 0.4, "topless": 0.5, "bottomless": 0.5, "censored": 0.5, "mosaic_censoring": 0.4,
+}
+DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"
+
+
+class SafetySettings(Section):
+    opennsfw: bool = True
+    opennsfw_threshold: float = Field(0.5, gt=0, lt=1)
+    tagger: str = DEFAULT_TAGGER
+    tagger_threshold: float = Field(0.35, gt=0, lt=2)
+    explicit_tags: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EXPLICIT_TAGS))
+    strict_factor: float = Field(0.6, gt=0, le=1)
+    tags_kept: int = Field(20, ge=0, le=200)
+    tag_min_score: float = Field(0.35, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        """The settings before the tagger became the default: ``classifiers``, ``wd14_model``, ``wd14_threshold``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        old = data.pop("classifiers", None)
+        model, threshold = data.pop("wd14_model", None), data.pop("wd14_threshold", None)
+        if old is not None:
+            unknown = set(old) - {"opennsfw", "wd14"}
+            if unknown:
+                raise ValueError(f"classifiers: unknown {sorted(unknown)} (now: safety.opennsfw and safety.tagger)")
+            data.setdefault("opennsfw", "opennsfw" in old)
+        if model and (old is None or "wd14" in old):
+            data.setdefault("tagger", model)
+        if threshold is not None:
+            data.setdefault("tagger_threshold", threshold)
+        return data
+
+    @field_validator("explicit_tags")
+    @classmethod
+    def _tag_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [f"{tag} = {score}" for tag, score in value.items() if not 0 < score < 1]
+        if bad:
+            raise ValueError(f"each threshold must be between 0 and 1, not {', '.join(bad)}")
+        return value
+
+    @property
+    def tagger_enabled(self) -> bool:
+        return self.tagger.strip().lower() not in ("", "none")
+
+
+class GallerySettings(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8080"
+    database_url: str = "sqlite:///data/gallery/gallery.db"
+    store: Literal["folder", "s3"] = "folder"
+    store_dir: Path = Path("data/gallery/images")
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+    handoff_ttl_s: int = Field(7 * 24 * 3600, ge=3600)
+    client_id: int | None = None
+    client_secret: SecretStr | None = None
+    session_secret: SecretStr | None = None
+    authorize_url: str = "https://discord.com/oauth2/authorize"
+    session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
+    page_size: int = Field(24, ge=1, le=100)
+    max_search_chars: int = Field(200, ge=10, le=2000)
+    likes_per_minute: int = Field(30, ge=1)
+    reports_per_hour: int = Field(10, ge=1)
+    logins_per_minute: int = Field(10, ge=1)
+
+    @property
+    def sign_in(self) -> bool:
+        """Discord sign-in is offered when an OAuth client is configured; else the site is public-only."""
+        return self.client_id is not None
+
+    def require_secrets(self) -> tuple[str, str]:
+        """The OAuth client secret and the cookie signing secret, or a ConfigError naming what is missing."""
+        missing = [name for name, value in (("client_secret", self.client_secret),
+                                            ("session_secret", self.session_secret))
+                   if value is None or not value.get_secret_value()]
+        if missing:
+            names = " and ".join(f"gallery.{name}" for name in missing)
+            raise ConfigError(f"gallery.client_id is set, so {names} must be set too (config.toml [gallery] or "
+                              "PONYBOT_GALLERY__CLIENT_SECRET / PONYBOT_GALLERY__SESSION_SECRET); "
+                              "remove client_id to run the gallery public-only")
+        assert self.client_secret is not None and self.session_secret is not None
+        return self.client_secret.get_secret_value(), self.session_secret.get_secret_value()
