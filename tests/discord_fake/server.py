@@ -9,55 +9,36 @@ file, 400/30015 past 10 files, 401/50027 once an interaction token expired.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.discord_fake.members import MemberActions
+from tests.discord_fake.model import (
+    EPHEMERAL,
+    MANAGE_CHANNELS,
+    MANAGE_GUILD,
+    MEMBER,
+    MEMBER_PERMISSIONS,
+    MODERATOR,
+    OTHER_MEMBER,
+    TOKEN_LIFE_S,
+    Interaction,
+    iso,
+    snowflake,
+    user,
+)
 from tests.discord_fake.openapi import OpenAPIValidator
 
-DISCORD_EPOCH_MS = 1420070400000
-EPHEMERAL = 1 << 6
-MANAGE_CHANNELS = 1 << 4
-MANAGE_GUILD = 1 << 5
-MEMBER_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 15) | (1 << 31)  # view, send, attach, use app commands
-TOKEN_LIFE_S = 15 * 60
-_counter = itertools.count()
-
-
-def snowflake(at: float | None = None) -> int:
-    ms = int((time.time() if at is None else at) * 1000)
-    return ((ms - DISCORD_EPOCH_MS) << 22) | (next(_counter) % 4096)
-
-
-def iso(at: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if at is None else at, UTC).isoformat()
-
-
-@dataclass
-class Interaction:
-    id: int
-    token: str
-    user_id: int
-    channel_id: int
-    created: float  #: when the token's 15 minutes started
-    sent: float  #: when the bot received it: it has 3 s to answer
-    message_id: int | None = None  #: the message whose button was clicked
-    responded: bool = False
-    responded_at: float | None = None
-    callback_type: int | None = None
-    ephemeral: bool = False
-    original_id: int | None = None
-    followups: list[int] = field(default_factory=list)
-    choices: list[dict[str, Any]] | None = None  #: what an autocomplete callback offered
-
+#: Importable from here too, as tests always have.
+__all__ = ["MANAGE_CHANNELS", "MANAGE_GUILD", "MEMBER", "MEMBER_PERMISSIONS", "MODERATOR", "OTHER_MEMBER",
+           "FakeDiscord", "Interaction"]
 
 #: When a REST request reached the fake (time.time()), before its parsing and validation.
 ARRIVED = web.RequestKey("arrived", float)
@@ -73,7 +54,7 @@ class Request:
     at: float = field(default_factory=time.monotonic)
 
 
-class FakeDiscord:
+class FakeDiscord(MemberActions):
     def __init__(self, *, attachment_limit: int = 10 * 1024 * 1024) -> None:
         self.validator = OpenAPIValidator()
         self.app_id = snowflake()
@@ -97,10 +78,7 @@ class FakeDiscord:
         self.add_channel("general")
 
     # -- set-up -----------------------------------------------------------------------------------
-    @staticmethod
-    def user(user_id: int, name: str, *, bot: bool = False) -> dict[str, Any]:
-        return {"id": str(user_id), "username": name, "discriminator": "0", "global_name": name, "avatar": None,
-                "bot": bot, "public_flags": 0}
+    user = staticmethod(user)
 
     def add_channel(self, name: str, *, nsfw: bool = False) -> int:
         channel_id = snowflake()
@@ -186,105 +164,6 @@ class FakeDiscord:
     async def set_nsfw(self, channel_id: int, nsfw: bool) -> None:
         self.channels[channel_id]["nsfw"] = nsfw
         await self.dispatch("CHANNEL_UPDATE", self.channels[channel_id])
-
-    # -- interactions -----------------------------------------------------------------------------
-    def _interaction(self, kind: int, data: dict[str, Any], user: dict[str, Any], channel_id: int | None,
-                     permissions: int, age_s: float, message: dict[str, Any] | None = None,
-                     locale: str = "en-US") -> Interaction:
-        channel_id = channel_id or self.default_channel
-        created = time.time() - age_s
-        interaction = Interaction(snowflake(created), secrets.token_urlsafe(24), int(user["id"]), channel_id,
-                                  created, time.time(), int(message["id"]) if message else None)
-        self.interactions[interaction.token] = interaction
-        payload: dict[str, Any] = {
-            "id": str(interaction.id), "application_id": str(self.app_id), "type": kind, "token": interaction.token,
-            "version": 1, "attachment_size_limit": self.attachment_limit, "guild_id": str(self.guild_id),
-            "guild": {"id": str(self.guild_id), "locale": "en-US", "features": []},
-            "channel_id": str(channel_id), "channel": self.channels[channel_id],
-            "member": {"user": user, "roles": [], "flags": 0, "permissions": str(permissions), "joined_at": iso(),
-                       "deaf": False, "mute": False},
-            "app_permissions": str(MEMBER_PERMISSIONS), "locale": locale, "guild_locale": "en-US",
-            "entitlements": [], "context": 0, "authorizing_integration_owners": {"0": str(self.guild_id)},
-            "data": data,
-        }
-        if message is not None:
-            payload["message"] = message
-        self._pending = self.dispatch("INTERACTION_CREATE", payload)
-        return interaction
-
-    def upload(self, filename: str, data: bytes, content_type: str | None, *, size: int | None = None
-               ) -> dict[str, Any]:
-        """A file a member attaches to a slash command: served on loopback like Discord's CDN.
-
-        Pass the returned attachment as an option's value. ``size`` is what Discord reports
-        (default: the real size; a test can make it lie)."""
-        attachment_id = snowflake()
-        self.files[attachment_id] = data
-        url = f"http://127.0.0.1:{self.port}/attachments/{attachment_id}/{filename}"
-        attachment = {"id": str(attachment_id), "filename": filename, "size": len(data) if size is None else size,
-                      "url": url, "proxy_url": url, "ephemeral": True}
-        if content_type is not None:
-            attachment["content_type"] = content_type
-        return attachment
-
-    async def _cdn(self, request: web.Request) -> web.Response:
-        self.cdn_downloads.append(request.path)
-        data = self.files.get(int(request.match_info["attachment_id"]))
-        if data is None:
-            return web.Response(status=404)
-        return web.Response(body=data, content_type="application/octet-stream")
-
-    async def slash(self, name: str, options: dict[str, Any] | None = None, *, user: dict[str, Any] | None = None,
-                    channel_id: int | None = None, permissions: int = MEMBER_PERMISSIONS, age_s: float = 0.0,
-                    subcommand: str | None = None, locale: str = "en-US") -> Interaction:
-        """Send a slash command as a member (in their ``locale``); returns the interaction to follow it by."""
-        typed, attachments = [], {}
-        for key, value in (options or {}).items():
-            if isinstance(value, dict):  # an attachment from upload(): its id, resolved beside
-                attachments[value["id"]] = value
-                typed.append({"name": key, "type": 11, "value": value["id"]})
-            else:
-                typed.append({"name": key, "type": _option_type(value), "value": value})
-        if subcommand:
-            typed = [{"name": subcommand, "type": 1, "options": typed}]
-        data: dict[str, Any] = {"id": str(snowflake()), "name": name, "type": 1, "options": typed,
-                                "guild_id": str(self.guild_id)}
-        if attachments:
-            data["resolved"] = {"attachments": attachments}
-        interaction = self._interaction(2, data, user or MEMBER, channel_id, permissions, age_s, locale=locale)
-        await self._pending
-        return interaction
-
-    async def autocomplete(self, name: str, options: dict[str, Any], focused: str, *,
-                           user: dict[str, Any] | None = None, locale: str = "en-US") -> Interaction:
-        """A member typing in option ``focused`` of /``name``; the bot's choices arrive as a type 8 callback."""
-        typed = [{"name": key, "type": _option_type(value), "value": value, **({"focused": True} if key == focused
-                                                                                else {})}
-                 for key, value in options.items()]
-        data = {"id": str(snowflake()), "name": name, "type": 1, "options": typed, "guild_id": str(self.guild_id)}
-        interaction = self._interaction(4, data, user or MEMBER, None, MEMBER_PERMISSIONS, 0.0, locale=locale)
-        await self._pending
-        return interaction
-
-    def choices(self, interaction: Interaction) -> list[dict[str, Any]] | None:
-        """The choices the bot answered an autocomplete with (None until it answered)."""
-        for request in self.requests:
-            if request.path.endswith(f"/{interaction.token}/callback") and request.body.get("type") == 8:
-                found: list[dict[str, Any]] = request.body["data"]["choices"]
-                return found
-        return None
-
-    async def click(self, message_id: int, custom_id: str, *, user: dict[str, Any] | None = None,
-                    permissions: int = MEMBER_PERMISSIONS) -> Interaction:
-        message = self.messages[message_id]
-        data = {"custom_id": custom_id, "component_type": 2}
-        interaction = self._interaction(3, data, user or MEMBER, int(message["channel_id"]), permissions, 0.0,
-                                        message=self.public(message))
-        await self._pending
-        return interaction
-
-    def expire(self, interaction: Interaction) -> None:
-        interaction.created -= TOKEN_LIFE_S + 1
 
     # -- REST -------------------------------------------------------------------------------------
     async def _rest(self, request: web.Request) -> web.Response:
@@ -519,19 +398,7 @@ class FakeDiscord:
                 pass
 
 
-MEMBER = FakeDiscord.user(snowflake(), "twilight")
-OTHER_MEMBER = FakeDiscord.user(snowflake(), "rarity")
-MODERATOR = FakeDiscord.user(snowflake(), "celestia")
 
-
-def _option_type(value: Any) -> int:
-    if isinstance(value, bool):
-        return 5
-    if isinstance(value, int):
-        return 4
-    if isinstance(value, float):
-        return 10
-    return 3
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
