@@ -1,4 +1,4 @@
-"""Helpers the benchmarks share: the machine they ran on, tables, percentiles."""
+"""Helpers the benchmarks share: the machine they ran on, tables, percentiles, the tiny model on a private Redis."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -40,3 +44,36 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells[1:]]
     return "\n".join(lines)
+
+
+@dataclass
+class TinyBench:
+    """What the CPU benchmarks of the worker share: a private Redis, the tiny model, its settings."""
+
+    scratch: Path
+    conn: Any
+    settings: Any
+    generator: Any
+    folder: Path
+
+
+@contextmanager
+def tiny_bench(threads: int) -> Iterator[TinyBench]:
+    """A private Redis, the tiny model built and loaded on the CPU, torch on ``threads`` threads
+    (imported here: benchmarks of the bot alone must not load torch)."""
+    import torch
+
+    from ponybot.queue import connect
+    from ponybot.redis_server import EmbeddedRedis
+    from ponybot.settings import ModelSettings, Settings
+    from worker.generate import Generator
+    from worker.loading import load_model, resolve_device
+    from worker.tiny import ensure_tiny_pipeline
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as name, EmbeddedRedis(Path(name) / "redis", persistent=False) as redis:
+        scratch = Path(name)
+        folder = ensure_tiny_pipeline(scratch / "models")
+        settings = Settings(model=ModelSettings(source="tiny", cache_dir=scratch / "models"))
+        generator = Generator(load_model("tiny", settings.model, resolve_device("cpu")))
+        yield TinyBench(scratch, connect(redis.url), settings, generator, folder)

@@ -8,25 +8,19 @@ Run: ``.venv/bin/python bench/pipeline.py``
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-from common import machine, table  # type: ignore[import-not-found]
+from common import machine, table, tiny_bench  # type: ignore[import-not-found]
 
 from ponybot import keys
-from ponybot.queue import connect, enqueue
-from ponybot.redis_server import EmbeddedRedis
+from ponybot.queue import enqueue
 from ponybot.schemas import Job, build_request
-from ponybot.settings import ModelSettings, SafetySettings, Settings
-from worker.generate import Generator
-from worker.loading import load_model, resolve_device
+from ponybot.settings import SafetySettings, Settings
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
 from worker.safety import load_safety
 from worker.schedulers import CARD_DDIM
-from worker.tiny import ensure_tiny_pipeline
 
 ROUNDS = 2
 PROMPTS = ["pinkie pie, balloons", "twilight sparkle reading", "rainbow dash flying", "rarity sewing"]
@@ -44,14 +38,10 @@ def through_ponybot(runtime: WorkerRuntime, conn, settings: Settings, jobs: list
 
 
 def main() -> None:
-    torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch) / "redis", persistent=False) as redis:
-        cache = Path(scratch) / "models"
-        folder = ensure_tiny_pipeline(cache)
-        conn = connect(redis.url)
-        settings = Settings(model=ModelSettings(source="tiny", cache_dir=cache))
-        generator = Generator(load_model("tiny", settings.model, resolve_device("cpu")))
-        runtime = WorkerRuntime(settings, conn, generator, "bench", load_safety(SafetySettings(tagger="none"), cache))
+    with tiny_bench(threads=2) as bench:
+        conn, settings, generator, folder = bench.conn, bench.settings, bench.generator, bench.folder
+        runtime = WorkerRuntime(settings, conn, generator, "bench", load_safety(SafetySettings(tagger="none"),
+                                                                               settings.model.cache_dir))
         requests = [build_request(settings.limits, prompt=PROMPTS[i % 4], negative_prompt="blurry", steps=10,
                                   width=512, height=512, seed=i, clip_skip=1) for i in range(8)]
 

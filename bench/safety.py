@@ -13,22 +13,16 @@ Run: ``.venv/bin/python bench/safety.py [--layers N] [--jobs N] [--tagger FOLDER
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from common import machine, table  # type: ignore[import-not-found]
+from common import machine, table, tiny_bench  # type: ignore[import-not-found]
 from PIL import Image
 from pipeline import through_ponybot  # type: ignore[import-not-found]
 
-from ponybot.queue import connect
-from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import Job, build_request
-from ponybot.settings import ModelSettings, SafetySettings, Settings
-from worker.generate import Generator
-from worker.loading import load_model, resolve_device
+from ponybot.settings import SafetySettings
 from worker.runtime import WorkerRuntime
 from worker.safety import OpenNSFW, SafetyCheck
 from worker.tagger import WdTagger, onnx_providers
@@ -84,13 +78,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch) / "redis", persistent=False) as redis:
-        cache = Path(scratch) / "models"
-        conn = connect(redis.url)
-        settings = Settings(model=ModelSettings(source="tiny", cache_dir=cache))
-        generator = Generator(load_model("tiny", settings.model, resolve_device("cpu")))
-        folder = args.tagger or stand_in_tagger(Path(scratch) / "tagger", args.layers)
+    with tiny_bench(threads=2) as bench:
+        conn, settings, generator = bench.conn, bench.settings, bench.generator
+        folder = args.tagger or stand_in_tagger(bench.scratch / "tagger", args.layers)
         safety = SafetySettings(tagger=str(folder))
         opennsfw = OpenNSFW(safety.opennsfw_threshold)
         tagger = WdTagger(folder, safety)
