@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
+import redis.sentinel
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
@@ -59,8 +60,15 @@ def connect(target: RedisTarget | str, *, timeout: float = 5.0) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as error:
-        raise RedisUnavailableError(f"Redis at {target.describe()} is unreachable ({error})") from None
+        raise RedisUnavailableError(f"Redis at {target.describe()} is unreachable ({redis_reason(error)})") from None
     return client
+
+
+def redis_reason(error: redis.RedisError) -> str:
+    """What went wrong, in a line: redis-py's sentinel errors quote every client's whole repr."""
+    if isinstance(error, redis.sentinel.MasterNotFoundError):
+        return "no sentinel answered with a primary of that name"
+    return str(error)
 
 
 def job_model(job: Job) -> str:
@@ -170,7 +178,7 @@ def enqueue(
         conn.set(keys.job_record(job.id), job.model_dump_json(), ex=record_ttl(result_ttl_s))
         return queue_position(conn, job.id, job_model(job)) or 1
     except redis.RedisError as error:
-        raise RedisUnavailableError(f"Redis is unreachable ({error})") from None
+        raise RedisUnavailableError(f"Redis is unreachable ({redis_reason(error)})") from None
 
 
 def cancel_job(conn: redis.Redis, job_id: str) -> bool:

@@ -180,3 +180,4 @@ def test_no_sentinel_answers(tmp_path: Path, model_cache: Path) -> None:
     result = run_cli(["status"], cli_env(None, model_cache, PONYBOT_REDIS__SENTINELS=",".join(nobody)), tmp_path)
     assert result.returncode == 1
     assert f"sentinels {nobody[0]}" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip()) < 300 and "ConnectionPool" not in result.stderr  # one line, not redis-py's reprs
