@@ -7,11 +7,9 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -21,7 +19,7 @@ from ponybot import keys
 from ponybot.queue import enqueue, generation_queue, publish_event
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings
-from tests.conftest import ROOT, cli_env
+from tests.conftest import ROOT, cli_env, wait_until
 from tests.held_worker import HELD, RELEASE
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
@@ -38,15 +36,6 @@ def queue_job(conn: redis.Redis, settings: Settings, prompt: str = "pony", attem
 
 def events(conn: redis.Redis) -> list[JobEvent]:
     return [JobEvent.model_validate_json(fields[b"data"]) for _id, fields in conn.xrange(keys.EVENTS_STREAM)]
-
-
-def wait_until(condition: Any, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise TimeoutError("condition never held")
 
 
 @contextmanager
@@ -137,3 +126,25 @@ def test_post_stage_runs_in_order_and_bounds_its_depth() -> None:
     stage.close()
     releaser.join()
     assert order == [0, 1, 2]
+
+
+def test_post_processing_past_its_limit_is_reported_once() -> None:
+    """A hung post stage (a classifier that never returns) is reported to the worker, which then exits so the
+    batch's jobs are retried; work within its limit, or without one, is not."""
+    stuck: list[tuple[str, float]] = []
+    stage = PostStage(depth=1, on_stuck=lambda what, elapsed: stuck.append((what, elapsed)))
+    release = threading.Event()
+    stage.submit(lambda: None, what="job=quick", limit_s=0.5)
+    stage.submit(lambda: release.wait(120), what="job=slow", limit_s=0.5)
+    wait_until(lambda: stuck, what="the watchdog's report")
+    release.set()
+    stage.submit(lambda: release.wait(120), what="job=unlimited")  # no limit: never reported
+    stage.close()
+    assert [what for what, _elapsed in stuck] == ["job=slow"] and stuck[0][1] > 0.5
+
+
+def test_the_worker_exits_when_its_post_stage_hangs(runtime: WorkerRuntime) -> None:
+    from worker.runner import EXIT_POST_STUCK
+
+    worker = GenerationWorker(runtime)
+    assert worker.stage.on_stuck == worker._post_stuck and EXIT_POST_STUCK not in (0, 2, 3)  # up restarts it

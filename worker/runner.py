@@ -9,6 +9,7 @@ pipeline; RQ callbacks are refused, so writing to Redis cannot run code here.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,8 @@ from worker.speed import ALLOWANCE_S
 from worker.stage import PostStage
 
 log = logging.getLogger(__name__)
+#: The worker's exit status when post-processing hung (``ponybot up`` restarts the worker, after a back-off).
+EXIT_POST_STUCK = 1
 
 
 #: RQ's exception names -> the failure codes members are told about.
@@ -117,7 +120,7 @@ class GenerationWorker(SimpleWorker):
         )
         self.runtime = runtime
         self.heartbeat_s = runtime.settings.worker.heartbeat_s
-        self.stage = PostStage(runtime.settings.worker.overlap_depth)
+        self.stage = PostStage(runtime.settings.worker.overlap_depth, on_stuck=self._post_stuck)
         self.claimer = BatchClaimer(runtime, runtime.conn, self.job_class, self.serializer)
         self._flight: InFlight | None = None
         #: the heartbeats of every batch this worker has in hand (generating, or in the post stage)
@@ -242,7 +245,16 @@ class GenerationWorker(SimpleWorker):
             self._finished(job, queue, execution, return_value)
             return
         flight.handed_over = True
-        self.stage.submit(lambda: self._post(flight, pending, return_value))
+        self.stage.submit(lambda: self._post(flight, pending, return_value), limit_s=job.timeout,
+                          what=", ".join(f"job={other.id}" for other, _execution in flight.running))
+
+    def _post_stuck(self, what: str, elapsed: float) -> None:
+        """Post-processing outlived the batch's time limit (a hung classifier): a thread cannot be stopped, so
+        the worker exits; its jobs' heartbeats stop and another worker retries them (``ponybot up`` restarts it)."""
+        log.critical("%s post-processing stuck for %.0f s, past the batch's time limit: exiting so that its jobs "
+                     "are retried", what, elapsed)
+        logging.shutdown()
+        os._exit(EXIT_POST_STUCK)
 
     def _post(self, flight: InFlight, pending: Batch | None, return_value: Any) -> None:
         """Post-process a batch, publish its events, and only then tell RQ its jobs are finished."""
