@@ -97,3 +97,18 @@ async def test_member_gets_their_language_and_commands_are_localised(
     settings_group = commands["settings"]
     assert settings_group["name_localizations"]["fr"] == "préférences"
     assert {o["name"] for o in settings_group["options"]} == {"show", "set", "reset"}
+
+
+def test_loras_listing_follows_the_members_language() -> None:
+    from bot.features.models import describe_networks
+    from ponybot.policy import PolicyRules, resolve
+    from ponybot.settings import load_settings
+    from ponybot.workers import NetworkInfo, WorkerRecord
+
+    settings = load_settings(None)
+    policy = resolve(PolicyRules(), age_restricted=False, settings=settings.policy)
+    assert describe_networks(settings, [], policy, "de").startswith("Für kein Modell")
+    record = WorkerRecord(name="w", models=["pony-v4"], loras=[NetworkInfo(name="pinkie")])
+    french = describe_networks(settings, [record], policy, "fr")
+    assert "LoRA : `pinkie`" in french and "Embeddings : aucun" in french
+    assert "un embedding par son nom" in french

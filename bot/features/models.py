@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.i18n import t
 from bot.jobs import origin_of
 from ponybot.policy import EffectivePolicy, resolve
 from ponybot.policy_store import PolicyStore
@@ -19,8 +20,11 @@ if TYPE_CHECKING:
     from bot.app import PonyBot
 
 
-def describe_networks(settings: Settings, records: list[WorkerRecord], policy: EffectivePolicy) -> str:
-    """Per model online (and allowed here): its usable LoRAs (those the channel allows) and embeddings."""
+def describe_networks(settings: Settings, records: list[WorkerRecord], policy: EffectivePolicy,
+                      locale: str = "en-US") -> str:
+    """Per model online (and allowed here): its usable LoRAs (those the channel allows) and embeddings, in the
+    member's language."""
+    none = t(locale, "none")
     held = models_online_from(records)
     lines = []
     for model, holders in held.items():
@@ -30,11 +34,12 @@ def describe_networks(settings: Settings, records: list[WorkerRecord], policy: E
                        if problem is None and (not policy.loras or name in policy.loras))
         embeddings = sorted(name for name, problem in usable(holders, "embeddings").items() if problem is None)
         lines.append(f"**{model}**")
-        lines.append("LoRAs: " + (", ".join(f"`{name}`" for name in loras) or "none"))
-        lines.append("Embeddings: " + (", ".join(f"`{name}`" for name in embeddings) or "none"))
+        lines.append(t(locale, "LoRAs: {names}", names=", ".join(f"`{name}`" for name in loras) or none))
+        lines.append(t(locale, "Embeddings: {names}", names=", ".join(f"`{name}`" for name in embeddings) or none))
     if not lines:
-        return "No model this channel may use has a worker online right now."
-    return "\n".join(lines) + "\n\nUse a LoRA with `<lora:NAME:0.8>` in the prompt; an embedding by its name."
+        return t(locale, "No model this channel may use has a worker online right now.")
+    return "\n".join(lines) + "\n\n" + t(locale, "Use a LoRA with `<lora:NAME:0.8>` in the prompt; an embedding "
+                                           "by its name.")
 
 
 class Models(commands.Cog):
@@ -48,8 +53,9 @@ class Models(commands.Cog):
                                         origin.channel_id)
         policy = resolve(rules, age_restricted=origin.channel_nsfw, settings=self.bot.settings.policy)
         records = await asyncio.to_thread(online_workers, self.bot.sync_redis)
-        text = describe_networks(self.bot.settings, records, policy)
-        embed = discord.Embed(title="LoRAs and embeddings", description=text[:4000], colour=0xE39BD9)
+        text = describe_networks(self.bot.settings, records, policy, origin.locale)
+        embed = discord.Embed(title=t(origin.locale, "LoRAs and embeddings"), description=text[:4000],
+                              colour=0xE39BD9)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
