@@ -167,3 +167,8 @@ def test_maintenance_sweep_survives_redis_going_away(settings: Settings, generat
     server.stop()
     worker.run_maintenance_tasks()  # would raise redis.ConnectionError out of the worker's loop
     assert any("maintenance skipped" in record.getMessage() for record in caplog.records)
+    # RQ's loop sets the state between jobs outside its own retry: a failover there ended a worker
+    worker.set_state("idle")
+    worker.teardown()
+    assert any("state 'idle' not written" in record.getMessage() for record in caplog.records)
+    assert any("its end not recorded" in record.getMessage() for record in caplog.records)

@@ -172,10 +172,16 @@ class GenerationWorker(SimpleWorker):
             log.warning("maintenance skipped, Redis unavailable: %s", error)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        """Write the worker's state only when it changes (RQ sets ``idle`` twice between jobs)."""
-        if pipeline is None and state == self.get_state():
+        """Write the worker's state only when it changes (RQ sets ``idle`` twice between jobs). Outside a
+        pipeline, Redis being away (a failover) skips it: RQ's loop would quit over an informational write."""
+        if pipeline is not None:
+            super().set_state(state, pipeline)
             return
-        super().set_state(state, pipeline)
+        try:
+            if state != self.get_state():
+                super().set_state(state)
+        except self.REDIS_AWAY as error:
+            log.warning("worker state %r not written, Redis unavailable: %s", state, error)
 
     @property
     def dequeue_timeout(self) -> int:
@@ -292,7 +298,10 @@ class GenerationWorker(SimpleWorker):
     def teardown(self) -> None:
         """Finish the batches still in the post stage (SIGTERM, burst end) before leaving."""
         self.stage.close()
-        super().teardown()  # type: ignore[no-untyped-call]
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except self.REDIS_AWAY as error:  # its record expires on its own (worker_ttl)
+            log.warning("worker %s: its end not recorded, Redis unavailable: %s", self.name, error)
 
     def claim_batch(self, leader: RQJob, queue: Any) -> list[tuple[RQJob, Job]]:
         return self.claimer.claim(leader, queue)
