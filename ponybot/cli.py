@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -245,8 +246,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         if args.local:
             run_local(settings, conn, job, model, stack)
         try:
+            # workers started by demand (worker.on_demand): the queued job is what starts one, so wait for it
+            patience = math.inf if settings.worker.on_demand and not args.local else settings.cli.no_worker_timeout_s
             event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
-                                   no_worker_timeout=settings.cli.no_worker_timeout_s)
+                                   no_worker_timeout=patience)
         except NoWorkerError:
             cancel_job(conn, job.id)  # nobody would ever read its result
             raise

@@ -102,3 +102,30 @@ def test_bad_config_value(tmp_path: Path, model_cache: Path) -> None:
     assert result.returncode == 2
     assert "limits.max_steps" in result.stderr
     assert keys.GENERATE_QUEUE not in result.stderr
+
+
+def test_on_demand_waits_for_the_worker_its_job_starts(tmp_path: Path, model_cache: Path, redis_url: str,
+                                                       conn: redis.Redis, runtime: Any) -> None:
+    """worker.on_demand (KEDA scaling to zero): no worker online is not an error; the queued job starts one."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.bot_harness import ThreadWorker
+    from tests.conftest import wait_until
+
+    env = cli_env(redis_url, model_cache, PONYBOT_CLI__NO_WORKER_TIMEOUT_S="0.5", PONYBOT_WORKER__ON_DEMAND="true")
+    command = [sys.executable, "-m", "ponybot", "generate", "pony", "--seed", "3", "--size", "256x256", "--steps", "2"]
+    waiting = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_until(lambda: generation_queue(conn).count == 1, what="the job queued")
+        time.sleep(2)  # the scenario: a worker pod takes a while to start (four times the no-worker timeout)
+        assert waiting.poll() is None, waiting.communicate()
+        ThreadWorker(runtime).work(burst=True)  # the worker that started for it
+        out, err = waiting.communicate(timeout=300)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    assert out.strip().endswith("seed=3") and (tmp_path / out.split("\t")[0]).is_file()
