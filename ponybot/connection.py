@@ -13,11 +13,18 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.retry
 import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 #: Timeouts for talking to the sentinels themselves (they answer at once or are down).
-SENTINEL_OPTIONS = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+SENTINEL_OPTIONS: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+#: Retries of a command through Sentinel while a failover settles (a sentinel still naming the dead primary,
+#: a pooled connection to it), backing off to at most 0.5 s: redis-py gives the clients ``master_for`` makes
+#: no retry of their own. Each sentinel is asked once per attempt (``sentinel_retry``).
+SENTINEL_RETRIES = 4
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,9 @@ class RedisTarget:
         """A blocking client (redis-py, RQ)."""
         if self.sentinels:
             sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-                list(self.sentinels), sentinel_kwargs=dict(SENTINEL_OPTIONS))
+                list(self.sentinels), sentinel_kwargs=dict(SENTINEL_OPTIONS, retry=redis.retry.Retry(NoBackoff(), 0)))
+            options.setdefault("retry", redis.retry.Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05),
+                                                          SENTINEL_RETRIES))
             client: redis.Redis = sentinel.master_for(self.master_name, **options)  # type: ignore[no-untyped-call]
             return client
         if self.url is None:
@@ -54,7 +63,10 @@ class RedisTarget:
         """An asyncio client (the bot's delivery loop and progress tracker)."""
         if self.sentinels:
             sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-                list(self.sentinels), sentinel_kwargs=dict(SENTINEL_OPTIONS))
+                list(self.sentinels), sentinel_kwargs=dict(SENTINEL_OPTIONS,
+                                                           retry=redis.asyncio.retry.Retry(NoBackoff(), 0)))
+            options.setdefault("retry", redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05),
+                                                                  SENTINEL_RETRIES))
             aclient: redis.asyncio.Redis = sentinel.master_for(self.master_name, **options)
             return aclient
         if self.url is None:
