@@ -23,13 +23,11 @@ from typing import Any
 
 from common import machine, table, tiny_bench  # type: ignore[import-not-found]
 from PIL import Image
+from pipeline import through_ponybot  # type: ignore[import-not-found]
 
-from ponybot import keys
 from ponybot.policy import Strictness
-from ponybot.queue import enqueue
-from ponybot.schemas import GenerationRequest, Job, build_request
+from ponybot.schemas import Job, build_request
 from worker.generate import BatchItem, Generator
-from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
 from worker.safety import SafetyCheck
 from worker.tagger import Reading
@@ -60,17 +58,6 @@ class SlowClassifier:
         return [Reading(self.name, False, 0.0, 1.0) for _ in images]
 
 
-def through_worker(runtime: WorkerRuntime, conn, requests: list[GenerationRequest]) -> float:  # type: ignore[no-untyped-def]
-    conn.delete(keys.EVENTS_STREAM)
-    for request in requests:
-        enqueue(conn, Job.create(request), max_queue=1000, result_ttl_s=600)
-    started = time.perf_counter()
-    GenerationWorker(runtime).work(burst=True, logging_level="WARNING")
-    elapsed = time.perf_counter() - started
-    assert conn.xlen(keys.EVENTS_STREAM) == len(requests)
-    return elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=16)
@@ -83,13 +70,14 @@ def main() -> None:
                                   seed=i) for i in range(args.jobs)]
         generator.generate_batch(requests[0], [BatchItem("warm-up", "", 0, 1)])
         runtime = WorkerRuntime(settings, conn, generator, "bench", SafetyCheck([SlowClassifier(generator)]))
-        through_worker(runtime, conn, requests[:1])  # the worker path's one-time costs (first PNG, first event)
+        # the worker path's one-time costs (first PNG, first event) before anything is timed
+        through_ponybot(runtime, conn, settings, [Job.create(requests[0])])
         timings: dict[int, list[float]] = {0: [], 1: [], 2: []}
         for _round in range(args.rounds):
             for depth, elapsed in timings.items():
                 runtime.settings = settings.model_copy(update={"worker": settings.worker.model_copy(
                     update={"overlap_depth": depth})})
-                elapsed.append(through_worker(runtime, conn, requests))
+                elapsed.append(through_ponybot(runtime, conn, settings, [Job.create(r) for r in requests]))
     serial = min(timings[0])
     rows = [[depth, "one after another (before)" if depth == 0 else "post stage", f"{min(elapsed):.2f}",
              f"{args.jobs / min(elapsed):.2f}", f"{serial / min(elapsed):.2f}x"] for depth, elapsed in timings.items()]
