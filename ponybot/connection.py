@@ -23,7 +23,8 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 SENTINEL_OPTIONS: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
 #: Retries of a command through Sentinel while a failover settles (a sentinel still naming the dead primary,
 #: a pooled connection to it), backing off to at most 0.5 s: redis-py gives the clients ``master_for`` makes
-#: no retry of their own. Each sentinel is asked once per attempt (``sentinel_retry``).
+#: no retry of their own. Each sentinel is asked once per attempt (no retry in ``sentinel_kwargs``): retries
+#: nested in retries took 72 s to report sentinels that nobody runs.
 SENTINEL_RETRIES = 4
 
 

@@ -30,9 +30,7 @@ from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
 from ponybot.queue import generation_queue, publish_event
-from ponybot.schemas import (
-    Job,
-)
+from ponybot.schemas import Job
 from worker.announce import Announcer
 from worker.batching import UNREADABLE, BatchClaimer
 from worker.rq_job import ATTEMPTS_FIELD, SafeJob, attempts_of
@@ -41,14 +39,15 @@ from worker.speed import ALLOWANCE_S
 from worker.stage import PostStage
 
 log = logging.getLogger(__name__)
-#: The worker's exit status when post-processing hung (``ponybot up`` restarts the worker, after a back-off).
-EXIT_POST_STUCK = 1
-
 
 #: RQ's exception names -> the failure codes members are told about.
 FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_died"}
 #: Longest a sweep holds its lock (a sweep takes milliseconds; RQ's own lock lasts 899 s).
 SWEEP_LOCK_S = 60
+#: The worker's exit status when post-processing hung (``ponybot up`` restarts the worker, after a back-off).
+EXIT_POST_STUCK = 1
+
+
 class Heartbeats:
     """Job heartbeats for one batch on their own thread, from its start until RQ is told it ended."""
 

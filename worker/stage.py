@@ -57,7 +57,8 @@ class PostStage:
             self._thread = threading.Thread(target=self._run, name="ponybot-post-stage", daemon=True)
             self._thread.start()
             if self.on_stuck is not None:
-                threading.Thread(target=self._watch, name="ponybot-post-watchdog", daemon=True).start()
+                threading.Thread(target=self._watch, args=(self._thread,), name="ponybot-post-watchdog",
+                                 daemon=True).start()
         self._work.put(Work(work, what, limit_s))
 
     def drain(self) -> None:
@@ -91,9 +92,10 @@ class PostStage:
                     self._slots.release()
                 self._work.task_done()
 
-    def _watch(self) -> None:
+    def _watch(self, stage_thread: threading.Thread) -> None:
+        """Watch the work of ``stage_thread`` until it stops (a later stage thread has a watchdog of its own)."""
         reported: Work | None = None
-        while not self._closing.wait(WATCH_EVERY_S):
+        while not self._closing.wait(WATCH_EVERY_S) and self._thread is stage_thread:
             current = self._current
             if current is None:
                 continue
