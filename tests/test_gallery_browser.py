@@ -73,10 +73,14 @@ def browser() -> Iterator[Any]:
     driver.quit()
 
 
-def wait(driver: Any, predicate: Any, timeout: float = 30) -> Any:
+def wait(driver: Any, predicate: Any, timeout: float = 60) -> Any:
+    """Polls predicate until it holds. A form post reloads the page under the predicate's feet, so an element
+    that went stale, or is not there yet, counts as "not yet" rather than a failure."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout).until(lambda d: predicate(d))
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    return WebDriverWait(driver, timeout, ignored_exceptions=ignored).until(lambda d: predicate(d))
 
 
 def rendered_images(driver: Any) -> list[int]:
