@@ -51,9 +51,9 @@ async def act(request: Request, action: str) -> Response:
     image_id = int(request.path_params["image_id"])
     settings = gallery.settings
     if action == "like":
-        gallery.limiter.check(f"like:{user_id}", settings.likes_per_minute, MINUTE, "likes")
+        await gallery.limiter.check(f"like:{user_id}", settings.likes_per_minute, MINUTE, "likes")
     elif action == "report":
-        gallery.limiter.check(f"report:{user_id}", settings.reports_per_hour, HOUR, "reports")
+        await gallery.limiter.check(f"report:{user_id}", settings.reports_per_hour, HOUR, "reports")
     reason = form.get("reason", "").strip()
     if action == "report" and not 1 <= len(reason) <= 500:
         raise HTTPException(400, "Say in 1 to 500 characters what is wrong with this image.")
@@ -145,7 +145,7 @@ async def login(request: Request) -> Response:
     if gallery.oauth is None:
         raise HTTPException(404, "This gallery is public-only: signing in is not offered.")
     address = request.client.host if request.client else "?"
-    gallery.limiter.check(f"login:{address}", gallery.settings.logins_per_minute, MINUTE, "sign-in attempts")
+    await gallery.limiter.check(f"login:{address}", gallery.settings.logins_per_minute, MINUTE, "sign-in attempts")
     state = secrets.token_urlsafe(24)
     request.session["oauth_state"] = state
     return RedirectResponse(gallery.oauth.authorize_url(state), status_code=303)

@@ -1,4 +1,4 @@
-"""Signing in with Discord (OAuth2, scopes ``identify guilds``), sessions, CSRF and rate limits.
+"""Signing in with Discord (OAuth2, scopes ``identify guilds``), sessions and CSRF.
 
 Sessions live in a signed cookie (Starlette's SessionMiddleware: HttpOnly, SameSite=Lax,
 Secure when the public URL is HTTPS, expiring after ``gallery.session_max_age_s``) and
@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import threading
-import time
-from collections import defaultdict, deque
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -28,29 +25,6 @@ from ponybot.settings import GallerySettings
 SCOPES = "identify guilds"
 #: Discord permission bits that make a member a moderator of a server here: Administrator, Manage Server.
 MODERATOR_BITS = 0x8 | 0x20
-
-
-class RateLimiter:
-    """At most ``limit`` events per ``window_s`` for each key, in this process."""
-
-    def __init__(self) -> None:
-        self.events: dict[str, deque[float]] = defaultdict(deque)
-        self.lock = threading.Lock()
-
-    def allow(self, key: str, limit: int, window_s: float) -> bool:
-        now = time.monotonic()
-        with self.lock:
-            seen = self.events[key]
-            while seen and seen[0] <= now - window_s:
-                seen.popleft()
-            if len(seen) >= limit:
-                return False
-            seen.append(now)
-            return True
-
-    def check(self, key: str, limit: int, window_s: float, what: str) -> None:
-        if not self.allow(key, limit, window_s):
-            raise HTTPException(429, f"Too many {what}: wait a little and try again.")
 
 
 def csrf_token(request: Request) -> str:

@@ -14,13 +14,15 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+import redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.templating import Jinja2Templates
 
-from gallery.auth import DiscordOAuth, RateLimiter
+from gallery.auth import DiscordOAuth
 from gallery.db import make_engine, optimize_search, upgrade
 from gallery.ingest import Ingest
+from gallery.limits import RateLimiter
 from gallery.site import TEMPLATES, Gallery, create_app
 from gallery.store import ImageStore, build_store
 from ponybot.connection import RedisTarget
@@ -29,8 +31,9 @@ from ponybot.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: Settings, store: ImageStore | None = None) -> Starlette:
-    """The site for these settings, its database upgraded to the newest schema."""
+def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.Redis | None = None) -> Starlette:
+    """The site for these settings, its database upgraded to the newest schema; with ``conn`` its rate limits are
+    kept in Redis, shared by every gallery process."""
     section = settings.gallery
     oauth, session_secret = None, None
     if section.sign_in:
@@ -41,7 +44,7 @@ def build_app(settings: Settings, store: ImageStore | None = None) -> Starlette:
     engine = make_engine(section.database_url)
     upgrade(engine)
     optimize_search(engine)
-    gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(),
+    gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(conn),
                       Jinja2Templates(directory=TEMPLATES))
     return create_app(gallery, session_secret)
 
@@ -60,9 +63,9 @@ class _Server(uvicorn.Server):
 
 
 def run_gallery(settings: Settings, redis_target: RedisTarget | str) -> None:
-    app = build_app(settings)
-    gallery: Gallery = app.state.gallery
     conn = RedisTarget.of(redis_target).client(socket_timeout=10, socket_connect_timeout=5)
+    app = build_app(settings, conn=conn)
+    gallery: Gallery = app.state.gallery
     stopping = threading.Event()
     ingest = threading.Thread(target=Ingest(gallery.engine, gallery.store, conn).run, args=(stopping,),
                               name="gallery-ingest", daemon=True)

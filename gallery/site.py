@@ -24,8 +24,9 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from gallery.auth import DiscordOAuth, RateLimiter, csrf_token, opted_in, signed_in
+from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
 from gallery.db import users
+from gallery.limits import RateLimiter
 from gallery.queries import BadInput, Filters, Order, Viewer, first_of_job, get_image, is_moderator, list_images
 from gallery.store import ImageStore, file_names
 from ponybot.schemas import parse_size

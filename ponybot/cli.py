@@ -358,6 +358,10 @@ COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "pol
             "safety": safety_cli.cmd_safety}
 
 
+#: Libraries whose INFO lines describe their own start-up (Alembic lists each plugin it loads).
+QUIET_LOGGERS = ("alembic.runtime.plugins",)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -371,6 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level or settings.log.level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if logging.getLogger().level > logging.DEBUG:  # their INFO is set-up chatter, not news for an operator
+        for chatty in QUIET_LOGGERS:
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     interrupted = threading.Event()
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:

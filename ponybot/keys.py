@@ -105,6 +105,11 @@ GALLERY_GROUP = "gallery"
 GALLERY_GUILDS = f"{PREFIX}:gallery:guilds"
 
 
+def gallery_limit(key: str) -> str:
+    """A gallery rate limit's sliding window (a sorted set of event times), e.g. for ``like:<user id>``."""
+    return f"{PREFIX}:gallery:limit:{key}"
+
+
 def gallery_image(job_id: str, index: int) -> str:
     """The gallery's own copy of a posted PNG, kept for ``gallery.handoff_ttl_s`` until the gallery stores it."""
     return f"{PREFIX}:gallery:image:{job_id}:{index}"

@@ -54,7 +54,7 @@ class Site:
 
 
 def make_site(tmp_path: Path, conn: redis.Redis, oauth: OAuthFake, **gallery: Any) -> Site:
-    app = build_app(gallery_settings(tmp_path, oauth=oauth, **gallery))
+    app = build_app(gallery_settings(tmp_path, oauth=oauth, **gallery), conn=conn)  # rate limits in Redis
     state: Gallery = app.state.gallery
     return Site(app, state, Ingest(state.engine, state.store, conn), oauth, conn)
 
@@ -193,6 +193,39 @@ def test_likes_order_top_and_are_rate_limited(tmp_path: Path, conn: redis.Redis,
     limited = client.post(f"/i/{first}/like", data={"csrf": csrf})
     assert limited.status_code == 429 and "Too many likes" in limited.text
     assert site.row(first).likes == 0
+
+
+def test_rate_limits_are_shared_by_every_gallery_process(tmp_path: Path, conn: redis.Redis,
+                                                        oauth_fake: OAuthFake) -> None:
+    """Two gallery processes behind one address (two apps on one Redis): a member's likes count on both."""
+    site = make_site(tmp_path / "one", conn, oauth_fake, likes_per_minute=2)
+    other = build_app(gallery_settings(tmp_path / "one", oauth=oauth_fake, likes_per_minute=2), conn=conn)
+    image = site.add("shared pony")
+    client = site.client()
+    csrf = sign_in(client, site.oauth, 901, {GUILD: False})
+    assert client.post(f"/i/{image}/like", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    second = TestClient(other)
+    second.cookies = client.cookies  # the same member, sent to the other process
+    assert second.post(f"/i/{image}/like", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    limited = client.post(f"/i/{image}/like", data={"csrf": csrf})
+    assert limited.status_code == 429 and "Too many likes" in limited.text
+    assert conn.exists("ponybot:gallery:limit:like:901")
+    other.state.gallery.engine.dispose()
+
+
+def test_rate_limits_hold_in_process_while_redis_is_away(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    site = make_site(tmp_path, conn, oauth_fake, likes_per_minute=1)
+    image = site.add("lonely pony")
+    away = redis.Redis(port=1, socket_connect_timeout=1)  # nothing listens on port 1
+    app = build_app(gallery_settings(tmp_path, oauth=oauth_fake, likes_per_minute=1), conn=away)
+    client = TestClient(app)
+    csrf = sign_in(client, site.oauth, 902, {GUILD: False})
+    assert client.post(f"/i/{image}/like", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    limited = client.post(f"/i/{image}/like", data={"csrf": csrf})
+    assert limited.status_code == 429 and "Too many likes" in limited.text
+    assert "rate limits held in this process while Redis is unreachable" in caplog.text
+    app.state.gallery.engine.dispose()
 
 
 def test_top_counts_only_images_of_the_period(site: Site) -> None:

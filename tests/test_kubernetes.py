@@ -259,11 +259,14 @@ def test_pods_run_unprivileged_with_probes() -> None:
     assert "nvidia.com/gpu" not in str(bot)
     [bot_deployment] = [o for _w, o in source_objects() if o["metadata"]["name"] == "ponybot-bot"]
     assert bot_deployment["spec"]["replicas"] == 1 and bot_deployment["spec"]["strategy"]["type"] == "Recreate"
+    scraped = set()
     for _where, obj in source_objects():
-        if obj["kind"] == "Deployment":  # the bot and the workers are scraped on their metrics port
-            template = obj["spec"]["template"]
+        if obj["kind"] == "Deployment" and obj["metadata"]["labels"]["app.kubernetes.io/component"] != "gallery":
+            template = obj["spec"]["template"]  # the bot and the workers are scraped on their metrics port
             port = template["metadata"]["annotations"]["prometheus.io/port"]
             assert port in {str(p["containerPort"]) for c in template["spec"]["containers"] for p in c["ports"]}
+            scraped.add(obj["metadata"]["labels"]["app.kubernetes.io/component"])
+    assert scraped == {"bot", "worker"}
 
 
 def test_environment_names_are_settings() -> None:
@@ -284,3 +287,59 @@ def test_environment_names_are_settings() -> None:
 def configured_names() -> set[str]:
     [config] = [obj for _w, obj in source_objects() if obj["kind"] == "ConfigMap"]
     return set(config["data"])
+
+
+def with_gallery(tmp_path: Path) -> list[dict[str, Any]]:
+    """The example overlay with its commented gallery component switched on, as its comment says."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY, copy)
+    kustomization = copy / "overlays" / "example" / "kustomization.yaml"
+    text = kustomization.read_text()
+    assert "# components:\n" in text and "#   - ../../components/gallery" in text
+    kustomization.write_text(text.replace("# components:\n", "components:\n").replace(
+        "#   - ../../components/gallery", "  - ../../components/gallery"))
+    return rendered(copy / "overlays" / "example")
+
+
+def test_gallery_component_renders_valid_and_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the gallery component: every object valid; the bot hands images over (gallery.enabled in the shared
+    config); the gallery's settings load from what its pod gets, listen where its Service and probes point,
+    and keep the database and images on its volume."""
+    objects = with_gallery(tmp_path)
+    for obj in objects:
+        check_object(obj)
+    [config] = [c for c in find(objects, "ConfigMap") if c["metadata"]["name"] == "ponybot-config"]
+    assert config["data"]["PONYBOT_GALLERY__ENABLED"] == "true"
+    [gallery] = [d for d in find(objects, "Deployment") if d["metadata"]["name"] == "ponybot-gallery"]
+    spec = gallery["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    assert container["image"] == "registry.example.com/ponybot/gallery:0.1.0"
+    assert container["args"] == ["ponybot", "gallery"]
+    assert gallery["spec"]["replicas"] == 1 and gallery["spec"]["strategy"]["type"] == "Recreate"  # SQLite, RWO
+    for name, value in config["data"].items():
+        monkeypatch.setenv(name, value)
+    for item in container["env"]:
+        if "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+        else:
+            assert item["valueFrom"]["secretKeyRef"]["name"] in {"ponybot-redis", "ponybot-gallery"}
+    [settings_file] = [c for c in find(objects, "ConfigMap") if c["metadata"]["name"].startswith("ponybot-file")]
+    path = tmp_path / "ponybot.toml"
+    path.write_text(settings_file["data"]["ponybot.toml"])
+    monkeypatch.setenv("PONYBOT_CONFIG", str(path))
+    section = load_settings().gallery
+    assert section.enabled and section.host == "0.0.0.0"
+    [port] = container["ports"]
+    assert port["containerPort"] == section.port
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": port["name"]}
+    [service] = [s for s in find(objects, "Service") if s["metadata"]["name"] == "ponybot-gallery"]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    assert service["spec"]["selector"].items() <= gallery["spec"]["template"]["metadata"]["labels"].items()
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    claim = volumes["data"]["persistentVolumeClaim"]["claimName"]
+    assert claim in {c["metadata"]["name"] for c in find(objects, "PersistentVolumeClaim")}
+    assert section.database_url == f"sqlite:///{mounts['data']}/gallery.db"
+    assert section.store_dir.is_relative_to(mounts["data"])
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsUser"]  # the volume is writable

@@ -9,6 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 import redis
 import yaml
 
@@ -19,7 +20,7 @@ from ponybot.policy_store import PolicyStore
 from ponybot.queue import enqueue
 from ponybot.redis_server import free_port
 from ponybot.schemas import Job, JobEvent, build_request
-from ponybot.settings import Settings
+from ponybot.settings import Settings, load_settings
 from tests.bot_harness import drain, running_bot
 from tests.conftest import PATIENCE_S, ROOT, cli_env, run_cli, wait_until
 from tests.discord_fake.server import FakeDiscord
@@ -132,3 +133,38 @@ def test_compose_and_settings_agree() -> None:
     assert len(sentinels) == 3 and all(service["profiles"] == ["sentinel"] for service in sentinels)
     assert f"sentinel monitor {Settings().redis.master_name} redis 6379 2" in " ".join(sentinels[0]["command"])
     assert "--replicaof" in compose["services"]["redis-replica"]["command"]
+
+
+def dockerfile_env(path: Path) -> dict[str, str]:
+    """The ENV settings of a Dockerfile (``ENV A=1 B=2``, continued lines included)."""
+    text = path.read_text().replace("\\\n", " ")
+    pairs = [item for line in text.splitlines() if line.startswith("ENV ") for item in line.split()[1:]]
+    return dict(item.split("=", 1) for item in pairs)
+
+
+def test_compose_gallery_profile_runs_the_gallery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The optional gallery service: its image installs the gallery extra and runs it, its settings load, it
+    listens on every interface on the published port, and its database and images are on its volume."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    gallery = compose["services"]["gallery"]
+    assert gallery["profiles"] == ["gallery"]
+    dockerfile = ROOT / gallery["build"]["dockerfile"]
+    text = dockerfile.read_text()
+    assert 'pip install ".[gallery]"' in text and 'CMD ["ponybot", "gallery"]' in text
+    image_env = dockerfile_env(dockerfile)
+    for name, value in {**image_env, **gallery["environment"]}.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.delenv("PONYBOT_CONFIG", raising=False)
+    settings = load_settings()
+    section = settings.gallery
+    assert section.enabled and section.host == "0.0.0.0"
+    assert gallery["ports"] == [f"{section.port}:{section.port}"] and f"EXPOSE {section.port}" in text
+    assert f"127.0.0.1:{section.port}/healthz" in text
+    [volume] = gallery["volumes"]
+    name, mount = volume.split(":")
+    assert name in compose["volumes"]
+    assert section.database_url == f"sqlite:///{mount}/gallery.db" and section.store_dir.is_relative_to(mount)
+    # the image's own defaults agree with compose's (a plain `docker run` behaves the same)
+    assert {k: v for k, v in image_env.items() if k.startswith("PONYBOT_GALLERY__")
+            and k in gallery["environment"]} == {k: str(v) for k, v in gallery["environment"].items()
+                                                   if k.startswith("PONYBOT_GALLERY__")}
