@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ponybot.errors import InvalidRequestError
+from ponybot.errors import N_, InvalidRequestError
 from ponybot.schemas import LoraRef
 
 MAX_WEIGHT = 2.0
@@ -26,13 +26,15 @@ def parse_loras(prompt: str) -> list[LoraRef]:
     for match in LORA_TAG.finditer(prompt):
         tag, name, weight_text = match.group(0), match.group(1).strip(), match.group(2)
         if not NETWORK_NAME.fullmatch(name) or ".." in name:
-            raise InvalidRequestError("prompt", f"{tag}: a LoRA name is a file name without folders")
+            raise InvalidRequestError("prompt", N_("{tag}: a LoRA name is a file name without folders"), tag=tag)
         try:
             weight = 1.0 if weight_text is None or not weight_text.strip() else float(weight_text)
         except ValueError:
-            raise InvalidRequestError("prompt", f"{tag}: the weight must be a number, got {weight_text!r}") from None
+            raise InvalidRequestError("prompt", N_("{tag}: the weight must be a number, got {value}"), tag=tag,
+                                      value=repr(weight_text)) from None
         if not -MAX_WEIGHT <= weight <= MAX_WEIGHT or weight != weight:
-            raise InvalidRequestError("prompt", f"{tag}: LoRA {name} weight must be from -2 to 2, got {weight:g}")
+            raise InvalidRequestError("prompt", N_("{tag}: LoRA {name} weight must be from -2 to 2, got {value}"),
+                                      tag=tag, name=name, value=f"{weight:g}")
         found.setdefault(name, LoraRef(name=name, weight=weight))
     return list(found.values())
 
@@ -46,7 +48,8 @@ def strip_loras(prompt: str) -> str:
 def check_lora_count(loras: list[LoraRef], limit: int) -> None:
     if len(loras) > limit:
         names = ", ".join(lora.name for lora in loras)
-        raise InvalidRequestError("prompt", f"at most {limit} LoRAs per prompt on this bot, got {len(loras)} ({names})")
+        raise InvalidRequestError("prompt", N_("at most {limit} LoRAs per prompt on this bot, got {count} ({names})"),
+                                  limit=limit, count=len(loras), names=names)
 
 
 def _word(name: str) -> re.Pattern[str]:

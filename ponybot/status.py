@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Protocol
 
 import redis
 from pydantic import BaseModel, Field
@@ -10,11 +11,23 @@ from rq import Worker
 from rq.worker.base import BaseWorker
 
 from ponybot import keys
+from ponybot.errors import N_
 from ponybot.queue import generation_queue, job_model, queue_snapshot
 from ponybot.schemas import JobEvent
 from ponybot.workers import models_online
 
 WINDOW_S = 600
+
+
+class Translate(Protocol):
+    """``message`` (a template marked with ``N_``) in the reader's language, its ``{name}`` fields filled in."""
+
+    def __call__(self, message: str, /, **params: Any) -> str: ...
+
+
+def plain(message: str, /, **params: Any) -> str:
+    """English: the template as written."""
+    return message.format(**params) if params else message
 
 
 class SafetyState(BaseModel):
@@ -23,11 +36,12 @@ class SafetyState(BaseModel):
     classifiers: list[str]
     missing: dict[str, str] = Field(default_factory=dict)  #: classifier -> why it is not loaded
 
-    def describe(self) -> str:
+    def describe(self, translate: Translate | None = None) -> str:
+        say = translate or plain
         if not self.missing:
-            return f"image check {'+'.join(self.classifiers)}"
+            return say(N_("image check {classifiers}"), classifiers="+".join(self.classifiers))
         gone = "; ".join(f"{name}: {why}" for name, why in self.missing.items())
-        return f"IMAGE CHECK INCOMPLETE (SFW channels get no images): {gone}"
+        return say(N_("IMAGE CHECK INCOMPLETE (SFW channels get no images): {missing}"), missing=gone)
 
 
 class WorkerState(BaseModel):
@@ -113,20 +127,32 @@ def collect_status(conn: redis.Redis, models: list[str] | None = None) -> Status
     )
 
 
-def describe_status(status: Status) -> str:
-    lines = [f"Workers online: {len(status.workers)}"]
-    lines += [f"  {w.name}: {w.state}" + (f" (job {w.job_id})" if w.job_id else "")
-              + (f", {w.safety.describe()}" if w.safety else "") for w in status.workers]
-    lines.append(f"Queue: {status.queue_depth} waiting")
+def describe_status(status: Status, translate: Translate | None = None) -> str:
+    """The status as lines of text, in English or through ``translate`` (the bot's, in the member's language)."""
+    say = translate or plain
+    lines = [say(N_("Workers online: {count}"), count=len(status.workers))]
+    for worker in status.workers:
+        line = f"  {worker.name}: {worker.state}"
+        if worker.job_id:
+            line += " " + say(N_("(job {job_id})"), job_id=worker.job_id)
+        if worker.safety:
+            line += f", {worker.safety.describe(translate)}"
+        lines.append(line)
+    lines.append(say(N_("Queue: {count} waiting"), count=status.queue_depth))
     if len(status.models) > 1:
         for item in status.models:
-            eta = f", a new job waits about {item.wait_for_new_job_s:.0f} s" if item.wait_for_new_job_s else ""
-            lines.append(f"  {item.name}: {item.queue_depth} waiting, {item.workers} worker(s), "
-                         f"{item.done_last_10_min} done in 10 min{eta}")
-    lines.append(f"Last 10 min: {status.done_last_10_min} done, {status.failed_last_10_min} failed, "
-                 f"{status.images_per_minute:.1f} images/min")
+            line = "  " + say(N_("{model}: {waiting} waiting, {workers} worker(s), {done} done in 10 min"),
+                              model=item.name, waiting=item.queue_depth, workers=item.workers,
+                              done=item.done_last_10_min)
+            if item.wait_for_new_job_s:
+                line += say(N_(", a new job waits about {seconds} s"), seconds=f"{item.wait_for_new_job_s:.0f}")
+            lines.append(line)
+    lines.append(say(N_("Last 10 min: {done} done, {failed} failed, {rate} images/min"),
+                     done=status.done_last_10_min, failed=status.failed_last_10_min,
+                     rate=f"{status.images_per_minute:.1f}"))
     if status.mean_generation_s is not None:
-        lines.append(f"Mean generation time: {status.mean_generation_s:.1f} s")
+        lines.append(say(N_("Mean generation time: {seconds} s"), seconds=f"{status.mean_generation_s:.1f}"))
     wait = status.wait_for_new_job_s
-    lines.append(f"A new job now would wait about {wait:.0f} s" if wait is not None else "No timing measured yet")
+    lines.append(say(N_("A new job now would wait about {seconds} s"), seconds=f"{wait:.0f}") if wait is not None
+                 else say(N_("No timing measured yet")))
     return "\n".join(lines)

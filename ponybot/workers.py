@@ -14,7 +14,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from ponybot import keys
-from ponybot.errors import InvalidRequestError
+from ponybot.errors import N_, InvalidRequestError
 from ponybot.networks import check_lora_count, find_embeddings, parse_loras
 from ponybot.schemas import GenerationRequest, LoraRef, Versioned, utcnow
 
@@ -108,9 +108,11 @@ def check_networks(records: list[WorkerRecord], request: GenerationRequest, max_
     known = usable(records, "loras")
     for lora in loras:
         if lora.name not in known:
-            raise InvalidRequestError("prompt", f"unknown LoRA {lora.name}: the workers holding {request.model} have "
-                                      f"no {lora.name}.safetensors (see /loras)")
-        if known[lora.name] is not None:
-            raise InvalidRequestError("prompt", f"LoRA {lora.name} cannot be used: {known[lora.name]}")
+            raise InvalidRequestError("prompt", N_("unknown LoRA {name}: the workers holding {model} have no "
+                                                   "{name}.safetensors (see /loras)"), name=lora.name,
+                                      model=request.model)
+        if known[lora.name] is not None:  # the worker's own words: what is wrong with the file
+            raise InvalidRequestError("prompt", N_("LoRA {name} cannot be used: {problem}"), name=lora.name,
+                                      problem=known[lora.name])
     embeddings = [name for name, problem in usable(records, "embeddings").items() if problem is None]
     return loras, find_embeddings([request.prompt, request.negative_prompt], embeddings)

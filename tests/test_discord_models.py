@@ -45,8 +45,16 @@ async def test_loras_checked_before_queueing(fake: FakeDiscord, redis_url: str, 
                        "pony <lora:shiny> <lora:glow> <lora:a> <lora:b> <lora:c>", "pony <lora:nude_style:0.7>"):
             interaction = await fake.slash("generate", {"prompt": prompt})
             replies[prompt] = await fake.wait_for(lambda interaction=interaction: ephemeral_reply(fake, interaction))
+        french = {}
+        for prompt in ("pony <lora:ghost:0.5>", "pony <lora:broken>", "pony <lora:shiny:3>"):
+            interaction = await fake.slash("generate", {"prompt": prompt}, locale="fr")
+            french[prompt] = await fake.wait_for(lambda interaction=interaction: ephemeral_reply(fake, interaction))
         listed = await fake.slash("loras")
         await fake.wait_for(lambda: fake.original(listed))
+    assert french["pony <lora:ghost:0.5>"] == ("**prompt**: LoRA inconnu ghost : les workers qui ont pony-v4 n’ont pas "
+                                               "de ghost.safetensors (voir /loras)")
+    assert french["pony <lora:broken>"].startswith("**prompt**: Le LoRA broken ne peut pas être utilisé : corrupt")
+    assert "le poids du LoRA shiny doit être entre -2 et 2, reçu 3" in french["pony <lora:shiny:3>"]
     assert "unknown LoRA ghost" in replies["pony <lora:ghost:0.5>"]
     assert "LoRA broken cannot be used: corrupt" in replies["pony <lora:broken>"]
     assert "shiny weight must be from -2 to 2" in replies["pony <lora:shiny:3>"]

@@ -112,3 +112,33 @@ def test_loras_listing_follows_the_members_language() -> None:
     french = describe_networks(settings, [record], policy, "fr")
     assert "LoRA : `pinkie`" in french and "Embeddings : aucun" in french
     assert "un embedding par son nom" in french
+
+
+def test_status_lines_follow_the_readers_language() -> None:
+    """Every line of /status, worker and per-model lines included, in French; the CLI's English unchanged."""
+    import functools
+
+    from ponybot.status import ModelStatus, SafetyState, Status, WorkerState, describe_status
+
+    status = Status(
+        workers=[WorkerState(name="gpu-0", state="busy", job_id="abc",
+                             safety=SafetyState(classifiers=["tagger"], missing={"open_nsfw": "not downloaded"}))],
+        models=[ModelStatus(name="pony-v4", queue_depth=2, workers=1, done_last_10_min=5, wait_for_new_job_s=30),
+                ModelStatus(name="pony-v3", queue_depth=0, workers=0, done_last_10_min=0, wait_for_new_job_s=None)],
+        queue_depth=2, done_last_10_min=5, failed_last_10_min=1, images_per_minute=0.5, mean_generation_s=4.2,
+        wait_for_new_job_s=30)
+    french = describe_status(status, functools.partial(t, "fr"))
+    assert french.splitlines() == [
+        "Workers en ligne : 1",
+        "  gpu-0: busy (tâche abc), CONTRÔLE D'IMAGE INCOMPLET (les salons SFW ne reçoivent aucune image) : "
+        "open_nsfw: not downloaded",
+        "File d'attente : 2 en attente",
+        "  pony-v4 : 2 en attente, 1 worker(s), 5 terminées en 10 min, une nouvelle tâche attend environ 30 s",
+        "  pony-v3 : 0 en attente, 0 worker(s), 0 terminées en 10 min",
+        "10 dernières min : 5 terminées, 1 échouées, 0.5 images/min",
+        "Temps moyen de génération : 4.2 s",
+        "Une nouvelle tâche attendrait maintenant environ 30 s",
+    ]
+    english = describe_status(status)
+    assert english.splitlines()[0] == "Workers online: 1"
+    assert "pony-v4: 2 waiting, 1 worker(s), 5 done in 10 min, a new job waits about 30 s" in english

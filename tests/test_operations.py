@@ -101,8 +101,14 @@ async def test_status_command(fake: FakeDiscord, discord_settings: Settings, red
     async with running_bot(discord_settings, redis_url):
         interaction = await fake.slash("status")
         message = await fake.wait_for(lambda: fake.original(interaction))
+        german = await fake.slash("status", locale="de")
+        in_german = await fake.wait_for(lambda: fake.original(german))
     assert message["flags"] & 64
-    assert "1 done" in message["embeds"][0]["description"]
+    text = message["embeds"][0]["description"]
+    assert "Workers online: 0" in text and "1 done" in text  # the burst worker is gone again
+    german_text = in_german["embeds"][0]["description"]
+    assert "Worker online: 0" in german_text and "1 fertig" in german_text and "Mittlere Erzeugungszeit" in german_text
+    assert "Warteschlange: 0 wartend" in german_text and "done" not in german_text
 
 
 def test_compose_and_settings_agree() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING
 
 import discord
@@ -23,8 +24,8 @@ class Status(commands.Cog):
     @app_commands.command(name="status", description="How busy the image workers are")
     async def status(self, interaction: discord.Interaction[PonyBot]) -> None:
         status = await asyncio.to_thread(collect_status, self.bot.sync_redis, list(self.bot.settings.models))
-        embed = discord.Embed(title=t(interaction.locale, "ponybot status"), description=describe_status(status),
-                              colour=0xE39BD9)
+        text = describe_status(status, functools.partial(t, interaction.locale))
+        embed = discord.Embed(title=t(interaction.locale, "ponybot status"), description=text, colour=0xE39BD9)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 
