@@ -12,7 +12,8 @@ at once (their jobs are retried on the next start).
 A child that dies is restarted after a growing delay (5 s, 10 s, 20 s ... at most
 5 minutes; back to 5 s once it has run for 10 minutes). A child that exits with
 :data:`EXIT_USAGE` or :data:`EXIT_CANNOT_START` (a bad setting, a model that cannot be
-loaded) is not restarted: it said why, and restarting would only say it again.
+loaded) is not restarted: it said why, and restarting would only say it again. When no
+child is left running that way, ``up`` stops Redis and exits with EXIT_CANNOT_START too.
 """
 
 from __future__ import annotations
@@ -189,12 +190,21 @@ class Supervisor:
             while not self.stopping:
                 time.sleep(POLL_S)  # a signal sets ``stopping``: seen within POLL_S, even during a back-off
                 self.restart_dead()
+                if self.nothing_left:
+                    log.error("nothing left to run: %s could not start (see above); stopping Redis too",
+                              " and ".join(child.name for child in self.children))
+                    return EXIT_CANNOT_START
         except RedisUnavailableError:
             self.stopping = True
             raise
         finally:
             self.shutdown()
         return 0
+
+    @property
+    def nothing_left(self) -> bool:
+        """Every child gave up (a bad setting, a model that cannot load, no token): Redis alone serves no one."""
+        return bool(self.children) and all(child.given_up for child in self.children)
 
     def fetch_tagger(self) -> None:
         """The image tagger into the model cache once, before the workers start (they would each fetch it)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -172,3 +173,75 @@ def test_maintenance_sweep_survives_redis_going_away(settings: Settings, generat
     worker.teardown()
     assert any("state 'idle' not written" in record.getMessage() for record in caplog.records)
     assert any("its end not recorded" in record.getMessage() for record in caplog.records)
+
+
+def test_after_redis_restarts_live_workers_renew_before_the_sweep(settings: Settings, generator: Any,
+                                                                   tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Redis away for longer than the heartbeats' time-to-live: every running job's heartbeat has lapsed when it
+    comes back, a live worker's too. Another worker's sweep waits out the grace period (worker.recovery), so the
+    live worker's job is not run twice; a job whose worker really died is re-queued once the grace is over."""
+    from rq.registry import StartedJobRegistry
+
+    from worker.recovery import grace_s
+    from worker.runner import GenerationWorker, Heartbeats
+
+    caplog.set_level(logging.INFO, logger="worker.runner")
+    fast = settings.model_copy(update={"worker": settings.worker.model_copy(update={"heartbeat_s": 1})})
+    data, port = tmp_path / "redis", free_port()
+    server = EmbeddedRedis(data, port=port, persistent=True)
+    conn = connect(server.start())
+    try:
+        sweeper = GenerationWorker(WorkerRuntime(fast, conn, generator, "w-sweeper"))
+        busy = GenerationWorker(WorkerRuntime(fast, conn, generator, "w-busy"))
+        busy.register_birth()  # as its work loop does first
+        queue = generation_queue(conn)
+        started: dict[str, tuple[RQJob, Any]] = {}
+        for prompt in ("alive", "dead"):
+            job = Job.create(build_request(fast.limits, prompt=prompt, steps=2, width=256, height=256))
+            enqueue(conn, job, max_queue=10, result_ttl_s=600, max_attempts=2)
+            rq_job = queue.fetch_job(job.id)
+            assert rq_job is not None
+            queue.remove(job.id)
+            execution = busy.prepare_execution(rq_job)  # as w-busy takes it (the dead one: as a worker since gone)
+            busy.prepare_job_execution(rq_job)
+            started[prompt] = (rq_job, execution)
+        registry = StartedJobRegistry(queue.name, connection=conn)
+        server.stop()
+        time.sleep(4)  # down longer than the heartbeats' 3 s time-to-live (the scenario, not a wait)
+        server = EmbeddedRedis(data, port=port, persistent=True)
+        server.start()
+        assert len(registry.get_expired_job_ids()) == 2  # both look abandoned now
+
+        sweeper.clean_registries()  # first after the restart: waits
+        assert {RQJob.fetch(j.id, connection=conn).get_status() for j, _e in started.values()} == {"started"}
+        assert any("sweep for abandoned jobs waits: Redis started" in r.getMessage() for r in caplog.records)
+
+        beats = Heartbeats(busy, [started["alive"]])  # the live worker beats again, every second
+        try:
+            wait_until(lambda: int(conn.info("server")["uptime_in_seconds"]) >= grace_s(1), what="the grace to pass")
+            sweeper.clean_registries()
+        finally:
+            beats.stop()
+        alive, dead = (RQJob.fetch(started[p][0].id, connection=conn) for p in ("alive", "dead"))
+        assert alive.get_status() == "started" and alive.worker_name == "w-busy"  # not taken from a live worker
+        assert dead.get_status() == "queued" and queue.get_job_ids() == [dead.id]  # the dead worker's: re-queued
+    finally:
+        server.stop()
+
+
+def test_a_worker_that_lost_redis_waits_before_sweeping(settings: Settings, generator: Any, tmp_path: Path) -> None:
+    """The sweeping worker's own outage counts too (a failover leaves Redis's uptime long)."""
+    from worker.recovery import RedisWatch
+
+    server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persistent=False)
+    conn = connect(server.start())
+    try:
+        watch = RedisWatch(heartbeat_s=1)
+        watch.trouble_at -= 60  # an outage a minute ago...
+        wait_until(lambda: int(conn.info("server")["uptime_in_seconds"]) >= watch.grace_s, what="Redis settled")
+        assert watch.unsettled(conn) is None  # ...is over: a lapsed heartbeat means a dead worker
+        watch.trouble()
+        assert (watch.unsettled(conn) or "").startswith("this worker reached Redis again")
+    finally:
+        server.stop()

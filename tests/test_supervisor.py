@@ -159,14 +159,14 @@ def test_unfetchable_model_said_once_and_not_restarted(tmp_path: Path, model_cac
     env = up_env(model_cache, PONYBOT_MODEL__SOURCE="nobody/no-such-model", HF_HUB_OFFLINE="1",
                  PONYBOT_MODEL__CACHE_DIR=str(tmp_path / "empty-cache"))
     up, log = launch(["up", "--workers", "1"], tmp_path, env)
-    try:
-        wait_for(lambda: "not restarting it" in log.read_text(), what="up giving up on the worker")
-        up.send_signal(signal.SIGINT)
-        assert up.wait(timeout=DEADLINE_S) == 0, log.read_text()
+    try:  # no token, so the worker was all there was to run: up stops on its own, Redis too
+        assert up.wait(timeout=DEADLINE_S) == EXIT_CANNOT_START, log.read_text()
     finally:
         if up.poll() is None:
             up.kill()
     text = log.read_text()
+    assert "not restarting it" in text and "nothing left to run: worker 0 on cpu could not start" in text
+    assert text.rstrip().endswith("stopped")  # shut down in order, Redis included
     assert text.count("could not fetch nobody/no-such-model") == 1
     assert "PONYBOT_MODEL__SOURCE=tiny make run" in text and "model.source" in text
     assert f"exit {EXIT_CANNOT_START}" in text
@@ -207,9 +207,12 @@ def test_restart_back_off_grows_and_never_sleeps(tmp_path: Path, settings: Setti
     crash.process.wait(timeout=DEADLINE_S)
     supervisor.restart_dead(now + 6)
     assert crash.restart_at == now + 6 + 10  # the next wait doubles
+    assert not supervisor.nothing_left  # one child still has a restart coming
     supervisor.stopping = True  # a signal during the back-off: nothing more is started
     supervisor.restart_dead(now + 100)
     assert crash.restart_at == now + 16 and broken.process is not None and broken.process.poll() is not None
+    supervisor.children = [broken]
+    assert supervisor.nothing_left  # only a child that gave up: up stops
 
 
 def test_a_local_worker_refuses_jobs_it_did_not_enqueue(runtime: Any, conn: redis.Redis) -> None:

@@ -33,6 +33,7 @@ from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import Job
 from worker.announce import Announcer
 from worker.batching import UNREADABLE, BatchClaimer
+from worker.recovery import RedisWatch
 from worker.rq_job import ATTEMPTS_FIELD, SafeJob, attempts_of
 from worker.runtime import Batch, WorkerRuntime, with_redis_retry
 from worker.speed import ALLOWANCE_S
@@ -83,6 +84,7 @@ class Heartbeats:
                 try:
                     self.renew()
                 except redis.RedisError as error:
+                    worker.watch.trouble()
                     log.warning("job=%s heartbeat failed: %s", self.running[0][0].id, error)
             if worker.should_run_maintenance_tasks:
                 worker.sweep()
@@ -104,6 +106,7 @@ class GenerationWorker(SimpleWorker):
     def __init__(self, runtime: WorkerRuntime, *, on_interrupt: Callable[[], None] | None = None,
                  **kwargs: Any) -> None:
         self._last_worker_beat = float("-inf")
+        self.watch = RedisWatch(runtime.settings.worker.heartbeat_s)  # before RQ's __init__ may touch Redis
         self.on_interrupt = on_interrupt
         job_class = type("BoundSafeJob", (SafeJob,), {"handler": staticmethod(runtime.run)})
         super().__init__(
@@ -150,6 +153,7 @@ class GenerationWorker(SimpleWorker):
         except self.REDIS_AWAY as error:
             if pipeline is not None:
                 raise
+            self.watch.trouble()
             log.warning("worker heartbeat failed, Redis unavailable: %s", error)
 
     #: Redis away for a moment (a restart, a Sentinel failover): RQ's own loop quits on these outside its dequeue.
@@ -160,6 +164,7 @@ class GenerationWorker(SimpleWorker):
         try:
             super().check_for_suspension(burst)
         except self.REDIS_AWAY as error:
+            self.watch.trouble()
             log.warning("Redis unavailable (%s): waiting for it", error)
             time.sleep(1)
 
@@ -168,6 +173,7 @@ class GenerationWorker(SimpleWorker):
         try:
             super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
         except self.REDIS_AWAY as error:
+            self.watch.trouble()
             log.warning("maintenance skipped, Redis unavailable: %s", error)
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
@@ -180,6 +186,7 @@ class GenerationWorker(SimpleWorker):
             if state != self.get_state():
                 super().set_state(state)
         except self.REDIS_AWAY as error:
+            self.watch.trouble()
             log.warning("worker state %r not written, Redis unavailable: %s", state, error)
 
     @property
@@ -327,12 +334,18 @@ class GenerationWorker(SimpleWorker):
         likely, since busy workers sweep too) must not stop every sweep for that long.
 
         This worker's own jobs are renewed first: after Redis was away for longer than their heartbeat's
-        time-to-live they look abandoned, and the sweep would fail jobs that are still running here.
+        time-to-live they look abandoned, and the sweep would fail jobs that are still running here. Other
+        workers' jobs get :func:`worker.recovery.grace_s` after the outage to be renewed (RedisWatch).
         """
         with self.beating_lock:
             in_hand = list(self.beating)
         for beats in in_hand:
             beats.renew()  # RedisError: Redis is away, no sweep now
+        if (reason := self.watch.unsettled(self.connection)) is not None:
+            log.info("sweep for abandoned jobs waits: %s (live workers get %.0f s to renew their heartbeats)",
+                     reason, self.watch.grace_s)
+            self.last_cleaned_at = rq_now()  # type: ignore[assignment]
+            return
         for queue in self.queues:
             if self.connection.set(queue.registry_cleaning_key, self.name, nx=True, ex=SWEEP_LOCK_S):
                 try:
@@ -348,6 +361,7 @@ class GenerationWorker(SimpleWorker):
         try:
             self.clean_registries()
         except redis.RedisError as error:
+            self.watch.trouble()
             log.warning("sweep for abandoned jobs failed: %s", error)
             # try again at the next interval, not at every tick
             self.last_cleaned_at = rq_now()  # type: ignore[assignment]
