@@ -8,12 +8,13 @@ goes through :func:`gallery.queries.visible`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -79,20 +80,23 @@ def parse_filters(request: Request, **fixed: Any) -> Filters:
                    size=size, since=since, until=until, period=params.get("period", "week"), **fixed)
 
 
-async def image_list(request: Request, order: Order, title: str, **fixed: Any) -> Response:
+async def image_list(request: Request, order: Order, title: str | Callable[[Connection], str],
+                     **fixed: Any) -> Response:
+    """A list page; ``title`` may be read from the database, in the same connection, off the event loop."""
     gallery = gallery_of(request)
     filters = parse_filters(request, **fixed)
     cursor = request.query_params.get("cursor") or None
 
-    def load() -> Any:
+    def load() -> tuple[Any, str]:
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
-            return list_images(db, viewer, order, filters, cursor, gallery.settings.page_size,
+            page = list_images(db, viewer, order, filters, cursor, gallery.settings.page_size,
                                gallery.settings.max_search_chars)
+            return page, title if isinstance(title, str) else title(db)
 
-    page = await run_in_threadpool(load)
+    page, heading = await run_in_threadpool(load)
     args = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
-    return render(request, "list.html", title=title, page=page, filters=filters, order=order, args=args)
+    return render(request, "list.html", title=heading, page=page, filters=filters, order=order, args=args)
 
 
 async def newest(request: Request) -> Response:
@@ -105,9 +109,12 @@ async def top(request: Request) -> Response:
 
 async def member(request: Request) -> Response:
     user_id = int(request.path_params["user_id"])
-    with gallery_of(request).engine.connect() as db:
+
+    def title(db: Connection) -> str:
         name = db.scalar(select(users.c.name).where(users.c.id == user_id))
-    return await image_list(request, "new", f"Images by {name or f'member {user_id}'}", user_id=user_id)
+        return f"Images by {name or f'member {user_id}'}"
+
+    return await image_list(request, "new", title, user_id=user_id)
 
 
 async def server(request: Request) -> Response:

@@ -82,6 +82,15 @@ NOWHERE = dict.fromkeys(("newest", "top", "search", "page", "png", "thumb"), Fal
 EVERYWHERE = dict.fromkeys(NOWHERE, True)
 
 
+def test_member_page_is_titled_with_their_name(site: Site) -> None:
+    image = site.add("named pony", user=4242)
+    unnamed = site.client().get("/u/4242").text  # the member never signed in: no name known
+    assert "Images by member 4242" in unnamed and image in image_ids(unnamed)
+    sign_in(site.client(), site.oauth, 4242, {GUILD: False}, name="Starlight")
+    named = site.client().get("/u/4242").text
+    assert "Images by Starlight" in named and image in image_ids(named)
+
+
 def test_signed_out_sees_only_sfw_unflagged(site: Site) -> None:
     sfw = site.add("sunny meadow", mode="sfw")
     nsfw = site.add("sultry meadow", mode="nsfw")
