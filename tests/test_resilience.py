@@ -179,12 +179,12 @@ def test_after_redis_restarts_live_workers_renew_before_the_sweep(settings: Sett
                                                                    tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Redis away for longer than the heartbeats' time-to-live: every running job's heartbeat has lapsed when it
-    comes back, a live worker's too. Another worker's sweep waits out the grace period (worker.recovery), so the
+    comes back, a live worker's too. Another worker's sweep waits out the grace period (worker.heartbeats), so the
     live worker's job is not run twice; a job whose worker really died is re-queued once the grace is over."""
     from rq.registry import StartedJobRegistry
 
-    from worker.recovery import grace_s
-    from worker.runner import GenerationWorker, Heartbeats
+    from worker.heartbeats import Heartbeats, grace_s
+    from worker.runner import GenerationWorker
 
     caplog.set_level(logging.INFO, logger="worker.runner")
     fast = settings.model_copy(update={"worker": settings.worker.model_copy(update={"heartbeat_s": 1})})
@@ -232,7 +232,7 @@ def test_after_redis_restarts_live_workers_renew_before_the_sweep(settings: Sett
 
 def test_a_worker_that_lost_redis_waits_before_sweeping(settings: Settings, generator: Any, tmp_path: Path) -> None:
     """The sweeping worker's own outage counts too (a failover leaves Redis's uptime long)."""
-    from worker.recovery import RedisWatch
+    from worker.heartbeats import RedisWatch
 
     server = EmbeddedRedis(tmp_path / "redis", port=free_port(), persistent=False)
     conn = connect(server.start())

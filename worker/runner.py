@@ -33,7 +33,7 @@ from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import Job
 from worker.announce import Announcer
 from worker.batching import UNREADABLE, BatchClaimer
-from worker.recovery import RedisWatch
+from worker.heartbeats import Heartbeats, RedisWatch
 from worker.rq_job import ATTEMPTS_FIELD, SafeJob, attempts_of
 from worker.runtime import Batch, WorkerRuntime, with_redis_retry
 from worker.speed import ALLOWANCE_S
@@ -47,47 +47,6 @@ FAILURE_CODES = {"JobTimeoutException": "timeout", "AbandonedJobError": "worker_
 SWEEP_LOCK_S = 60
 #: The worker's exit status when post-processing hung (``ponybot up`` restarts the worker, after a back-off).
 EXIT_POST_STUCK = 1
-
-
-class Heartbeats:
-    """Job heartbeats for one batch on their own thread, from its start until RQ is told it ended."""
-
-    def __init__(self, worker: GenerationWorker, running: list[tuple[RQJob, Any]]) -> None:
-        self.worker = worker
-        self.running = running
-        self.done = threading.Event()
-        with worker.beating_lock:
-            worker.beating.add(self)
-        self.thread = threading.Thread(target=self._beat, name="ponybot-heartbeats", daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.done.set()
-        with self.worker.beating_lock:
-            self.worker.beating.discard(self)
-        if self.thread is not threading.current_thread():
-            self.thread.join()
-
-    def renew(self) -> None:
-        """Every job of the batch's heartbeat, now; RedisError while Redis is away."""
-        for job, execution in self.running:
-            self.worker.maintain_heartbeats(job, execution)
-
-    def _beat(self) -> None:
-        """Heartbeats every ``heartbeat_s``, and the sweep for jobs abandoned by dead workers every
-        ``maintenance_s`` (RQ sweeps only between jobs, so busy workers would never sweep)."""
-        worker = self.worker
-        next_beat = time.monotonic() + worker.heartbeat_s
-        while not self.done.wait(max(0.0, min(next_beat - time.monotonic(), worker._next_sweep_in()))):
-            if time.monotonic() >= next_beat:
-                next_beat = time.monotonic() + worker.heartbeat_s
-                try:
-                    self.renew()
-                except redis.RedisError as error:
-                    worker.watch.trouble()
-                    log.warning("job=%s heartbeat failed: %s", self.running[0][0].id, error)
-            if worker.should_run_maintenance_tasks:
-                worker.sweep()
 
 
 @dataclass
@@ -335,7 +294,7 @@ class GenerationWorker(SimpleWorker):
 
         This worker's own jobs are renewed first: after Redis was away for longer than their heartbeat's
         time-to-live they look abandoned, and the sweep would fail jobs that are still running here. Other
-        workers' jobs get :func:`worker.recovery.grace_s` after the outage to be renewed (RedisWatch).
+        workers' jobs get :func:`worker.heartbeats.grace_s` after the outage to be renewed (RedisWatch).
         """
         with self.beating_lock:
             in_hand = list(self.beating)
