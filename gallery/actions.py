@@ -81,6 +81,8 @@ async def act(request: Request, action: str) -> Response:
         return None
 
     removed = await run_in_threadpool(apply)
+    if action != "report":  # likes reorder top pages; hidden and deleted images leave every list
+        gallery.pages.clear()
     if removed:
         job_id, index = removed.rsplit(":", 1)
         for name in file_names(job_id, int(index)):
@@ -113,8 +115,12 @@ async def settings_page(request: Request) -> Response:
     gallery = gallery_of(request)
     if request.method == "POST":
         user_id, form = await checked_form(request)
-        with gallery.engine.begin() as db:
-            db.execute(update(users).where(users.c.id == user_id).values(nsfw_opt_in=form.get("nsfw") == "on"))
+
+        def save() -> None:
+            with gallery.engine.begin() as db:
+                db.execute(update(users).where(users.c.id == user_id).values(nsfw_opt_in=form.get("nsfw") == "on"))
+
+        await run_in_threadpool(save)
         return RedirectResponse("/settings", status_code=303)
     viewer = viewer_of(request)
     if viewer.user_id is None:
@@ -169,6 +175,7 @@ async def callback(request: Request) -> Response:
         user_id, name = await run_in_threadpool(save)
     except (KeyError, ValueError, TypeError, IntegrityError) as error:
         raise HTTPException(502, f"Discord's answer could not be read: {error}") from None
+    gallery.pages.clear()  # the member's name may be new: their page's title
     request.session.clear()
     request.session.update(user_id=user_id, name=name, csrf=secrets.token_urlsafe(32))
     log.info("member %s signed in", user_id)

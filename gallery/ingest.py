@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis
@@ -46,8 +47,10 @@ def set_guild(db: Connection, guild_id: int, enabled: bool) -> None:
 
 
 class Ingest:
-    def __init__(self, engine: Engine, store: ImageStore, conn: redis.Redis, consumer: str = "gallery") -> None:
+    def __init__(self, engine: Engine, store: ImageStore, conn: redis.Redis, consumer: str = "gallery",
+                 changed: Callable[[], None] | None = None) -> None:
         self.engine, self.store, self.conn, self.consumer = engine, store, conn, consumer
+        self.changed = changed  #: called after rows changed (the site's cached pages are then stale)
 
     def run(self, stopping: threading.Event) -> None:
         """Consume until ``stopping`` is set; first what was taken and never acknowledged."""
@@ -97,6 +100,8 @@ class Ingest:
             self.apply(item)
             handed = []
         self.conn.xack(keys.GALLERY_STREAM, keys.GALLERY_GROUP, entry_id)
+        if self.changed is not None:
+            self.changed()
         if handed:
             self.conn.delete(*handed)
 

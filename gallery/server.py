@@ -17,13 +17,13 @@ from types import FrameType
 import redis
 import uvicorn
 from starlette.applications import Starlette
-from starlette.templating import Jinja2Templates
 
 from gallery.auth import DiscordOAuth
+from gallery.cache import PageCache
 from gallery.db import make_engine, optimize_search, upgrade
 from gallery.ingest import Ingest
 from gallery.limits import RateLimiter
-from gallery.site import TEMPLATES, Gallery, create_app
+from gallery.site import Gallery, create_app, templates
 from gallery.store import ImageStore, build_store
 from ponybot.connection import RedisTarget
 from ponybot.settings import Settings
@@ -44,9 +44,14 @@ def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.R
     engine = make_engine(section.database_url)
     upgrade(engine)
     optimize_search(engine)
-    gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(conn),
-                      Jinja2Templates(directory=TEMPLATES))
+    gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(conn), templates(),
+                      PageCache(section.public_cache_s))
     return create_app(gallery, session_secret)
+
+
+def ingest_for(gallery: Gallery, conn: redis.Redis) -> Ingest:
+    """The ingest loop of this site: what it stores clears the site's cached pages."""
+    return Ingest(gallery.engine, gallery.store, conn, changed=gallery.pages.clear)
 
 
 class _Server(uvicorn.Server):
@@ -67,7 +72,7 @@ def run_gallery(settings: Settings, redis_target: RedisTarget | str) -> None:
     app = build_app(settings, conn=conn)
     gallery: Gallery = app.state.gallery
     stopping = threading.Event()
-    ingest = threading.Thread(target=Ingest(gallery.engine, gallery.store, conn).run, args=(stopping,),
+    ingest = threading.Thread(target=ingest_for(gallery, conn).run, args=(stopping,),
                               name="gallery-ingest", daemon=True)
     ingest.start()
     log.info("gallery on http://%s:%d (public address %s)", settings.gallery.host, settings.gallery.port,

@@ -14,6 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from sqlalchemy import Connection, Engine, select
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -21,11 +22,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
+from gallery.cache import PageCache
 from gallery.db import users
 from gallery.limits import RateLimiter
 from gallery.queries import BadInput, Filters, Order, Viewer, first_of_job, get_image, is_moderator, list_images
@@ -45,6 +47,13 @@ class Gallery:
     oauth: DiscordOAuth | None
     limiter: RateLimiter
     templates: Jinja2Templates
+    pages: PageCache  #: list pages as signed-out visitors see them
+
+
+def templates() -> Jinja2Templates:
+    """The site's templates, read once (no file check per page: they change only with a new release)."""
+    return Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES),
+                                                  autoescape=jinja2.select_autoescape(), auto_reload=False))
 
 
 def gallery_of(request: Request) -> Gallery:
@@ -62,10 +71,21 @@ def viewer_of(request: Request) -> Viewer:
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     gallery = gallery_of(request)
-    context.update(request=request, csrf=csrf_token(request), user_id=signed_in(request),
+    context.update(request=request, csrf=LazyToken(request), user_id=signed_in(request),
                    user_name=request.session.get("name") if "session" in request.scope else None,
                    sign_in=gallery.oauth is not None)
     return gallery.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+class LazyToken:
+    """The CSRF token, made only when a page shows a form that needs it: a signed-out visitor's page gets no
+    session cookie (and can be cached)."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+
+    def __str__(self) -> str:
+        return csrf_token(self.request)
 
 
 def parse_filters(request: Request, **fixed: Any) -> Filters:
@@ -84,6 +104,9 @@ async def image_list(request: Request, order: Order, title: str | Callable[[Conn
                      **fixed: Any) -> Response:
     """A list page; ``title`` may be read from the database, in the same connection, off the event loop."""
     gallery = gallery_of(request)
+    cache_key = f"{request.url.path}?{request.url.query}" if signed_in(request) is None else None
+    if cache_key is not None and (cached := gallery.pages.get(cache_key)) is not None:
+        return HTMLResponse(cached)
     filters = parse_filters(request, **fixed)
     cursor = request.query_params.get("cursor") or None
 
@@ -96,7 +119,10 @@ async def image_list(request: Request, order: Order, title: str | Callable[[Conn
 
     page, heading = await run_in_threadpool(load)
     args = {k: v for k, v in request.query_params.items() if k != "cursor" and v}
-    return render(request, "list.html", title=heading, page=page, filters=filters, order=order, args=args)
+    response = render(request, "list.html", title=heading, page=page, filters=filters, order=order, args=args)
+    if cache_key is not None:
+        gallery.pages.put(cache_key, bytes(response.body))
+    return response
 
 
 async def newest(request: Request) -> Response:

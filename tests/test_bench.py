@@ -48,6 +48,17 @@ def test_gpu_bench_skips_a_compile_that_cannot_fit(tmp_path: Path) -> None:
     assert any(note.startswith("skipped ponybot eager at batch 1") for note in notes)
 
 
+def test_gallery_bench_prints_both_settings() -> None:
+    """Small (300 rows, 160 requests a round): the script keeps running; its figures come from full runs."""
+    result = subprocess.run([sys.executable, "bench/gallery.py", "--rows", "300", "--requests", "160"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for cache_s in ("2", "0"):
+        for clients in (1, 32):
+            assert f"gallery.public_cache_s = {cache_s}: {clients} concurrent client(s), 160 requests" in result.stdout
+        assert f"public_cache_s = {cache_s}: list pages p99 under 32 clients" in result.stdout
+
+
 def test_postprocess_bench_prints_its_tables() -> None:
     result = subprocess.run([sys.executable, "bench/postprocess.py"], cwd=ROOT, capture_output=True, text=True,
                             timeout=120)

@@ -9,8 +9,7 @@ from typing import Any
 import redis
 from starlette.testclient import TestClient
 
-from gallery.ingest import Ingest
-from gallery.server import build_app
+from gallery.server import build_app, ingest_for
 from ponybot import keys
 from ponybot.schemas import GalleryMessage, GalleryPost
 from ponybot.settings import Settings
@@ -73,7 +72,7 @@ async def test_enabled_server_results_reach_the_gallery(fake: FakeDiscord, disco
 
     app = build_app(gallery_settings(tmp_path))  # the gallery, started after the fact: nothing lost
     state = app.state.gallery
-    assert Ingest(state.engine, state.store, conn).drain() == 2
+    assert ingest_for(state, conn).drain() == 2
     client = TestClient(app)
     page = client.get(f"/j/{post.job.id}")
     assert page.status_code == 200 and "pinkie pie, balloons" in page.text

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from gallery.ingest import Ingest
-from gallery.server import build_app
+from gallery.server import build_app, ingest_for
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import gallery_settings, hand_over
 
@@ -43,7 +42,7 @@ def served(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake) -> Iterator
     state = app.state.gallery
     for prompt in ("pinkie pie with balloons", "rarity sewing a dress", "applejack in the orchard"):
         hand_over(conn, prompt, user=AUTHOR, size=(256, 256))
-    Ingest(state.engine, state.store, conn).drain()
+    ingest_for(state, conn).drain()
     oauth_fake.sign_in_as(AUTHOR, "Author", {1: False})
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

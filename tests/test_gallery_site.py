@@ -15,15 +15,16 @@ from typing import Any
 import itsdangerous
 import pytest
 import redis
-from sqlalchemy import select
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 from gallery.db import images, likes
 from gallery.ingest import Ingest
-from gallery.server import build_app
+from gallery.server import build_app, ingest_for
 from gallery.site import Gallery
 from ponybot.errors import ConfigError
 from ponybot.schemas import Sampler
+from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import control, gallery_settings, hand_over, image_ids, sign_in
 
@@ -56,7 +57,7 @@ class Site:
 def make_site(tmp_path: Path, conn: redis.Redis, oauth: OAuthFake, **gallery: Any) -> Site:
     app = build_app(gallery_settings(tmp_path, oauth=oauth, **gallery), conn=conn)  # rate limits in Redis
     state: Gallery = app.state.gallery
-    return Site(app, state, Ingest(state.engine, state.store, conn), oauth, conn)
+    return Site(app, state, ingest_for(state, conn), oauth, conn)
 
 
 @pytest.fixture
@@ -80,6 +81,27 @@ def visible_everywhere(client: TestClient, image_id: int, word: str) -> dict[str
 
 NOWHERE = dict.fromkeys(("newest", "top", "search", "page", "png", "thumb"), False)
 EVERYWHERE = dict.fromkeys(NOWHERE, True)
+
+
+def test_signed_out_list_pages_are_reused_for_a_moment(tmp_path: Path, conn: redis.Redis,
+                                                       oauth_fake: OAuthFake) -> None:
+    """Signed-out visitors share one rendering for gallery.public_cache_s; members never get it; what changes
+    through the site or the ingest loop clears it, and a change behind its back lasts at most that long."""
+    site = make_site(tmp_path, conn, oauth_fake, public_cache_s=1.0)
+    first = site.add("first pony")
+    visitor, member = site.client(), site.client()
+    sign_in(member, site.oauth, 5150, {GUILD: False})
+    assert image_ids(visitor.get("/").text) == [first]
+    with site.gallery.engine.begin() as db:  # behind the site's back (another gallery process, say)
+        db.execute(update(images).where(images.c.id == first).values(hidden=True))
+    assert image_ids(visitor.get("/").text) == [first]  # the page rendered a moment ago
+    assert image_ids(member.get("/").text) == []  # members' pages are never reused
+    wait_until(lambda: image_ids(visitor.get("/").text) == [], what="the cached page to expire")
+    second = site.add("second pony")  # the ingest loop clears the cache at once
+    assert image_ids(visitor.get("/").text) == [second]
+    answer = visitor.get("/")
+    assert "set-cookie" not in answer.headers  # no session, no CSRF token for a visitor who only looks
+    assert 'name="csrf"' in member.get("/").text  # a member's sign-out form still carries one
 
 
 def test_member_page_is_titled_with_their_name(site: Site) -> None:

@@ -114,6 +114,7 @@ class GallerySettings(Section):
     authorize_url: str = "https://discord.com/oauth2/authorize"
     session_max_age_s: int = Field(14 * 24 * 3600, ge=60)
     page_size: int = Field(24, ge=1, le=100)
+    public_cache_s: float = Field(2.0, ge=0, le=300)
     max_search_chars: int = Field(200, ge=10, le=2000)
     likes_per_minute: int = Field(30, ge=1)
     reports_per_hour: int = Field(10, ge=1)
