@@ -215,7 +215,8 @@ def test_after_redis_restarts_live_workers_renew_before_the_sweep(settings: Sett
 
         sweeper.clean_registries()  # first after the restart: waits
         assert {RQJob.fetch(j.id, connection=conn).get_status() for j, _e in started.values()} == {"started"}
-        assert any("sweep for abandoned jobs waits: Redis started" in r.getMessage() for r in caplog.records)
+        assert any("sweep for abandoned jobs waits: 2 job(s) without a recent heartbeat, but Redis started" in
+               r.getMessage() for r in caplog.records)
 
         beats = Heartbeats(busy, [started["alive"]])  # the live worker beats again, every second
         try:

@@ -300,9 +300,10 @@ class GenerationWorker(SimpleWorker):
             in_hand = list(self.beating)
         for beats in in_hand:
             beats.renew()  # RedisError: Redis is away, no sweep now
-        if (reason := self.watch.unsettled(self.connection)) is not None:
-            log.info("sweep for abandoned jobs waits: %s (live workers get %.0f s to renew their heartbeats)",
-                     reason, self.watch.grace_s)
+        lapsed = sum(len(queue.started_job_registry.get_expired_job_ids()) for queue in self.queues)
+        if lapsed and (reason := self.watch.unsettled(self.connection)) is not None:
+            log.info("sweep for abandoned jobs waits: %d job(s) without a recent heartbeat, but %s (live workers "
+                     "get %.0f s to renew their heartbeats)", lapsed, reason, self.watch.grace_s)
             self.last_cleaned_at = rq_now()  # type: ignore[assignment]
             return
         for queue in self.queues:
