@@ -16,6 +16,8 @@ from types import FrameType
 
 import redis
 import uvicorn
+from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from starlette.applications import Starlette
 
 from gallery.auth import DiscordOAuth
@@ -26,9 +28,31 @@ from gallery.limits import RateLimiter
 from gallery.site import Gallery, create_app, templates
 from gallery.store import ImageStore, build_store
 from ponybot.connection import RedisTarget
+from ponybot.errors import ConfigError, PonybotError
 from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def open_database(url: str) -> Engine:
+    """The gallery's database, upgraded to the newest schema; ConfigError naming ``gallery.database_url`` when the
+    URL is not one SQLAlchemy can use, PonybotError when the database cannot be reached or written."""
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError as error:
+        raise ConfigError(f"gallery.database_url: not a database URL ({error}); e.g. sqlite:///data/gallery/"
+                          "gallery.db or postgresql+psycopg://ponybot@db/gallery") from None
+    try:
+        engine = make_engine(url)
+        upgrade(engine)
+        optimize_search(engine)
+    except ArgumentError as error:  # an unknown dialect or driver, or options it refuses
+        raise ConfigError(f"gallery.database_url: {shown} cannot be used ({error})") from None
+    except (SQLAlchemyError, OSError) as error:
+        cause = getattr(error, "orig", None) or error
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise PonybotError(f"gallery.database_url: cannot open {shown} ({reason})") from None
+    return engine
 
 
 def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.Redis | None = None) -> Starlette:
@@ -39,11 +63,9 @@ def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.R
     if section.sign_in:
         client_secret, session_secret = section.require_secrets()
         oauth = DiscordOAuth(section, settings.discord.api_base, client_secret)
-    else:
+    engine = open_database(section.database_url)
+    if oauth is None:
         log.warning("gallery.client_id is not set: the gallery is public-only (SFW images, no sign-in)")
-    engine = make_engine(section.database_url)
-    upgrade(engine)
-    optimize_search(engine)
     gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(conn), templates(),
                       PageCache(section.public_cache_s))
     return create_app(gallery, session_secret)

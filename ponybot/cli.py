@@ -210,18 +210,19 @@ def check_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def check_port(port: int, setting: str) -> None:
-    """A metrics port in range and free, checked before the model loads (0: no metrics)."""
+def check_port(port: int, setting: str, host: str = "0.0.0.0", hint: str = "pick another, or 0 for no metrics"
+               ) -> None:
+    """A port in range and free on ``host``, checked before anything slow starts (0: off)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"{setting}: must be from 0 (off) to 65535, got {port}")
     if port == 0:
         return
     with socket.socket() as probe:
         try:
-            probe.bind(("0.0.0.0", port))
+            probe.bind((host, port))
         except OSError as error:
-            raise ConfigError(f"{setting}: port {port} is not free ({error.strerror or error}): "
-                              "pick another, or 0 for no metrics") from None
+            raise ConfigError(f"{setting}: port {port} is not free on {host} ({error.strerror or error}): "
+                              f"{hint}") from None
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -331,6 +332,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.gallery.enabled:
         log.warning("gallery.enabled is false: the bot hands no images over; serving what is already kept")
+    check_port(settings.gallery.port, "gallery.port", settings.gallery.host, "pick another")
     run_gallery(settings, resolve_redis(settings))
     return 0
 

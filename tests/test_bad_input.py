@@ -26,6 +26,10 @@ class Case:
     hidden: str | None = None  #: must not be echoed
 
 
+#: ``ponybot gallery`` with a Redis URL nothing answers on (it is not reached before the database is opened)
+GALLERY = {"PONYBOT_GALLERY__ENABLED": "true", "PONYBOT_REDIS__URL": "redis://127.0.0.1:1/0"}
+
+
 def write(name: str, data: bytes) -> Callable[[Path], None]:
     return lambda folder: (folder / name).write_bytes(data)
 
@@ -78,6 +82,17 @@ CASES = {
                                             "prompt: contains the control character U+001B"),
     "a 10,000-character prompt": Case(["generate", "a" * 10_000], 2, "prompt: String should have at most 1000"),
     "negative workers": Case(["up", "--workers", "-1"], 2, "--workers: must be 0 or more"),
+    "gallery port busy": Case(["gallery"], 2, "gallery.port: port {busy} is not free on 127.0.0.1",
+                              env={**GALLERY, "PONYBOT_GALLERY__PORT": "{busy}"}),
+    "gallery database url malformed": Case(["gallery"], 2, "gallery.database_url: not a database URL",
+                                           env={**GALLERY, "PONYBOT_GALLERY__DATABASE_URL": "not a url"}),
+    "gallery database of no known kind": Case(["gallery"], 2, "gallery.database_url: nosuch://db cannot be used",
+                                              env={**GALLERY, "PONYBOT_GALLERY__DATABASE_URL": "nosuch://db"}),
+    "gallery database unreachable": Case(["gallery"], 1, "gallery.database_url: cannot open "
+                                         "postgresql+psycopg://ponybot:***@127.0.0.1:1/gallery",
+                                         env={**GALLERY, "PONYBOT_GALLERY__DATABASE_URL":
+                                              "postgresql+psycopg://ponybot:hunter2@127.0.0.1:1/gallery"},
+                                         hidden="hunter2"),
 }
 
 
@@ -95,7 +110,8 @@ def test_bad_input_is_one_line_naming_the_setting(name: str, tmp_path: Path, bus
     if case.setup:
         case.setup(tmp_path)
     args = [arg.replace("{busy}", str(busy_port)) for arg in case.args]
-    env = cli_env(None, tmp_path, OMP_NUM_THREADS="1", **case.env)
+    env = cli_env(None, tmp_path, OMP_NUM_THREADS="1",
+                  **{key: value.replace("{busy}", str(busy_port)) for key, value in case.env.items()})
     result = run_cli(args, env, tmp_path)
     assert result.returncode == case.code, result.stderr
     assert "Traceback" not in result.stderr
