@@ -63,11 +63,11 @@ def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.R
     if section.sign_in:
         client_secret, session_secret = section.require_secrets()
         oauth = DiscordOAuth(section, settings.discord.api_base, client_secret)
+    store = store or build_store(section)  # a store that cannot be used stops it before the database changes
     engine = open_database(section.database_url)
     if oauth is None:
         log.warning("gallery.client_id is not set: the gallery is public-only (SFW images, no sign-in)")
-    gallery = Gallery(section, engine, store or build_store(section), oauth, RateLimiter(conn), templates(),
-                      PageCache(section.public_cache_s))
+    gallery = Gallery(section, engine, store, oauth, RateLimiter(conn), templates(), PageCache(section.public_cache_s))
     return create_app(gallery, session_secret)
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from ponybot.errors import ConfigError
+from ponybot.folders import writable_folder
 from ponybot.settings import GallerySettings
 
 THUMB_SIDE = 384
@@ -93,7 +94,7 @@ def build_store(settings: GallerySettings) -> ImageStore:
             raise ConfigError("gallery.store is s3, so gallery.s3_bucket must be set")
         return S3Store(settings.s3_bucket, prefix=settings.s3_prefix, endpoint_url=settings.s3_endpoint_url,
                        region=settings.s3_region)
-    return FolderStore(settings.store_dir)
+    return FolderStore(writable_folder(settings.store_dir, "gallery.store_dir"))
 
 
 def file_names(job_id: str, index: int) -> tuple[str, str]:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from ponybot import __version__, safety_cli, styles_cli
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
+from ponybot.folders import writable_folder
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.queue import (
     cancel_job,
@@ -196,20 +197,6 @@ def cli_job_id(job: Job, model: str) -> str:
     return f"cli-{digest.hexdigest()[:24]}"
 
 
-def check_out_dir(out_dir: Path) -> Path:
-    """The output folder, created and writable, before anything is generated."""
-    setting = "cli.out_dir (--out)"
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{setting}: {out_dir} is a file, not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"{setting}: cannot create {out_dir} ({error.strerror or error})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"{setting}: {out_dir} is not writable")
-    return out_dir
-
-
 def check_port(port: int, setting: str, host: str = "0.0.0.0", hint: str = "pick another, or 0 for no metrics"
                ) -> None:
     """A port in range and free on ``host``, checked before anything slow starts (0: off)."""
@@ -231,7 +218,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     quality = settings.defaults.quality if args.quality is None else args.quality
     draft = Job.create(request, quality_tags=quality)
     job = draft.model_copy(update={"id": cli_job_id(draft, model)})
-    out_dir = check_out_dir(args.out or settings.cli.out_dir)
+    out_dir = writable_folder(args.out or settings.cli.out_dir, "cli.out_dir (--out)")
     with ExitStack() as stack:
         if args.local:
             # always a private Redis: a shared queue's jobs are never run here, and nobody else runs ours

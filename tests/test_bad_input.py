@@ -88,6 +88,11 @@ CASES = {
                                            env={**GALLERY, "PONYBOT_GALLERY__DATABASE_URL": "not a url"}),
     "gallery database of no known kind": Case(["gallery"], 2, "gallery.database_url: nosuch://db cannot be used",
                                               env={**GALLERY, "PONYBOT_GALLERY__DATABASE_URL": "nosuch://db"}),
+    "gallery store folder impossible": Case(["gallery"], 2, "gallery.store_dir: cannot create taken.txt/images",
+                                            env={**GALLERY, "PONYBOT_GALLERY__STORE_DIR": "taken.txt/images"},
+                                            setup=write("taken.txt", b"x")),
+    "gallery s3 without a bucket": Case(["gallery"], 2, "gallery.store is s3, so gallery.s3_bucket must be set",
+                                        env={**GALLERY, "PONYBOT_GALLERY__STORE": "s3"}),
     "gallery database unreachable": Case(["gallery"], 1, "gallery.database_url: cannot open "
                                          "postgresql+psycopg://ponybot:***@127.0.0.1:1/gallery",
                                          env={**GALLERY, "PONYBOT_GALLERY__DATABASE_URL":
