@@ -302,6 +302,8 @@ def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
 
     settings.require_discord_token()
     check_port(settings.metrics.bot_port, "metrics.bot_port")
+    if warning := settings.gallery.public_url_warning():
+        log.warning("%s", warning)
     run_bot(settings)
     return 0
 

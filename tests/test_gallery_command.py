@@ -62,3 +62,14 @@ def test_up_starts_the_gallery_when_enabled(tmp_path: Path) -> None:
         if enabled:
             gallery = next(child for child in supervisor.children if child.name == "gallery")
             assert gallery.args[-1] == "gallery"
+
+
+def test_a_loopback_public_url_is_warned_about() -> None:
+    """The bot's Gallery links use gallery.public_url: a loopback default left in a deployment links nowhere."""
+    from ponybot.settings import GallerySettings
+
+    assert "a loopback address" in (GallerySettings(enabled=True).public_url_warning() or "")
+    assert "PONYBOT_GALLERY__PUBLIC_URL" in (GallerySettings(enabled=True, public_url="http://localhost:8080")
+                                             .public_url_warning() or "")
+    assert GallerySettings(enabled=True, public_url="https://gallery.example.com").public_url_warning() is None
+    assert GallerySettings(enabled=False).public_url_warning() is None  # no links at all

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -119,6 +120,14 @@ class GallerySettings(Section):
     likes_per_minute: int = Field(30, ge=1)
     reports_per_hour: int = Field(10, ge=1)
     logins_per_minute: int = Field(10, ge=1)
+
+    def public_url_warning(self) -> str | None:
+        """Why members' Gallery links would not open for them (a loopback address), or None."""
+        host = (urlsplit(self.public_url).hostname or "").lower()
+        if not self.enabled or not (host == "localhost" or host.startswith("127.") or host == "::1"):
+            return None
+        return (f"gallery.public_url is {self.public_url}, a loopback address: the bot's Gallery links open only on "
+                "this machine; set gallery.public_url (PONYBOT_GALLERY__PUBLIC_URL) to the address members use")
 
     @property
     def sign_in(self) -> bool:
