@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -25,14 +24,11 @@ from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, Stric
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
-    GenerationRequest,
     ImageResult,
     Job,
     JobEvent,
-    JobKind,
     ProgressEvent,
     Speed,
-    upscale_size,
     utcnow,
 )
 from ponybot.settings import Settings
@@ -40,8 +36,8 @@ from ponybot.status import SafetyState, publish_safety
 from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generator
 from worker.png import encode_png
 from worker.progress import BatchProgress
-from worker.resize import resize_image
 from worker.safety import ImageCheck, Verdict
+from worker.sources import starting_point
 from worker.speed import ALLOWANCE_S, StepSpeed, describe_limit, measure_speed, time_limit
 
 log = logging.getLogger(__name__)
@@ -272,7 +268,8 @@ class WorkerRuntime:
                                  interval_s=self.settings.discord.progress_edit_interval_s,
                                  preview_from=self.settings.worker.preview_every)
         try:
-            request, init_image = self.follow_up(leader, planned[0][1])
+            request, init_image = starting_point(self.conn, leader, planned[0][1], self.screen,
+                                                 self.settings.limits.max_upscale_pixels)
             generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]
@@ -316,42 +313,6 @@ class WorkerRuntime:
         metrics.withheld.labels(model).inc(event.withheld)
         if self.generator.model.device.type == "cuda":
             metrics.gpu_memory.set(torch.cuda.max_memory_allocated(self.generator.model.device))
-
-    def uploaded(self, job: Job) -> Image.Image | None:
-        """The member's uploaded picture as stored by the bot, or None once expired."""
-        assert job.upload is not None
-        data = self.conn.get(job.upload.key)
-        if data is None:
-            return None
-        return Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
-
-    def follow_up(self, job: Job, policy: EffectivePolicy | None = None
-                  ) -> tuple[GenerationRequest, Image.Image | None]:
-        """The request as generated, and the image an upscale, variation or upload img2img starts from
-        (checked in SFW channels)."""
-        sfw = policy is not None and policy.mode is Mode.SFW
-        unsafe = GenerationError("unsafe_source", "the image it starts from did not pass this channel's image check")
-        if job.kind is JobKind.IMG2IMG and job.upload is not None:
-            picture = self.uploaded(job)
-            if picture is None:
-                raise GenerationError("expired", "the uploaded picture it starts from has expired")
-            if sfw and self.screen(job, policy, [picture])[0].flagged is not False:
-                raise unsafe
-            request = job.request
-            return request, resize_image(picture, request.width, request.height, job.upload.resize_mode)
-        if job.kind is JobKind.TXT2IMG or job.source is None:
-            return job.request, None
-        data = self.conn.get(job.source.key)
-        if data is None:
-            raise GenerationError("expired", "the image it starts from has expired")
-        source = Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
-        if sfw and self.screen(job, policy, [source])[0].flagged is not False:
-            raise unsafe
-        width, height = source.size
-        if job.kind is JobKind.UPSCALE:
-            width, height = upscale_size(width, height, self.settings.limits.max_upscale_pixels)
-            source = source.resize((width, height), Image.Resampling.LANCZOS)
-        return job.request.model_copy(update={"width": width, "height": height, "count": 1}), source
 
     def _store(self, planned: list[tuple[Job, EffectivePolicy | None, Decision]], outputs: list[GenerationOutput],
                queued: dict[str, float], generator: Generator) -> dict[str, JobEvent]:
