@@ -1,6 +1,6 @@
 """Ingest: the gallery stream from Redis into the store and the database, nothing lost.
 
-The bot appends a :class:`~ponybot.schemas.GalleryMessage` for every posted result
+The bot appends a :class:`~ponybot.gallery_messages.GalleryMessage` for every posted result
 (and for each enable/disable, delete and forget-me) and keeps a copy of each PNG
 under a gallery-owned key for ``gallery.handoff_ttl_s``. This loop reads the
 stream in a consumer group; an entry is acknowledged only after its files are in
@@ -25,9 +25,9 @@ from gallery.db import guilds, images, likes, memberships, reports, users
 from gallery.store import ImageStore, file_names, png_parameters, thumbnail
 from ponybot import keys
 from ponybot.errors import SchemaVersionError
+from ponybot.gallery_messages import GalleryControl, GalleryMessage, GalleryPost
 from ponybot.parameters import generate_line, parse_parameters
 from ponybot.queue import StreamRead
-from ponybot.schemas import GalleryControl, GalleryMessage, GalleryPost
 
 log = logging.getLogger(__name__)
 

@@ -18,17 +18,9 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from ponybot import keys
+from ponybot.gallery_messages import GalleryControl, GalleryImage, GalleryMessage, GalleryPost
 from ponybot.parameters import format_parameters
-from ponybot.schemas import (
-    GalleryControl,
-    GalleryImage,
-    GalleryMessage,
-    GalleryPost,
-    GenerationRequest,
-    Job,
-    Origin,
-    Sampler,
-)
+from ponybot.schemas import GenerationRequest, Job, Origin, Sampler
 from ponybot.settings import Settings, load_settings
 from tests.discord_fake.oauth import OAuthFake
 

@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 
 from gallery.server import build_app, ingest_for
 from ponybot import keys
-from ponybot.schemas import GalleryMessage, GalleryPost
+from ponybot.gallery_messages import GalleryMessage, GalleryPost
 from ponybot.settings import Settings
 from tests.bot_harness import drain, ephemeral_reply, running_bot
 from tests.discord_fake.server import MANAGE_CHANNELS, MANAGE_GUILD, MEMBER, MEMBER_PERMISSIONS, MODERATOR, FakeDiscord

@@ -21,8 +21,9 @@ from redis.exceptions import RedisError
 from bot.features.policy import can_manage_server
 from ponybot import keys
 from ponybot.errors import PonybotError
+from ponybot.gallery_messages import GalleryControl, GalleryImage, GalleryMessage, GalleryPost
 from ponybot.policy_store import PolicyStore
-from ponybot.schemas import GalleryControl, GalleryImage, GalleryMessage, GalleryPost, JobEvent
+from ponybot.schemas import JobEvent
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
