@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from ponybot.errors import ConfigError
-from ponybot.folders import writable_folder
+from ponybot.preflight import writable_folder
 from ponybot.settings import GallerySettings
 
 THUMB_SIDE = 384

@@ -1,5 +1,3 @@
-import sys
+from ponybot.cli import run
 
-from ponybot.cli import main
-
-sys.exit(main())
+run()

@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -23,8 +22,8 @@ from pydantic import ValidationError
 
 from ponybot import __version__, safety_cli, styles_cli
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
-from ponybot.folders import writable_folder
 from ponybot.policy import Mode, PolicyRules, apply, resolve
+from ponybot.preflight import check_port, writable_folder
 from ponybot.queue import (
     cancel_job,
     connect,
@@ -195,21 +194,6 @@ def cli_job_id(job: Job, model: str) -> str:
     """Identical requests get identical ids, so identical runs write byte-identical PNGs."""
     digest = hashlib.sha256(f"{job.request.model_dump_json()}|{job.seed}|{job.quality_tags}|{model}".encode())
     return f"cli-{digest.hexdigest()[:24]}"
-
-
-def check_port(port: int, setting: str, host: str = "0.0.0.0", hint: str = "pick another, or 0 for no metrics"
-               ) -> None:
-    """A port in range and free on ``host``, checked before anything slow starts (0: off)."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{setting}: must be from 0 (off) to 65535, got {port}")
-    if port == 0:
-        return
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise ConfigError(f"{setting}: port {port} is not free on {host} ({error.strerror or error}): "
-                              f"{hint}") from None
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -393,5 +377,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGINT, previous)
 
 
+def run() -> None:
+    """The ``ponybot`` command: :func:`main`'s status as the process's exit status.
+
+    After Ctrl-C the process ends with ``os._exit(130)`` once its output is flushed: CPython remembers a
+    KeyboardInterrupt that surfaced inside code an extension ran through ``PyRun_*`` during an import (the
+    model loading), even after it was caught and reported here, and would then end the process by SIGINT
+    (status -2) instead of 130 (seen in 7 of 30 interrupted loads).
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
