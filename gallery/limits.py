@@ -60,7 +60,6 @@ class RateLimiter:
     """Sliding-window limits, in Redis when given a connection (all gallery processes share them)."""
 
     def __init__(self, conn: redis.Redis | None = None) -> None:
-        self.conn = conn
         self.local = LocalWindow()
         self.script = conn.register_script(SLIDING_WINDOW) if conn is not None else None
         self.redis_away = False
