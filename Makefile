@@ -3,16 +3,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build lies on CI's disk; on a GPU host use `make run TORCH=torch` (or the docker images).
+# torch is installed by this line and pinned nowhere else: the CPU build lies on CI's disk, and on a GPU
+# host the same pin takes PyPI's CUDA build (the lock pins the CUDA libraries it needs).
 TORCH ?= torch==2.13.0
+# Every other package, the installer and the build backend: the exact versions the suite passed with.
+LOCK := requirements/lock.txt
+# `make lock` refreshes every pin to the newest release; `make lock UPGRADE=` only adds what is new
+# in pyproject.toml and keeps the rest.
+UPGRADE ?= --upgrade
 
-.PHONY: install browser run test lint types unit bench clean
+.PHONY: install browser run test lint types unit bench lock clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[all,dev]'
+	$(PY) -m pip install -q -c $(LOCK) pip setuptools
+	$(PY) -m pip install -q -c $(LOCK) "$(TORCH)"
+	$(PY) -m pip install -q -c $(LOCK) --no-build-isolation -e '.[all,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -52,6 +58,14 @@ bench: install
 	$(PY) bench/deepcache.py
 	$(PY) bench/gpu.py
 	$(PY) bench/gallery.py
+
+# Resolve the lock again (uv, against the torch release in requirements/torch.txt), reinstall from it
+# and run the whole suite: commit the lock only when this passes.
+lock: install
+	$(VENV)/bin/uv pip compile pyproject.toml requirements/build.in --all-extras --python-version 3.11 \
+		--override requirements/torch.txt --no-emit-package torch $(UPGRADE) \
+		--custom-compile-command "make lock" --quiet -o $(LOCK)
+	$(MAKE) test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

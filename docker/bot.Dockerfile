@@ -3,10 +3,12 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements requirements
 COPY ponybot ponybot
 COPY bot bot
 COPY worker worker
-RUN pip install ".[bot]" && useradd --create-home --uid 10001 ponybot
+RUN pip install -c requirements/lock.txt pip setuptools \
+  && pip install -c requirements/lock.txt --no-build-isolation ".[bot]" && useradd --create-home --uid 10001 ponybot
 USER ponybot
 ENV PONYBOT_METRICS__BOT_PORT=9101
 EXPOSE 9101

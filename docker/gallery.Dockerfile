@@ -4,11 +4,13 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements requirements
 COPY ponybot ponybot
 COPY bot bot
 COPY worker worker
 COPY gallery gallery
-RUN pip install ".[gallery]" && useradd --create-home --uid 10001 ponybot \
+RUN pip install -c requirements/lock.txt pip setuptools \
+  && pip install -c requirements/lock.txt --no-build-isolation ".[gallery]" && useradd --create-home --uid 10001 ponybot \
   && mkdir -p /data && chown ponybot /data
 USER ponybot
 ENV PONYBOT_GALLERY__ENABLED=true PONYBOT_GALLERY__HOST=0.0.0.0 PONYBOT_GALLERY__PORT=8080 \

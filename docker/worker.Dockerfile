@@ -1,12 +1,16 @@
-# A GPU worker: CUDA torch from the base image, the model cached on a volume.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# A GPU worker: PyPI's CUDA build of the torch release the Makefile pins, with the CUDA libraries the
+# lock pins for it (the host needs only the NVIDIA driver and container toolkit); the model cached on a volume.
+FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HOME=/models/hf
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements requirements
 COPY ponybot ponybot
 COPY bot bot
 COPY worker worker
-RUN pip install ".[worker,safety]" && useradd --create-home --uid 10001 ponybot \
+RUN pip install -c requirements/lock.txt pip setuptools \
+  && pip install -c requirements/lock.txt -r requirements/torch.txt \
+  && pip install -c requirements/lock.txt --no-build-isolation ".[worker,safety]" && useradd --create-home --uid 10001 ponybot \
   && mkdir -p /models && chown ponybot /models
 USER ponybot
 ENV PONYBOT_MODEL__CACHE_DIR=/models PONYBOT_METRICS__WORKER_PORT=9100
