@@ -4,17 +4,20 @@ from __future__ import annotations
 
 PREFIX = "ponybot"
 
-#: The RQ queue of the default model's jobs (RQ stores it as ``rq:queue:<name>``); other models: :func:`generate_queue`.
+#: The stem of every model's RQ queue (RQ stores a queue as ``rq:queue:<name>``): :func:`generate_queue`.
 GENERATE_QUEUE = "ponybot-generate"
-#: The model configured out of the box; its queue keeps the name of the single-model versions.
+#: The queue earlier versions put the default model's jobs in; workers move what is left there (ponybot.legacy).
+LEGACY_GENERATE_QUEUE = GENERATE_QUEUE
+#: The model configured out of the box.
 DEFAULT_MODEL_NAME = "pony-v4"
 #: What a model's name may look like (it becomes part of queue and key names).
 MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,39}"
 
 
 def generate_queue(model: str) -> str:
-    """The RQ queue of one model's jobs: ``ponybot-generate`` for pony-v4, ``ponybot-generate:<model>`` for others."""
-    return GENERATE_QUEUE if model == DEFAULT_MODEL_NAME else f"{GENERATE_QUEUE}:{model}"
+    """The RQ queue of one model's jobs, ``ponybot-generate:<model>`` for every model alike (so a deployment
+    derives the queue it watches from the model's name alone)."""
+    return f"{GENERATE_QUEUE}:{model}"
 
 
 def worker_record(name: str) -> str:

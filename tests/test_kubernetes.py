@@ -190,33 +190,33 @@ def check_models_fit(objects: list[dict[str, Any]]) -> dict[str, str]:
 
 def test_scaler_watches_the_workers_queue() -> None:
     """KEDA's list is the RQ queue the workers of its model take jobs from."""
-    assert check_models_fit(rendered()) == {"pony-v4": "rq:queue:ponybot-generate"}
+    assert check_models_fit(rendered()) == {"pony-v4": "rq:queue:ponybot-generate:pony-v4"}
 
 
 def test_a_second_model_as_the_readme_says(tmp_path: Path) -> None:
-    """Copy models/pony-v4 to models/pony-v3, replace the name, add its table and folder: its own workers,
-    watched on its own queue."""
+    """The README's steps, literally: copy models/pony-v4 to models/pony-v3, replace pony-v4 by pony-v3 in its
+    kustomization.yaml, add its table and folder. Its own workers hold pony-v3, watched on pony-v3's queue."""
     copy = tmp_path / "kubernetes"
     shutil.copytree(DEPLOY, copy)
     folder = copy / "models" / "pony-v3"
     shutil.copytree(copy / "models" / "pony-v4", folder)
     kustomization = folder / "kustomization.yaml"
-    kustomization.write_text(kustomization.read_text().replace("pony-v4", "pony-v3").replace(
-        "value: rq:queue:ponybot-generate\n", "value: rq:queue:ponybot-generate:pony-v3\n"))
+    kustomization.write_text(kustomization.read_text().replace("pony-v4", "pony-v3"))
     base = copy / "base"
     (base / "kustomization.yaml").write_text((base / "kustomization.yaml").read_text().replace(
         "  - ../models/pony-v4\n", "  - ../models/pony-v4\n  - ../models/pony-v3\n"))
     with (base / "ponybot.toml").open("a") as toml:
         toml.write('\n[models.pony-v3]\nsource = "/models/pony-diffusion-v3.safetensors"\n')
     objects = rendered(copy / "overlays" / "example")
-    assert check_models_fit(objects) == {"pony-v4": "rq:queue:ponybot-generate",
+    assert check_models_fit(objects) == {"pony-v4": "rq:queue:ponybot-generate:pony-v4",
                                          "pony-v3": "rq:queue:ponybot-generate:pony-v3"}
     names = sorted(o["metadata"]["name"] for o in objects if o["kind"] in ("Deployment", "ScaledObject"))
     assert names == ["ponybot-bot", "ponybot-worker-pony-v3", "ponybot-worker-pony-v3", "ponybot-worker-pony-v4",
                      "ponybot-worker-pony-v4"]
-    # a copy that keeps pony-v4's queue is caught
-    kustomization.write_text(kustomization.read_text().replace("ponybot-generate:pony-v3", "ponybot-generate"))
-    with pytest.raises(AssertionError, match="pony-v3"):
+    # a scaler that does not follow the folder's model is caught
+    (copy / "worker" / "scaledobject.yaml").write_text((copy / "worker" / "scaledobject.yaml").read_text().replace(
+        "listName: rq:queue:ponybot-generate:MODEL", "listName: rq:queue:ponybot-other:MODEL"))
+    with pytest.raises(AssertionError, match="pony-v"):
         check_models_fit(rendered(copy / "overlays" / "example"))
 
 

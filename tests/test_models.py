@@ -83,7 +83,7 @@ def test_up_spreads_models_over_gpus() -> None:
 
 
 def test_queue_names_keep_the_default_models() -> None:
-    assert keys.generate_queue("pony-v4") == keys.GENERATE_QUEUE == "ponybot-generate"
+    assert keys.generate_queue("pony-v4") == "ponybot-generate:pony-v4"
     assert keys.generate_queue("pony-v3") == "ponybot-generate:pony-v3"
 
 

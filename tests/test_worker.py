@@ -15,15 +15,18 @@ import pytest
 import redis
 import torch
 from rq.job import Job as RQJob
+from rq.queue import Queue
+from rq.serializers import JSONSerializer
 
 from ponybot import keys
+from ponybot.legacy import move_legacy_jobs
 from ponybot.parameters import parse_parameters
 from ponybot.queue import enqueue, generation_queue, last_event_id, wait_for_event
 from ponybot.schemas import Job, JobEvent, ProgressEvent, build_request
 from ponybot.settings import Settings
 from tests.conftest import PATIENCE_S, ROOT, cli_env, wait_until
 from worker.png import read_parameters
-from worker.runner import GenerationWorker
+from worker.runner import GenerationWorker, run_worker
 from worker.runtime import WorkerRuntime
 
 
@@ -147,3 +150,23 @@ def test_worker_writes_its_own_key_sparingly(conn: redis.Redis, runtime: WorkerR
     worker.heartbeat()
     assert conn.hget(worker.key, "last_heartbeat") != first
     worker.register_death()
+
+
+def test_a_job_left_in_the_old_queue_by_an_upgrade_is_drawn(conn: redis.Redis, settings: Settings,
+                                                             runtime: WorkerRuntime) -> None:
+    """Before every model had its own queue, the default model's jobs waited in ``ponybot-generate``: a worker
+    of this version moves them to their model's queue when it starts, once, and draws them."""
+    assert keys.DEFAULT_MODEL_NAME in runtime.generators
+    job = Job.create(build_request(settings.limits, prompt="pinkie pie", width=256, height=256, steps=2))
+    legacy = Queue(keys.LEGACY_GENERATE_QUEUE, connection=conn, serializer=JSONSerializer)
+    legacy.enqueue(keys.GENERATE_FUNC, job.model_dump_json(), job_id=job.id, job_timeout=-1, result_ttl=120)
+    conn.set(keys.job_record(job.id), job.model_dump_json(), ex=120)
+    assert legacy.count == 1 and generation_queue(conn).count == 0
+
+    run_worker(runtime, burst=True)
+
+    [event] = events(conn)
+    assert event.kind == "done" and event.job.id == job.id
+    assert legacy.count == 0 and generation_queue(conn).count == 0
+    assert RQJob.fetch(job.id, connection=conn, serializer=JSONSerializer).origin == generation_queue(conn).name
+    assert move_legacy_jobs(conn) == 0

@@ -29,6 +29,7 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import clean_worker_registry
 
 from ponybot import keys
+from ponybot.legacy import move_legacy_jobs
 from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import Job
 from worker.announce import Announcer
@@ -365,6 +366,7 @@ def run_worker(runtime: WorkerRuntime, *, burst: bool = False, on_interrupt: Cal
     """
     worker = GenerationWorker(runtime, on_interrupt=on_interrupt)
     started = time.perf_counter()
+    move_legacy_jobs(runtime.conn)
     log.info("worker %s holds %s, listening on %s", runtime.name, ", ".join(runtime.generators),
              ", ".join(queue.name for queue in worker.queues))
     # RQ's own per-job lines repeat ours (job=<id> ... started/done); keep its warnings and errors
