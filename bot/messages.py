@@ -12,6 +12,7 @@ FAILURE_REASONS = {
     "invalid_request": N_("the worker could not use these options."),
     "expired": N_("the images expired before they could be posted. Please generate them again."),
     "unsafe_source": N_("the image it starts from did not pass this channel's image check, so it was not used."),
+    "unreadable_source": N_("the image it starts from could not be opened, so it was not used."),
     "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
 }
 

@@ -3,26 +3,26 @@
 The worker never fetches a Discord CDN link (they expire); it reads the PNG the bot
 stored under :func:`ponybot.keys.upload`, which expires with the job's record. Checks,
 in order, each refusal naming the ``image`` option: the declared content type and size
-(before downloading), the magic bytes (PNG, JPEG or WebP, and the type they declared),
-the size again after the download, the pixel count read from the file's header before
-anything is decoded (decompression bombs never reach the decoder), then a full decode.
+(before downloading), then what :func:`ponybot.images.open_image` refuses of any picture from
+outside (the size again after the download, the magic bytes: PNG, JPEG or WebP, the pixel count
+read from the file's header before anything is decoded, so decompression bombs never reach the
+decoder, then a full decode), and the type the magic bytes say against the one declared.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
 import redis
-from PIL import Image, UnidentifiedImageError
 
 from bot.i18n import MemberError
 from ponybot import keys
-from ponybot.errors import RedisUnavailableError
+from ponybot.errors import ImageRefusal, RedisUnavailableError
+from ponybot.images import ImageLimits, check_bytes, open_image, sniff
 from ponybot.queue import record_ttl
 from ponybot.schemas import ResizeMode, UploadedImage
 from ponybot.settings import UploadSettings
@@ -43,61 +43,37 @@ class PendingUpload:
     resize_mode: ResizeMode
 
 
-def sniff(data: bytes) -> str | None:
-    """The format the bytes really are (from their magic numbers), or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
-
-
 def check_declared(content_type: str | None, size: int, limits: UploadSettings) -> str:
     """Before downloading: a type we take and a size within the limit. Returns the expected format."""
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared not in ACCEPTED:
         raise MemberError("only PNG, JPEG or WebP pictures can be used (this file is {kind})", field="image",
                           kind=declared or "?")
-    check_bytes(size, limits)
+    try:
+        check_bytes(size, ImageLimits.of(limits))
+    except ImageRefusal as error:
+        raise refusal(error) from None
     return ACCEPTED[declared]
 
 
-def check_bytes(size: int, limits: UploadSettings) -> None:
-    if size > limits.max_bytes:
-        raise MemberError("the picture is {size} MB; this bot takes at most {limit} MB", field="image",
-                          size=format(size / 1e6, ".1f"), limit=format(limits.max_bytes / 1e6, ".1f"))
+def refusal(error: ImageRefusal) -> MemberError:
+    """The opener's refusal, in the member's language, about the ``image`` option."""
+    return MemberError(error.template, field="image", **error.params)
 
 
 def inspect(data: bytes, expected: str, limits: UploadSettings) -> tuple[bytes, int, int]:
-    """Check downloaded bytes and decode them safely; returns (PNG bytes, width, height)."""
-    check_bytes(len(data), limits)
+    """Check downloaded bytes and decode them safely; returns (PNG bytes, width, height) as it stands upright."""
     actual = sniff(data)
-    if actual is None:
-        raise MemberError("this file is not a PNG, JPEG or WebP picture, whatever its name or type says",
-                          field="image")
-    if actual != expected:
+    if actual is not None and actual != expected:  # no picture at all: the opener says so
         raise MemberError("this file says it is {declared} but it really is {actual}: upload the picture as it is",
                           field="image", declared=expected, actual=actual)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data), formats=[actual])  # reads the header only
-            width, height = image.size
-            if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-                raise MemberError("the picture is {width}x{height} pixels; this bot takes at most {pixels} pixels "
-                                  "and {side} per side", field="image", width=width, height=height,
-                                  pixels=format(limits.max_pixels, ","), side=limits.max_side)
-            image.load()
-            rgb = image.convert("RGB")
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise MemberError("the picture claims more pixels than this bot will decode", field="image") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-            raise MemberError("the picture could not be read ({error})", field="image", error=error) from None
+    try:
+        rgb = open_image(data, ImageLimits.of(limits))
+    except ImageRefusal as error:
+        raise refusal(error) from None
     out = io.BytesIO()
     rgb.save(out, format="PNG", compress_level=1)
-    return out.getvalue(), width, height
+    return out.getvalue(), rgb.width, rgb.height
 
 
 async def store_upload(bot: PonyBot, pending: PendingUpload, job_id: str) -> UploadedImage:

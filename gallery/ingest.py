@@ -16,15 +16,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis
-from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gallery.db import guilds, images, likes, memberships, reports, users
-from gallery.store import ImageStore, file_names, png_parameters, thumbnail
+from gallery.store import ImageStore, file_names, read_result
 from ponybot import keys
-from ponybot.errors import SchemaVersionError
+from ponybot.errors import ImageRefusal, SchemaVersionError
 from ponybot.gallery_messages import GalleryControl, GalleryMessage, GalleryPost
 from ponybot.parameters import generate_line, parse_parameters
 from ponybot.queue import StreamRead
@@ -118,8 +117,8 @@ class Ingest:
                 log.error("job=%s image %d expired before the gallery stored it", job.id, image.index)
                 continue
             try:
-                thumb, text = thumbnail(png), png_parameters(png)
-            except (UnidentifiedImageError, Image.DecompressionBombError, SyntaxError, ValueError) as error:
+                thumb, text = read_result(png)
+            except ImageRefusal as error:
                 log.error("job=%s image %d is not a PNG the gallery can read, skipped: %s", job.id, image.index,
                           error)
                 continue

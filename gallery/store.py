@@ -13,13 +13,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from PIL import Image
-
 from ponybot.errors import ConfigError
+from ponybot.images import ImageLimits, open_image
 from ponybot.preflight import writable_folder
 from ponybot.settings import GallerySettings
 
 THUMB_SIDE = 384
+#: A result a worker wrote is at most 2048x2048 (the bound of limits.max_upscale_pixels): these are the
+#: uploads' default limits, far above it, and far below what a forged entry could claim.
+RESULT_LIMITS = ImageLimits(max_pixels=4096 * 4096, max_side=8192)
 CONTENT_TYPES = {".png": "image/png", ".webp": "image/webp"}
 
 
@@ -103,17 +105,12 @@ def file_names(job_id: str, index: int) -> tuple[str, str]:
     return f"{stem}.png", f"{stem}.webp"
 
 
-def thumbnail(png: bytes, side: int = THUMB_SIDE) -> bytes:
-    """A WebP at most ``side`` pixels on its longer side."""
-    with Image.open(io.BytesIO(png)) as image:
-        image.thumbnail((side, side))
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="WEBP", quality=80, method=4)
-    return out.getvalue()
-
-
-def png_parameters(png: bytes) -> str:
-    """The A1111 ``parameters`` text the worker wrote into the PNG ('' when absent)."""
-    with Image.open(io.BytesIO(png)) as image:
-        text = image.info.get("parameters", "")
-    return text if isinstance(text, str) else ""
+def read_result(png: bytes, side: int = THUMB_SIDE) -> tuple[bytes, str]:
+    """A WebP thumbnail at most ``side`` pixels on its longer side, and the A1111 ``parameters`` text the
+    worker wrote into the PNG ('' when absent); ImageRefusal when it is no picture that may be opened."""
+    image = open_image(png, RESULT_LIMITS)
+    text = image.info.get("parameters", "")
+    image.thumbnail((side, side))
+    out = io.BytesIO()
+    image.save(out, format="WEBP", quality=80, method=4)
+    return out.getvalue(), text if isinstance(text, str) else ""

@@ -68,3 +68,15 @@ class GenerationError(PonybotError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ImageRefusal(PonybotError):
+    """A picture from outside that will not be opened (:func:`ponybot.images.open_image`).
+
+    ``reason``: missing, unreadable, too_large, not_image, too_many_pixels or corrupt; ``template`` and
+    ``params`` let the bot write it in the member's language; ``setting``: the limit behind it, if one is.
+    """
+
+    def __init__(self, reason: str, message: str, /, *, setting: str | None = None, **params: Any) -> None:
+        super().__init__(message.format(**params) if params else message)
+        self.reason, self.template, self.params, self.setting = reason, message, params, setting

@@ -6,7 +6,11 @@
   configured thresholds and over a sweep; ``--suggest`` prints thresholds reaching a recall target.
 * ``fetch``: put the configured tagger into ``model.cache_dir`` now (what the worker does at start).
 
-The worker side (onnxruntime, numpy) is imported only when a subcommand runs.
+Both open images as the bot opens a member's upload (:func:`ponybot.images.open_image`, the
+``uploads`` limits): a file it refuses is one line on stderr naming it and why, the others are
+reported as usual, and the exit status is 2 (bad input, before 1: the report is incomplete).
+
+The worker side (onnxruntime, numpy) and Pillow are imported only when a subcommand runs.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ponybot.errors import ImageRefusal
 from ponybot.policy import Strictness
 from ponybot.settings import Settings
 
@@ -69,14 +74,28 @@ def fetch(settings: Settings) -> int:
     return 0
 
 
+def refused(path: Path, error: ImageRefusal) -> None:
+    """One line for an image that cannot be used: the file, why, and the setting behind a limit."""
+    setting = f" ({error.setting})" if error.setting else ""
+    sys.stderr.write(f"ponybot: {path}: {error}{setting}\n")
+
+
 def check(paths: list[Path], strictness: Strictness, settings: Settings) -> int:
-    from worker.calibrate import open_image
+    from ponybot.images import ImageLimits, open_image
     from worker.safety import load_safety
 
-    images = [open_image(path) for path in paths]  # every image read before the models load
+    limits, opened = ImageLimits.of(settings.uploads), []
+    for path in paths:  # every image read before the models load
+        try:
+            opened.append((path, open_image(path, limits)))
+        except ImageRefusal as error:
+            refused(path, error)
+    if not opened:
+        return EXIT_BAD_INPUT
     safety = load_safety(settings.safety, settings.model.cache_dir, fail_fast=True)
     results = []
-    for path, verdict in zip(paths, safety.classify(images, strictness), strict=True):
+    verdicts = safety.classify([image for _path, image in opened], strictness)
+    for (path, _image), verdict in zip(opened, verdicts, strict=True):
         tagger = next((r for r in verdict.readings if r.rating is not None), None)
         results.append({
             "image": str(path),
@@ -88,25 +107,32 @@ def check(paths: list[Path], strictness: Strictness, settings: Settings) -> int:
             "classifiers": {reading.classifier: reading.as_json() for reading in verdict.readings},
         })
     say(json.dumps(results, indent=2))
+    if len(opened) < len(paths):
+        return EXIT_BAD_INPUT
     return EXIT_WITHHELD if any(result["flagged"] is not False for result in results) else 0
 
 
 def evaluate(folder: Path, settings: Settings, *, suggest: bool, recall: float) -> int:
     import numpy as np
 
+    from ponybot.images import ImageLimits
     from worker import calibrate
     from worker.safety import load_safety
 
     if not 0 < recall <= 1:
         raise calibrate.BadInputError(f"--recall must be above 0 and at most 1, not {recall}")
     labelled = calibrate.labelled_images(folder)
-    counts = {label: sum(1 for _path, found in labelled if found == label) for label in calibrate.LABELS}
     if not labelled:
         raise calibrate.BadInputError(f"{folder}: no images found")
     safety = load_safety(settings.safety, settings.model.cache_dir, fail_fast=True)
-    values = calibrate.signals(safety, settings.safety, [path for path, _label in labelled])
-    nsfw = np.array([label == "nsfw" for _path, label in labelled])
-    say(f"{len(labelled)} images: {counts['safe']} safe, {counts['nsfw']} nsfw (nsfw is the positive class)")
+    kept: list[str] = []
+    batched = calibrate.batches(labelled, ImageLimits.of(settings.uploads), kept, refused)
+    values = calibrate.signals(safety, settings.safety, batched)
+    if not kept:
+        raise calibrate.BadInputError(f"{folder}: none of its {len(labelled)} images could be used")
+    counts = {label: kept.count(label) for label in calibrate.LABELS}
+    nsfw = np.array([label == "nsfw" for label in kept])
+    say(f"{len(kept)} images: {counts['safe']} safe, {counts['nsfw']} nsfw (nsfw is the positive class)")
     say("\nAt the configured thresholds:")
     say(calibrate.table([(name, calibrate.shown(name, calibrate.configured(name, settings.safety)),
                           calibrate.score(v, nsfw, calibrate.configured(name, settings.safety)))
@@ -129,7 +155,7 @@ def evaluate(folder: Path, settings: Settings, *, suggest: bool, recall: float) 
             result = calibrate.score(v, nsfw, found)
             say(f"  {name}: {describe_suggestion(name, found, settings)} (recall {result.recall:.3f}, "
                 f"false withhold {result.false_withhold if result.false_withhold is not None else 0:.3f})")
-    return 0
+    return EXIT_BAD_INPUT if len(kept) < len(labelled) else 0
 
 
 def floor3(value: float) -> str:

@@ -117,7 +117,7 @@ BAD_UPLOADS = {
     "too large": (lambda: ("pony.png", picture((640, 640), noise=True), "image/png"), "this bot takes at most 0.1 MB"),
     "too many pixels": (lambda: ("pony.png", png_claiming(5000, 5000), "image/png"), "5000x5000 pixels"),
     "decompression bomb": (lambda: ("pony.png", png_claiming(40000, 40000), "image/png"),
-                           "claims more pixels than this bot will decode"),
+                           "the picture is 40000x40000 pixels; this bot takes at most 16,777,216 pixels"),
 }
 
 

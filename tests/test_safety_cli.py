@@ -126,7 +126,7 @@ def test_bad_tagger_is_a_clear_message(labelled: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize(("setup", "args", "message"), [
-    ("text", ["check", "notes.png"], "notes.png: not an image"),
+    ("text", ["check", "notes.png"], "notes.png: this file is not a PNG, JPEG or WebP picture"),
     ("none", ["check", "missing.png"], "missing.png: no such file"),
     ("none", ["eval", "nowhere"], "nowhere: no such folder or CSV file"),
     ("columns", ["eval", "bad.csv"], "needs the columns path and label"),

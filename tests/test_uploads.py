@@ -66,12 +66,21 @@ def test_resize_modes_as_a1111() -> None:
     assert (tall[:, :25] == tall[:, 25:26]).all()  # bars left and right from the first column
 
 
-def test_expired_upload_fails_the_job_clearly(conn: redis.Redis, settings: Settings, runtime: Any) -> None:
+@pytest.mark.parametrize(("stored", "code", "says"), [
+    (None, "expired", "the uploaded picture it starts from has expired"),
+    (png_claiming(30000, 30000), "unreadable_source", "could not be used: the picture is 30000x30000 pixels"),
+    (b"not a picture", "unreadable_source", "could not be used: this file is not a PNG, JPEG or WebP picture"),
+])
+def test_upload_the_worker_cannot_use_fails_the_job_clearly(conn: redis.Redis, settings: Settings, runtime: Any,
+                                                            stored: bytes | None, code: str, says: str) -> None:
     request = build_request(settings.limits, prompt="pony", steps=3, width=256, height=256)
-    upload = UploadedImage(key=keys.upload("gone"), filename="a.png", width=64, height=64, strength=0.5)
+    key = keys.upload(f"bad-{code}-{len(stored or b'')}")
+    if stored is not None:
+        conn.set(key, stored, ex=60)
+    upload = UploadedImage(key=key, filename="a.png", width=64, height=64, strength=0.5)
     job = Job.create(request, kind=JobKind.IMG2IMG, upload=upload)
     enqueue(conn, job, max_queue=10, result_ttl_s=60)
     GenerationWorker(runtime).work(burst=True)
     event = JobEvent.model_validate_json(conn.xrange(keys.EVENTS_STREAM)[-1][1][b"data"])
-    assert (event.kind, event.error_code) == ("failed", "expired")
-    assert "uploaded picture" in (event.error_message or "")
+    assert (event.kind, event.error_code) == ("failed", code)
+    assert says in (event.error_message or "")

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ponybot.errors import PonybotError
+from ponybot.errors import ImageRefusal, PonybotError
+from ponybot.images import ImageLimits, open_image
 from ponybot.policy import Strictness
 from ponybot.settings import SafetySettings
 from worker.safety import OpenNSFW, SafetyCheck
@@ -39,16 +40,6 @@ BATCH = 16
 
 class BadInputError(PonybotError):
     """An image, folder or label file the tools cannot use; the message says which and why."""
-
-
-def open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise BadInputError(f"{path}: not an image ({error})") from None
 
 
 def labelled_images(source: Path) -> list[tuple[Path, str]]:
@@ -76,15 +67,30 @@ def labelled_images(source: Path) -> list[tuple[Path, str]]:
     return [(table.parent / row["path"], row["label"]) for row in rows]
 
 
-def batches(paths: Sequence[Path]) -> Iterator[list[Image.Image]]:
-    for start in range(0, len(paths), BATCH):
-        yield [open_image(path) for path in paths[start : start + BATCH]]
+def batches(labelled: Sequence[tuple[Path, str]], limits: ImageLimits, kept: list[str],
+            refused: Callable[[Path, ImageRefusal], None]) -> Iterator[list[Image.Image]]:
+    """The images ``BATCH`` at a time; one that is refused is reported and left out, the label of each
+    one kept is appended to ``kept`` (in the order of the values :func:`signals` returns)."""
+    batch: list[Image.Image] = []
+    for path, label in labelled:
+        try:
+            batch.append(open_image(path, limits))
+        except ImageRefusal as error:
+            refused(path, error)
+            continue
+        kept.append(label)
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
-def signals(check: SafetyCheck, settings: SafetySettings, paths: Sequence[Path]) -> dict[str, np.ndarray]:
+def signals(check: SafetyCheck, settings: SafetySettings,
+            batched: Iterable[list[Image.Image]]) -> dict[str, np.ndarray]:
     """Each check's number per image (see the module's docstring)."""
     found: dict[str, list[float]] = {}
-    for images in batches(paths):
+    for images in batched:
         for classifier in check.classifiers:
             if isinstance(classifier, WdTagger):
                 scores = classifier.scores(images)

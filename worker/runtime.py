@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from ponybot import keys
 from ponybot.cpus import cpu_threads
 from ponybot.errors import ForgedJobError, GenerationError, InvalidRequestError
+from ponybot.images import ImageLimits
 from ponybot.metrics import WorkerMetrics
 from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
@@ -269,7 +270,8 @@ class WorkerRuntime:
                                  preview_from=self.settings.worker.preview_every)
         try:
             request, init_image = starting_point(self.conn, leader, planned[0][1], self.screen,
-                                                 self.settings.limits.max_upscale_pixels)
+                                                 self.settings.limits.max_upscale_pixels,
+                                                 ImageLimits.of(self.settings.uploads, count_bytes=False))
             generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
                                if init_image is not None else job.request.count) for job, _p, decision in planned]

@@ -1,15 +1,16 @@
 """What a follow-up job starts from: the member's upload (img2img), or a posted image (an upscale or a
-variation), read back from Redis, checked by the image check in SFW channels, sized for the request."""
+variation), read back from Redis, opened as any picture from outside is (:func:`ponybot.images.open_image`),
+checked by the image check in SFW channels, sized for the request."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import redis
 from PIL import Image
 
-from ponybot.errors import GenerationError
+from ponybot.errors import GenerationError, ImageRefusal
+from ponybot.images import ImageLimits, open_image
 from ponybot.policy import EffectivePolicy, Mode
 from ponybot.schemas import GenerationRequest, Job, JobKind, upscale_size
 from worker.resize import resize_image
@@ -19,18 +20,23 @@ from worker.safety import Verdict
 Screen = Callable[[Job, EffectivePolicy | None, list[Image.Image]], list[Verdict]]
 
 
-def read_image(conn: redis.Redis, key: str) -> Image.Image | None:
-    """An image the bot or a worker stored in Redis, as RGB, or None once it expired."""
+def read_image(conn: redis.Redis, key: str, limits: ImageLimits) -> Image.Image | None:
+    """An image the bot or a worker stored in Redis, as RGB, or None once it expired
+    (GenerationError ``unreadable_source`` when it is no picture that may be opened)."""
     data = conn.get(key)
     if data is None:
         return None
-    return Image.open(io.BytesIO(data)).convert("RGB")  # type: ignore[arg-type]
+    try:
+        return open_image(data, limits)  # type: ignore[arg-type]
+    except ImageRefusal as error:
+        raise GenerationError("unreadable_source", f"the image it starts from could not be used: {error}") from None
 
 
 def starting_point(conn: redis.Redis, job: Job, policy: EffectivePolicy | None, screen: Screen,
-                   max_upscale_pixels: int) -> tuple[GenerationRequest, Image.Image | None]:
+                   max_upscale_pixels: int, limits: ImageLimits) -> tuple[GenerationRequest, Image.Image | None]:
     """The request as generated, and the image an upscale, variation or upload img2img starts from
-    (GenerationError when it expired, or failed the image check of an SFW channel)."""
+    (GenerationError when it expired, could not be opened, or failed the image check of an SFW channel).
+    ``limits``: the uploads' pixel limits; no byte limit, as the bot stored the upload re-encoded as PNG."""
     upload = job.upload if job.kind is JobKind.IMG2IMG else None
     if upload is not None:
         key, expired = upload.key, "the uploaded picture it starts from has expired"
@@ -38,7 +44,7 @@ def starting_point(conn: redis.Redis, job: Job, policy: EffectivePolicy | None, 
         return job.request, None
     else:
         key, expired = job.source.key, "the image it starts from has expired"
-    picture = read_image(conn, key)
+    picture = read_image(conn, key, limits)
     if picture is None:
         raise GenerationError("expired", expired)
     if policy is not None and policy.mode is Mode.SFW and screen(job, policy, [picture])[0].flagged is not False:
