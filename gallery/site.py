@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +27,16 @@ from starlette.templating import Jinja2Templates
 
 from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
 from gallery.cache import PageCache
-from gallery.db import users
+from gallery.db import images, users
 from gallery.limits import RateLimiter
-from gallery.queries import BadInput, Filters, Order, Viewer, first_of_job, get_image, is_moderator, list_images
+from gallery.params import parse_filters, path_id, path_text
+from gallery.queries import BadInput, Order, Viewer, first_of_job, get_image, is_moderator, list_images
 from gallery.store import ImageStore, file_names
-from ponybot.schemas import parse_size
 from ponybot.settings import GallerySettings
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+NO_IMAGE = "No such image, or it is not visible to you."
 
 
 @dataclass
@@ -88,18 +88,6 @@ class LazyToken:
         return csrf_token(self.request)
 
 
-def parse_filters(request: Request, **fixed: Any) -> Filters:
-    params = request.query_params
-    try:
-        size = parse_size(params["size"]) if params.get("size") else None
-        since = date.fromisoformat(params["since"]) if params.get("since") else None
-        until = date.fromisoformat(params["until"]) if params.get("until") else None
-    except ValueError as error:
-        raise BadInput(f"bad filter: {error}") from None
-    return Filters(q=params.get("q", ""), model=params.get("model", "")[:200], sampler=params.get("sampler", "")[:32],
-                   size=size, since=since, until=until, period=params.get("period", "week"), **fixed)
-
-
 async def image_list(request: Request, order: Order, title: str | Callable[[Connection], str],
                      **fixed: Any) -> Response:
     """A list page; ``title`` may be read from the database, in the same connection, off the event loop."""
@@ -107,7 +95,7 @@ async def image_list(request: Request, order: Order, title: str | Callable[[Conn
     cache_key = f"{request.url.path}?{request.url.query}" if signed_in(request) is None else None
     if cache_key is not None and (cached := gallery.pages.get(cache_key)) is not None:
         return HTMLResponse(cached)
-    filters = parse_filters(request, **fixed)
+    filters = parse_filters(request.query_params, gallery.settings.max_search_chars, **fixed)
     cursor = request.query_params.get("cursor") or None
 
     def load() -> tuple[Any, str]:
@@ -134,7 +122,7 @@ async def top(request: Request) -> Response:
 
 
 async def member(request: Request) -> Response:
-    user_id = int(request.path_params["user_id"])
+    user_id = path_id(request, "user_id", users.c.id, "No such member.")
 
     def title(db: Connection) -> str:
         name = db.scalar(select(users.c.name).where(users.c.id == user_id))
@@ -144,12 +132,13 @@ async def member(request: Request) -> Response:
 
 
 async def server(request: Request) -> Response:
-    return await image_list(request, "new", "This server's images", guild_id=int(request.path_params["guild_id"]))
+    guild_id = path_id(request, "guild_id", images.c.guild_id, "No such server.")
+    return await image_list(request, "new", "This server's images", guild_id=guild_id)
 
 
 async def image_page(request: Request) -> Response:
     gallery = gallery_of(request)
-    image_id = int(request.path_params["image_id"])
+    image_id = path_id(request, "image_id", images.c.id, NO_IMAGE)
 
     def load() -> tuple[Any, bool, str | None]:
         viewer = viewer_of(request)
@@ -161,14 +150,15 @@ async def image_page(request: Request) -> Response:
 
     row, moderator, name = await run_in_threadpool(load)
     if row is None:
-        raise HTTPException(404, "No such image, or it is not visible to you.")
+        raise HTTPException(404, NO_IMAGE)
     return render(request, "image.html", image=row, moderator=moderator, owner=signed_in(request) == row.user_id,
                   author=name or f"member {row.user_id}")
 
 
 async def job_redirect(request: Request) -> Response:
     gallery = gallery_of(request)
-    job_id = request.path_params["job_id"][:64]
+    missing = "This result is not in the gallery (yet, or not visible to you)."
+    job_id = path_text(request, "job_id", 64, missing)
 
     def load() -> int | None:
         with gallery.engine.connect() as db:
@@ -176,13 +166,13 @@ async def job_redirect(request: Request) -> Response:
 
     image_id = await run_in_threadpool(load)
     if image_id is None:
-        raise HTTPException(404, "This result is not in the gallery (yet, or not visible to you).")
+        raise HTTPException(404, missing)
     return RedirectResponse(f"/i/{image_id}", status_code=303)
 
 
 async def image_file(request: Request) -> Response:
     gallery = gallery_of(request)
-    image_id, kind = int(request.path_params["image_id"]), request.path_params["kind"]
+    image_id, kind = path_id(request, "image_id", images.c.id, NO_IMAGE), request.path_params["kind"]
     if kind not in ("png", "webp"):
         raise HTTPException(404, "No such file.")
 
@@ -196,7 +186,7 @@ async def image_file(request: Request) -> Response:
 
     data = await run_in_threadpool(load)
     if data is None:
-        raise HTTPException(404, "No such image, or it is not visible to you.")
+        raise HTTPException(404, NO_IMAGE)
     return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "private, max-age=3600"})
 
 
