@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
@@ -31,11 +32,13 @@ from gallery.db import images, users
 from gallery.limits import RateLimiter
 from gallery.params import parse_filters, path_id, path_text
 from gallery.queries import BadInput, Order, Viewer, first_of_job, get_image, is_moderator, list_images
+from gallery.security import HEADERS, SecurityHeaders
 from gallery.store import ImageStore, file_names
 from ponybot.settings import GallerySettings
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
 NO_IMAGE = "No such image, or it is not visible to you."
 
 
@@ -204,6 +207,12 @@ async def on_http_error(request: Request, error: Exception) -> Response:
                   message=error.detail)
 
 
+async def on_unexpected(request: Request, error: Exception) -> Response:
+    """The last resort: a plain 500, no exception text for the visitor (the log has the traceback)."""
+    return PlainTextResponse("500: something went wrong on our side. Try again later.", status_code=500,
+                             headers=HEADERS)
+
+
 def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
     from gallery.actions import ROUTES as ACTION_ROUTES
 
@@ -211,13 +220,15 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         Route("/", newest), Route("/top", top), Route("/u/{user_id:int}", member), Route("/g/{guild_id:int}", server),
         Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
         Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = []
+    middleware = [Middleware(SecurityHeaders)]
     if session_secret is not None:
         middleware.append(Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
                                      max_age=gallery.settings.session_max_age_s, same_site="lax",
                                      https_only=gallery.settings.public_url.startswith("https://")))
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error})
+                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
+                                                                  Exception: on_unexpected})
     app.state.gallery = gallery
     return app

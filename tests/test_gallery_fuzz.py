@@ -1,5 +1,7 @@
 """Every route of the gallery, enumerated from the Starlette app itself, fuzzed with hypothesis on SQLite and
-PostgreSQL, signed out and signed in: whatever a visitor sends, the answer is a page or a 4xx, never a 5xx."""
+PostgreSQL, signed out and signed in: whatever a visitor sends, the answer is a page or a 4xx, never a 5xx.
+
+Each response also carries the security headers (CSP, frame-ancestors, nosniff, Referrer-Policy)."""
 
 from __future__ import annotations
 
@@ -71,6 +73,21 @@ def targets(routes: list[BaseRoute], prefix: str = "") -> Iterator[Target]:
 class Tally:
     requests: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
+    missing_headers: list[str] = field(default_factory=list)
+
+
+SECURITY_HEADERS = {"content-security-policy": "default-src 'self'", "x-content-type-options": "nosniff",
+                    "referrer-policy": ""}
+
+
+def check_headers(headers: Any) -> str | None:
+    """What a response lacks of the security headers, or None."""
+    for name, needed in SECURITY_HEADERS.items():
+        if needed not in headers.get(name, "\0"):
+            return f"{name}: {headers.get(name)!r}"
+    if "frame-ancestors 'none'" not in headers["content-security-policy"]:
+        return "frame-ancestors"
+    return None
 
 
 def fuzz(client: TestClient, target: Target, csrf: str, tally: Tally) -> None:
@@ -89,6 +106,8 @@ def fuzz(client: TestClient, target: Target, csrf: str, tally: Tally) -> None:
             answer = client.request(target.method, url, params=query, follow_redirects=False)
         if answer.status_code >= 500:
             tally.failures.append(f"{answer.status_code} {shown}")
+        if (lacking := check_headers(answer.headers)) is not None:
+            tally.missing_headers.append(f"{lacking} on {answer.status_code} {shown}")
 
     one()
 
@@ -132,6 +151,7 @@ def test_no_route_answers_5xx_to_anything(tmp_path: Path, conn: redis.Redis, oau
     for route, count in sorted(tally.requests.items()):
         print(f"  {count:4d} {route}")
     assert not tally.failures, "\n".join(tally.failures[:20])
+    assert not tally.missing_headers, "\n".join(tally.missing_headers[:5])
 
 
 #: what each fuzz finding was, as a fixed table: (method, path, query, status, words of the answer)
