@@ -22,8 +22,9 @@ from starlette.routing import Route
 
 from gallery.auth import checked_form, remember_member, signed_in
 from gallery.db import images, likes, memberships, reports, users
+from gallery.params import bounded_text, path_id
 from gallery.queries import Viewer, get_image, is_moderator
-from gallery.site import gallery_of, render, viewer_of
+from gallery.site import NO_IMAGE, gallery_of, render, viewer_of
 from gallery.store import file_names
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def toggle_like(db: Connection, image_id: int, user_id: int) -> bool:
 async def act(request: Request, action: str) -> Response:
     gallery = gallery_of(request)
     user_id, form = await checked_form(request)
-    image_id = int(request.path_params["image_id"])
+    image_id = path_id(request, "image_id", images.c.id, NO_IMAGE)
     settings = gallery.settings
     if action == "like":
         await gallery.limiter.check(f"like:{user_id}", settings.likes_per_minute, MINUTE, "likes")
@@ -57,13 +58,14 @@ async def act(request: Request, action: str) -> Response:
     reason = form.get("reason", "").strip()
     if action == "report" and not 1 <= len(reason) <= 500:
         raise HTTPException(400, "Say in 1 to 500 characters what is wrong with this image.")
+    bounded_text(reason, "reason", 500)
 
     def apply() -> str | None:
         with gallery.engine.begin() as db:
             viewer = Viewer(user_id, bool(db.scalar(select(users.c.nsfw_opt_in).where(users.c.id == user_id))))
             row = get_image(db, viewer, image_id)
             if row is None:
-                raise HTTPException(404, "No such image, or it is not visible to you.")
+                raise HTTPException(404, NO_IMAGE)
             if action == "like":
                 toggle_like(db, image_id, user_id)
             elif action == "report":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +21,25 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
 from gallery.cache import PageCache
-from gallery.db import users
+from gallery.db import images, users
 from gallery.limits import RateLimiter
-from gallery.queries import BadInput, Filters, Order, Viewer, first_of_job, get_image, is_moderator, list_images
+from gallery.params import parse_filters, path_id, path_text
+from gallery.queries import BadInput, Order, Viewer, first_of_job, get_image, is_moderator, list_images
+from gallery.security import HEADERS, SecurityHeaders
 from gallery.store import ImageStore, file_names
-from ponybot.schemas import parse_size
 from ponybot.settings import GallerySettings
 
 log = logging.getLogger(__name__)
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+STATIC = Path(__file__).resolve().parent / "static"
+NO_IMAGE = "No such image, or it is not visible to you."
 
 
 @dataclass
@@ -88,18 +91,6 @@ class LazyToken:
         return csrf_token(self.request)
 
 
-def parse_filters(request: Request, **fixed: Any) -> Filters:
-    params = request.query_params
-    try:
-        size = parse_size(params["size"]) if params.get("size") else None
-        since = date.fromisoformat(params["since"]) if params.get("since") else None
-        until = date.fromisoformat(params["until"]) if params.get("until") else None
-    except ValueError as error:
-        raise BadInput(f"bad filter: {error}") from None
-    return Filters(q=params.get("q", ""), model=params.get("model", "")[:200], sampler=params.get("sampler", "")[:32],
-                   size=size, since=since, until=until, period=params.get("period", "week"), **fixed)
-
-
 async def image_list(request: Request, order: Order, title: str | Callable[[Connection], str],
                      **fixed: Any) -> Response:
     """A list page; ``title`` may be read from the database, in the same connection, off the event loop."""
@@ -107,7 +98,7 @@ async def image_list(request: Request, order: Order, title: str | Callable[[Conn
     cache_key = f"{request.url.path}?{request.url.query}" if signed_in(request) is None else None
     if cache_key is not None and (cached := gallery.pages.get(cache_key)) is not None:
         return HTMLResponse(cached)
-    filters = parse_filters(request, **fixed)
+    filters = parse_filters(request.query_params, gallery.settings.max_search_chars, **fixed)
     cursor = request.query_params.get("cursor") or None
 
     def load() -> tuple[Any, str]:
@@ -134,7 +125,7 @@ async def top(request: Request) -> Response:
 
 
 async def member(request: Request) -> Response:
-    user_id = int(request.path_params["user_id"])
+    user_id = path_id(request, "user_id", users.c.id, "No such member.")
 
     def title(db: Connection) -> str:
         name = db.scalar(select(users.c.name).where(users.c.id == user_id))
@@ -144,12 +135,13 @@ async def member(request: Request) -> Response:
 
 
 async def server(request: Request) -> Response:
-    return await image_list(request, "new", "This server's images", guild_id=int(request.path_params["guild_id"]))
+    guild_id = path_id(request, "guild_id", images.c.guild_id, "No such server.")
+    return await image_list(request, "new", "This server's images", guild_id=guild_id)
 
 
 async def image_page(request: Request) -> Response:
     gallery = gallery_of(request)
-    image_id = int(request.path_params["image_id"])
+    image_id = path_id(request, "image_id", images.c.id, NO_IMAGE)
 
     def load() -> tuple[Any, bool, str | None]:
         viewer = viewer_of(request)
@@ -161,14 +153,15 @@ async def image_page(request: Request) -> Response:
 
     row, moderator, name = await run_in_threadpool(load)
     if row is None:
-        raise HTTPException(404, "No such image, or it is not visible to you.")
+        raise HTTPException(404, NO_IMAGE)
     return render(request, "image.html", image=row, moderator=moderator, owner=signed_in(request) == row.user_id,
                   author=name or f"member {row.user_id}")
 
 
 async def job_redirect(request: Request) -> Response:
     gallery = gallery_of(request)
-    job_id = request.path_params["job_id"][:64]
+    missing = "This result is not in the gallery (yet, or not visible to you)."
+    job_id = path_text(request, "job_id", 64, missing)
 
     def load() -> int | None:
         with gallery.engine.connect() as db:
@@ -176,13 +169,13 @@ async def job_redirect(request: Request) -> Response:
 
     image_id = await run_in_threadpool(load)
     if image_id is None:
-        raise HTTPException(404, "This result is not in the gallery (yet, or not visible to you).")
+        raise HTTPException(404, missing)
     return RedirectResponse(f"/i/{image_id}", status_code=303)
 
 
 async def image_file(request: Request) -> Response:
     gallery = gallery_of(request)
-    image_id, kind = int(request.path_params["image_id"]), request.path_params["kind"]
+    image_id, kind = path_id(request, "image_id", images.c.id, NO_IMAGE), request.path_params["kind"]
     if kind not in ("png", "webp"):
         raise HTTPException(404, "No such file.")
 
@@ -196,7 +189,7 @@ async def image_file(request: Request) -> Response:
 
     data = await run_in_threadpool(load)
     if data is None:
-        raise HTTPException(404, "No such image, or it is not visible to you.")
+        raise HTTPException(404, NO_IMAGE)
     return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -214,6 +207,12 @@ async def on_http_error(request: Request, error: Exception) -> Response:
                   message=error.detail)
 
 
+async def on_unexpected(request: Request, error: Exception) -> Response:
+    """The last resort: a plain 500, no exception text for the visitor (the log has the traceback)."""
+    return PlainTextResponse("500: something went wrong on our side. Try again later.", status_code=500,
+                             headers=HEADERS)
+
+
 def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
     from gallery.actions import ROUTES as ACTION_ROUTES
 
@@ -221,13 +220,15 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         Route("/", newest), Route("/top", top), Route("/u/{user_id:int}", member), Route("/g/{guild_id:int}", server),
         Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
         Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = []
+    middleware = [Middleware(SecurityHeaders)]
     if session_secret is not None:
         middleware.append(Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
                                      max_age=gallery.settings.session_max_age_s, same_site="lax",
                                      https_only=gallery.settings.public_url.startswith("https://")))
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error})
+                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
+                                                                  Exception: on_unexpected})
     app.state.gallery = gallery
     return app

@@ -26,12 +26,16 @@ def writable_folder(folder: Path, setting: str) -> Path:
 
 def check_port(port: int, setting: str, host: str = "0.0.0.0", hint: str = "pick another, or 0 for no metrics"
                ) -> None:
-    """A port in range and free on ``host``, checked before anything slow starts (0: off)."""
+    """A port in range and free on ``host``, checked before anything slow starts (0: off).
+
+    The probe binds as the servers will (uvicorn, asyncio, prometheus_client: SO_REUSEADDR, IPv6 for an address
+    with a colon): connections a stopped process left in TIME_WAIT do not block a restart, a listener does."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"{setting}: must be from 0 (off) to 65535, got {port}")
     if port == 0:
         return
-    with socket.socket() as probe:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:

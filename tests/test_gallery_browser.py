@@ -102,6 +102,8 @@ def test_browse_sign_in_search_like_delete(served: str, browser: Any, tmp_path: 
     assert "Newest" in browser.title
     widths = rendered_images(browser)
     assert len(widths) == 3 and all(width > 0 for width in widths), widths  # the thumbnails really render
+    style = "return getComputedStyle(document.querySelector('header')).backgroundColor"
+    assert browser.execute_script(style) == "rgb(43, 37, 51)"  # the stylesheet applies under the site's CSP
     shot("1-newest-signed-out")
 
     browser.find_element(By.ID, "nav-login").click()  # through Discord's authorize page and back

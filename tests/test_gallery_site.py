@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -433,3 +434,42 @@ def test_sign_ins_and_reports_are_rate_limited(tmp_path: Path, conn: redis.Redis
         from gallery.db import reports
 
         assert [row.reason for row in db.execute(select(reports))] == ["one"]
+
+
+#: (method, path, the status it answers): pages, files, redirects and errors of every kind
+HEADER_CASES = [("GET", "/", 200), ("GET", "/top", 200), ("GET", "/i/{image}", 200), ("GET", "/file/{image}.png", 200),
+                ("GET", "/file/{image}.webp", 200), ("GET", "/static/site.css", 200), ("GET", "/u/100", 200),
+                ("GET", "/healthz", 200), ("GET", "/login", 303), ("GET", "/i/999999", 404),
+                ("GET", "/nowhere", 404), ("GET", "/", 400), ("POST", "/i/{image}/like", 401),
+                ("POST", "/healthz", 405), ("GET", "/boom", 500)]
+
+
+@pytest.mark.parametrize(("method", "path", "status"), HEADER_CASES, ids=[f"{m} {p} {s}" for m, p, s in HEADER_CASES])
+def test_every_answer_carries_the_security_headers(site: Site, method: str, path: str, status: int) -> None:
+    """CSP (this origin only, no framing), nosniff and a Referrer-Policy on every answer, errors and files too;
+    an unexpected error is a plain 500 that shows the visitor no exception text."""
+    async def boom(request: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    site.app.add_route("/boom", boom)
+    image = site.add("headed pony")
+    client = TestClient(site.app, raise_server_exceptions=False)
+    answer = client.request(method, path.format(image=image), params={"until": "9999-12-31"} if status == 400 else {},
+                            follow_redirects=False)
+    assert answer.status_code == status, answer.text
+    policy = answer.headers.get("content-security-policy", "")
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, policy
+    assert "unsafe-inline" not in policy
+    assert answer.headers.get("x-content-type-options") == "nosniff"
+    assert answer.headers.get("referrer-policy") in ("same-origin", "strict-origin-when-cross-origin")
+    assert "secret internals" not in answer.text and "Traceback" not in answer.text
+
+
+def test_pages_have_no_inline_styles_or_scripts(site: Site) -> None:
+    """What the CSP would block: inline <style>, style="..." and <script> without a src."""
+    image = site.add("styled pony")
+    client = site.client()
+    sign_in(client, site.oauth, 100, {GUILD: True})
+    for path in ("/", "/top", f"/i/{image}", "/settings", "/reports", "/i/999999"):
+        page = client.get(path).text
+        assert not re.search(r"<style|\sstyle=|<script(?![^>]*\ssrc=)|\son[a-z]+=", page), path
