@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from sqlalchemy import Connection, Engine, select
@@ -26,7 +27,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
+from gallery.auth import DiscordOAuth, SessionCheck, csrf_token, opted_in, signed_in
+from gallery.bodies import BodyLimit
 from gallery.cache import PageCache
 from gallery.db import users
 from gallery.limits import RateLimiter
@@ -222,11 +224,13 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
         Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
     ]
-    middleware = []
+    # outermost first: a body too large is refused before its cookie is even read
+    middleware = [Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
     if session_secret is not None:
-        middleware.append(Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
-                                     max_age=gallery.settings.session_max_age_s, same_site="lax",
-                                     https_only=gallery.settings.public_url.startswith("https://")))
+        secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
+        middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
+                                  max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
+                       Middleware(SessionCheck, engine=gallery.engine)]
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error})
     app.state.gallery = gallery
