@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gallery.auth import checked_form, remember_member, signed_in
+from gallery.auth import checked_form, end_sessions, remember_member, session_epoch, signed_in
 from gallery.db import images, likes, memberships, reports, users
 from gallery.params import bounded_text, path_id
 from gallery.queries import Viewer, get_image, is_moderator
@@ -165,27 +165,48 @@ async def callback(request: Request) -> Response:
         raise HTTPException(404, "This gallery is public-only: signing in is not offered.")
     expected = request.session.pop("oauth_state", None)
     state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
-    if not expected or not secrets.compare_digest(str(expected), state) or not code:
+    # bytes: compare_digest refuses str with characters outside ASCII, which a forged link may carry
+    if not expected or not secrets.compare_digest(str(expected).encode(), state.encode()) or not code:
         raise HTTPException(400, "This sign-in link is not valid or has expired: sign in again.")
     me, guilds = await gallery.oauth.sign_in(code)
 
-    def save() -> tuple[int, str]:
-        with gallery.engine.begin() as db:
-            return remember_member(db, me, guilds)
+    def save() -> tuple[int, str, int]:
+        # two first sign-ins of one member at once: the loser of the insert finds the row on its second try
+        for attempt in range(2):
+            try:
+                with gallery.engine.begin() as db:
+                    user_id, name = remember_member(db, me, guilds)
+                    return user_id, name, session_epoch(db, user_id) or 0
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     try:
-        user_id, name = await run_in_threadpool(save)
-    except (KeyError, ValueError, TypeError, IntegrityError) as error:
-        raise HTTPException(502, f"Discord's answer could not be read: {error}") from None
+        user_id, name, epoch = await run_in_threadpool(save)
+    except (KeyError, ValueError, TypeError) as error:
+        log.warning("Discord's sign-in answer could not be read: %s", error)
+        raise HTTPException(502, "Discord's answer could not be read: try again later.") from None
+    except IntegrityError as error:
+        log.warning("sign-in could not be stored: %s", error)
+        raise HTTPException(503, "Signing in did not work this time: try again.") from None
     gallery.pages.clear()  # the member's name may be new: their page's title
     request.session.clear()
-    request.session.update(user_id=user_id, name=name, csrf=secrets.token_urlsafe(32))
+    request.session.update(user_id=user_id, name=name, csrf=secrets.token_urlsafe(32), epoch=epoch)
     log.info("member %s signed in", user_id)
     return RedirectResponse("/", status_code=303)
 
 
 async def logout(request: Request) -> Response:
-    await checked_form(request)
+    """Signs this member out everywhere: every session of theirs ends, not only this browser's."""
+    gallery = gallery_of(request)
+    user_id, _form = await checked_form(request)
+
+    def end() -> None:
+        with gallery.engine.begin() as db:
+            end_sessions(db, user_id)
+
+    await run_in_threadpool(end)
     request.session.clear()
     return RedirectResponse("/", status_code=303)
 

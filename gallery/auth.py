@@ -2,8 +2,13 @@
 
 Sessions live in a signed cookie (Starlette's SessionMiddleware: HttpOnly, SameSite=Lax,
 Secure when the public URL is HTTPS, expiring after ``gallery.session_max_age_s``) and
-hold only the member's id, name and CSRF token; the member's servers are kept in the
-``memberships`` table, refreshed at each sign-in.
+hold only the member's id, name, CSRF token and session epoch; the member's servers are kept
+in the ``memberships`` table, refreshed at each sign-in.
+
+The server can end a member's sessions: each request's cookie must carry the epoch the
+member's row holds (:class:`SessionCheck`). Signing out moves the epoch on, which ends every
+session of that member on every device; forget-me deletes the row, which ends them too; a
+changed ``gallery.session_secret`` invalidates every cookie's signature.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gallery.db import memberships, users
 from ponybot.settings import GallerySettings
@@ -38,19 +45,64 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-def signed_in(request: Request) -> int | None:
-    if "session" not in request.scope:
-        return None
-    user_id = request.session.get("user_id")
+def session_user(session: dict[str, Any]) -> int | None:
+    user_id = session.get("user_id")
     return int(user_id) if isinstance(user_id, int | str) and str(user_id).isdigit() else None
 
 
+def signed_in(request: Request) -> int | None:
+    if "session" not in request.scope:
+        return None
+    return session_user(request.session)
+
+
+def session_epoch(db: Connection, user_id: int) -> int | None:
+    """The epoch a live session of this member carries; None when the gallery no longer knows them."""
+    epoch = db.scalar(select(users.c.session_epoch).where(users.c.id == user_id))
+    return None if epoch is None else int(epoch)
+
+
+def end_sessions(db: Connection, user_id: int) -> None:
+    """Every session of this member ends at its next request, on every device."""
+    db.execute(update(users).where(users.c.id == user_id).values(session_epoch=users.c.session_epoch + 1))
+
+
+class SessionCheck:
+    """ASGI middleware inside SessionMiddleware: a session whose member was signed out elsewhere, forgotten or
+    never stored is emptied before the app sees it (and its cookie is dropped with the response)."""
+
+    def __init__(self, app: ASGIApp, *, engine: Engine) -> None:
+        self.app = app
+        self.engine = engine
+
+    def _epoch(self, user_id: int) -> int | None:
+        with self.engine.connect() as db:
+            return session_epoch(db, user_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = scope.get("session")
+        if scope["type"] == "http" and session:
+            user_id = session_user(session)
+            if user_id is not None and session.get("epoch") != await run_in_threadpool(self._epoch, user_id):
+                session.clear()
+        await self.app(scope, receive, send)
+
+
+#: The most fields any of the gallery's forms has (a CSRF token, a checkbox or a reason), with room to spare.
+MAX_FORM_FIELDS = 8
+
+
 async def checked_form(request: Request) -> tuple[int, dict[str, str]]:
-    """A POST's form from a signed-in member with the right CSRF token, else a 401 or 403."""
-    form = {key: value for key, value in (await request.form()).items() if isinstance(value, str)}
+    """A POST's form from a signed-in member with the right CSRF token, else a 401 or 403.
+
+    The session is checked before the body is read: a signed-out request is refused unread. The form is
+    parsed with no file parts and a handful of fields (its bytes are bounded by :class:`gallery.bodies.BodyLimit`).
+    """
     user_id = signed_in(request)
     if user_id is None:
         raise HTTPException(401, "You are not signed in, or your session has expired: sign in again.")
+    parsed = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS)  # more: a 400 naming what
+    form = {key: value for key, value in parsed.items() if isinstance(value, str)}
     expected = request.session.get("csrf")
     given = form.get("csrf", "")
     if not isinstance(expected, str) or not hmac.compare_digest(expected.encode(), given.encode()):

@@ -81,6 +81,8 @@ users = Table(
     Column("name", String(100), nullable=False),
     Column("nsfw_opt_in", Boolean, nullable=False, default=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    #: moved on by signing out: a session cookie carrying an older one is no longer signed in
+    Column("session_epoch", Integer, nullable=False, default=0, server_default="0"),
 )
 
 memberships = Table(

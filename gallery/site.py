@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from sqlalchemy import Connection, Engine, select
@@ -26,7 +27,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
+from gallery.auth import DiscordOAuth, SessionCheck, csrf_token, opted_in, signed_in
+from gallery.bodies import BodyLimit
 from gallery.cache import PageCache
 from gallery.db import images, users
 from gallery.limits import RateLimiter
@@ -222,11 +224,14 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders)]
+    # outermost first: every answer gets the security headers; a body too large is refused before its cookie
+    # is even read
+    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
     if session_secret is not None:
-        middleware.append(Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
-                                     max_age=gallery.settings.session_max_age_s, same_site="lax",
-                                     https_only=gallery.settings.public_url.startswith("https://")))
+        secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
+        middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
+                                  max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
+                       Middleware(SessionCheck, engine=gallery.engine)]
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
                                                                   Exception: on_unexpected})

@@ -25,6 +25,8 @@ from ponybot.settings import Settings, load_settings
 from tests.discord_fake.oauth import OAuthFake
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
+#: Signs the test sites' cookies (gallery.session_secret takes 32 bytes or more).
+SESSION_SECRET = "test-session-secret-of-at-least-32-bytes"
 
 
 @contextlib.contextmanager
@@ -56,7 +58,7 @@ def gallery_settings(tmp_path: Path, *, oauth: OAuthFake | None = None, database
     sections: dict[str, Any] = {"gallery": section, "redis": {"url": redis_url}}
     if oauth is not None:
         section.update(client_id=oauth.client_id, client_secret=oauth.client_secret,
-                       session_secret="test-session-secret", authorize_url=oauth.authorize_url)
+                       session_secret=SESSION_SECRET, authorize_url=oauth.authorize_url)
         sections["discord"] = {"api_base": oauth.api_base}
     return load_settings(None, **sections)
 

@@ -27,7 +27,7 @@ from ponybot.errors import ConfigError
 from ponybot.schemas import Sampler
 from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
-from tests.gallery_harness import control, gallery_settings, hand_over, image_ids, sign_in
+from tests.gallery_harness import SESSION_SECRET, control, gallery_settings, hand_over, image_ids, sign_in
 
 GUILD, OTHER = 1, 2
 
@@ -190,10 +190,10 @@ def test_sign_in_end_to_end_against_discord_fake(site: Site) -> None:
     assert "Twilight" in page and "Sign out" in page
     assert site.oauth.requests[-3:] == ["POST /api/v10/oauth2/token", "GET /api/v10/users/@me",
                                         "GET /api/v10/users/@me/guilds"]
-    assert "test-session-secret" not in page and site.oauth.client_secret not in page
+    assert SESSION_SECRET not in page and site.oauth.client_secret not in page
     cookie = client.cookies.get("ponybot_gallery") or ""
     session = json.loads(base64.b64decode(cookie.split(".")[0]))  # signed, not encrypted: so it holds no secret
-    assert set(session) == {"user_id", "name", "csrf"} and session["user_id"] == 700
+    assert set(session) == {"user_id", "name", "csrf", "epoch"} and session["user_id"] == 700
     assert not any(token in cookie for token in site.oauth.tokens)
     set_cookie = client.get("/login", follow_redirects=False).headers["set-cookie"].lower()
     assert "httponly" in set_cookie and "samesite=lax" in set_cookie
@@ -377,19 +377,19 @@ def test_expired_or_missing_session_is_refused(site: Site) -> None:
     client = site.client()
     csrf = sign_in(client, site.oauth, 1100, {GUILD: False})
     # the same session, signed as the server does but max_age + 1 minute ago
-    session = {"user_id": 1100, "name": "member", "csrf": csrf}
+    session = {"user_id": 1100, "name": "member", "csrf": csrf, "epoch": 0}
     data = base64.b64encode(json.dumps(session).encode())
 
     class Then(itsdangerous.TimestampSigner):
         def get_timestamp(self) -> int:
             return int(time.time()) - site.gallery.settings.session_max_age_s - 60
 
-    stale = Then("test-session-secret").sign(data).decode()
+    stale = Then(SESSION_SECRET).sign(data).decode()
     expired = TestClient(site.app, cookies={"ponybot_gallery": stale})
     answer = expired.post(f"/i/{image}/like", data={"csrf": csrf})
     assert answer.status_code == 401 and "expired" in answer.text
     fresh = TestClient(site.app, cookies={"ponybot_gallery": itsdangerous.TimestampSigner(
-        "test-session-secret").sign(data).decode()})
+        SESSION_SECRET).sign(data).decode()})
     assert fresh.post(f"/i/{image}/like", data={"csrf": csrf}, follow_redirects=False).status_code == 303
     assert site.row(image).likes == 1  # the fresh one counted, the expired one did not
     assert site.client().post(f"/i/{image}/like", data={"csrf": csrf}).status_code == 401  # no session at all

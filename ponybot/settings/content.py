@@ -96,6 +96,10 @@ class SafetySettings(Section):
         return self.tagger.strip().lower() not in ("", "none")
 
 
+#: The shortest ``gallery.session_secret`` accepted: anything shorter can be guessed offline from one cookie.
+MIN_SESSION_SECRET_BYTES = 32
+
+
 class GallerySettings(Section):
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -120,6 +124,8 @@ class GallerySettings(Section):
     likes_per_minute: int = Field(30, ge=1)
     reports_per_hour: int = Field(10, ge=1)
     logins_per_minute: int = Field(10, ge=1)
+    #: the largest form body accepted (a report's 500 characters, url-encoded, fit); every other request takes none
+    max_form_bytes: int = Field(16384, ge=1024, le=1048576)
 
     def public_url_warning(self) -> str | None:
         """Why members' Gallery links would not open for them (a loopback address), or None."""
@@ -145,4 +151,9 @@ class GallerySettings(Section):
                               "PONYBOT_GALLERY__CLIENT_SECRET / PONYBOT_GALLERY__SESSION_SECRET); "
                               "remove client_id to run the gallery public-only")
         assert self.client_secret is not None and self.session_secret is not None
-        return self.client_secret.get_secret_value(), self.session_secret.get_secret_value()
+        session_secret = self.session_secret.get_secret_value()
+        if len(session_secret.encode()) < MIN_SESSION_SECRET_BYTES:
+            raise ConfigError(f"gallery.session_secret is {len(session_secret.encode())} bytes: it signs every "
+                              f"sign-in cookie, so it needs at least {MIN_SESSION_SECRET_BYTES} random bytes, e.g. "
+                              "the output of: python -c \"import secrets; print(secrets.token_urlsafe(48))\"")
+        return self.client_secret.get_secret_value(), session_secret
