@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import redis
-from rq.registry import StartedJobRegistry
 
 from gallery.db import make_engine, upgrade
 from gallery.ingest import Ingest
@@ -28,6 +27,7 @@ from tests.bot_harness import bot_settings, drain, running_bot
 from tests.conftest import PATIENCE_S, announce, cli_env, make_settings, wait_until
 from tests.discord_fake.server import FakeDiscord
 from tests.gallery_harness import hand_over
+from tests.gated_worker import arrived
 from tests.test_failover import MASTER, eventually, sentinel_set
 from tests.test_resilience import workers
 from worker.runtime import WorkerRuntime
@@ -43,11 +43,6 @@ def cli_process(env: dict[str, str], cwd: Path, prompt: str) -> tuple[subprocess
     with log.open("w") as sink:  # the child writes its own copy
         process = subprocess.Popen(command, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=sink)
     return process, log
-
-
-def started_job(conn: redis.Redis) -> str | None:
-    ids = StartedJobRegistry(generation_queue(conn).name, connection=conn).get_job_ids()
-    return ids[0] if ids else None
 
 
 @pytest.mark.timeout(900)
@@ -69,8 +64,11 @@ def test_cli_gets_its_image_through_an_outage(outage: str, tmp_path: Path, model
                 eventually(lambda: models_online(conn), timeout=PATIENCE_S)
                 env = cli_env(None, model_cache, **where)
                 process, log = cli_process(env, tmp_path, f"pony through a {outage}")
-                wait_until(lambda: started_job(conn), what="the CLI's job running")  # the CLI waits for it now
+                # the CLI waits for its job now, which waits at the gate (RQ's bookkeeping of its start is done)
+                wait_until(lambda: arrived(tmp_path / "w-gated").exists(), what="the CLI's job running")
                 if topology is not None:
+                    # every write so far is on the replica: a write lost with the primary could lose the job
+                    eventually(lambda: conn.execute_command("WAIT", 1, 1000) >= 1)
                     topology.processes["primary"].kill()
                     eventually(lambda: topology.primary_port_now() == topology.replica_port)
                 else:
@@ -87,6 +85,8 @@ def test_cli_gets_its_image_through_an_outage(outage: str, tmp_path: Path, model
     stderr = log.read_text()
     assert process.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
+    assert "went away" in stderr  # it did wait through the outage (a line each way, no traceback)
+    print(f"{outage}: {[text for text in stderr.splitlines() if 'Redis is back' in text]}")
     [line] = out.splitlines()
     assert Path(line.split("\t")[0]).read_bytes().startswith(b"\x89PNG")
 
