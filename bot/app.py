@@ -21,7 +21,7 @@ from bot.features.results import CancelButton, ResultButton
 from bot.i18n import CatalogTranslator, t
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
-from ponybot.connection import RedisTarget
+from ponybot.connection import Outage, RedisTarget
 from ponybot.errors import RedisUnavailableError
 from ponybot.metrics import BotMetrics
 from ponybot.metrics import serve as serve_metrics
@@ -68,13 +68,17 @@ class PonyBot(commands.Bot):
             **options,
         )
         self.settings = settings
-        target = RedisTarget.of(redis_target)
+        target = self.redis_target = RedisTarget.of(redis_target)
         self.redis: aioredis.Redis = target.async_client(socket_timeout=5, socket_connect_timeout=2)
         # short timeouts: these calls run before the interaction is acknowledged (3 s)
         self.sync_redis: redis.Redis = target.client(socket_timeout=2, socket_connect_timeout=1)
         self.delivery = Delivery(self)
         self.tracker = Tracker(self)
         self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis, list(settings.models)))
+
+    def outage(self, what: str) -> Outage:
+        """How a long-lived loop of the bot rides out Redis going away (it never gives up: it says so once)."""
+        return Outage(what, self.settings.redis.outage_patience_s, where=self.redis_target.describe())
 
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
         self.metrics.commands.labels(command.qualified_name).inc()

@@ -25,6 +25,7 @@ from bot import messages
 from bot.features.gallery import gallery_link, gallery_on, hand_over
 from bot.features.results import result_view
 from ponybot import keys
+from ponybot.connection import REDIS_AWAY
 from ponybot.errors import SchemaVersionError
 from ponybot.queue import StreamRead
 from ponybot.schemas import JobEvent
@@ -95,6 +96,7 @@ class Delivery:
         conn = self.bot.redis
         backlog = True  # first what this consumer took before a restart and never acknowledged
         backoff = 0.5
+        outage = self.bot.outage("the delivery of results")
         await self.bot.wait_until_ready()
         while not self.stopping.is_set():
             try:
@@ -104,6 +106,7 @@ class Delivery:
                     keys.DELIVERY_GROUP, CONSUMER, {keys.EVENTS_STREAM: start}, count=10,
                     block=None if backlog else 1000,
                 )
+                outage.back()
                 entries = read[0][1] if read else []
                 if backlog and not entries:
                     backlog = False
@@ -112,12 +115,15 @@ class Delivery:
                         break
                     await self.handle(entry_id, fields)
                 backoff = 0.5
+                continue
+            except REDIS_AWAY as error:  # a restart or a failover: waited out, then the pending events re-read
+                pause = outage.away(error)
             except (RetryLater, RedisError, OSError) as error:
                 log.warning("delivery paused %.1f s: %s", backoff, error)
-                backlog = True
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), backoff)
-                backoff = min(backoff * 2, 30)
+                pause, backoff = backoff, min(backoff * 2, 30)
+            backlog = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), pause)
 
     async def handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         conn = self.bot.redis

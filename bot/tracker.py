@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from bot import messages
 from ponybot import keys
+from ponybot.connection import REDIS_AWAY
 from ponybot.errors import SchemaVersionError
 from ponybot.queue import QueueSnapshot, job_model, queue_snapshot, unfinished_jobs
 from ponybot.schemas import Job, ProgressEvent
@@ -103,11 +104,14 @@ class Tracker:
                 await task
 
     async def listen(self) -> None:
-        """Progress events from the workers (lossy pub/sub: a missed one is replaced by the next)."""
+        """Progress events from the workers (lossy pub/sub: a missed one is replaced by the next, and the tick
+        reads the queue itself)."""
+        outage = self.bot.outage("the progress messages")
         while True:
             try:
                 async with self.bot.redis.pubsub() as pubsub:
                     await pubsub.subscribe(keys.PROGRESS_CHANNEL)
+                    outage.back()
                     async for message in pubsub.listen():
                         if message["type"] != "message":
                             continue
@@ -120,6 +124,8 @@ class Tracker:
                             if tracked is not None:
                                 tracked.progress = event
                                 tracked.preview = event.preview(job_id) or tracked.preview
+            except REDIS_AWAY as error:  # a restart or a failover
+                await asyncio.sleep(outage.away(error))
             except (RedisError, OSError) as error:
                 log.warning("progress feed lost (%s): reconnecting", error)
                 await asyncio.sleep(2)

@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gallery.db import guilds, images, likes, memberships, reports, users
 from gallery.store import ImageStore, file_names, read_result
 from ponybot import keys
+from ponybot.connection import REDIS_AWAY, Outage
 from ponybot.errors import ImageRefusal, SchemaVersionError
 from ponybot.gallery_messages import GalleryControl, GalleryMessage, GalleryPost
 from ponybot.parameters import generate_line, parse_parameters
@@ -47,9 +48,11 @@ def set_guild(db: Connection, guild_id: int, enabled: bool) -> None:
 
 class Ingest:
     def __init__(self, engine: Engine, store: ImageStore, conn: redis.Redis, consumer: str = "gallery",
-                 changed: Callable[[], None] | None = None) -> None:
+                 changed: Callable[[], None] | None = None, *, outage_patience_s: float = 60.0,
+                 where: str = "") -> None:
         self.engine, self.store, self.conn, self.consumer = engine, store, conn, consumer
         self.changed = changed  #: called after rows changed (the site's cached pages are then stale)
+        self.outage = Outage("the gallery's ingest", outage_patience_s, where=where)
 
     def run(self, stopping: threading.Event) -> None:
         """Consume until ``stopping`` is set; first what was taken and never acknowledged."""
@@ -58,13 +61,17 @@ class Ingest:
             try:
                 ensure_group(self.conn)
                 count = self.step(backlog=backlog, block_ms=1000)
+                self.outage.back()
                 backlog = backlog and count > 0
                 backoff = 0.5
+                continue
+            except REDIS_AWAY as error:  # a restart or a failover: waited out, then the pending entries re-read
+                pause = self.outage.away(error)
             except (redis.RedisError, SQLAlchemyError, OSError) as error:
                 log.warning("gallery ingest paused %.1f s: %s", backoff, error)
-                backlog = True
-                stopping.wait(backoff)
-                backoff = min(backoff * 2, 30)
+                pause, backoff = backoff, min(backoff * 2, 30)
+            backlog = True
+            stopping.wait(pause)
 
     def step(self, *, backlog: bool = False, block_ms: int | None = None) -> int:
         """Handle one batch; returns how many entries were read."""

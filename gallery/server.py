@@ -71,9 +71,10 @@ def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.R
     return create_app(gallery, session_secret)
 
 
-def ingest_for(gallery: Gallery, conn: redis.Redis) -> Ingest:
+def ingest_for(gallery: Gallery, conn: redis.Redis, outage_patience_s: float = 60.0, where: str = "") -> Ingest:
     """The ingest loop of this site: what it stores clears the site's cached pages."""
-    return Ingest(gallery.engine, gallery.store, conn, changed=gallery.pages.clear)
+    return Ingest(gallery.engine, gallery.store, conn, changed=gallery.pages.clear,
+                  outage_patience_s=outage_patience_s, where=where)
 
 
 class _Server(uvicorn.Server):
@@ -90,11 +91,13 @@ class _Server(uvicorn.Server):
 
 
 def run_gallery(settings: Settings, redis_target: RedisTarget | str) -> None:
-    conn = RedisTarget.of(redis_target).client(socket_timeout=10, socket_connect_timeout=5)
+    target = RedisTarget.of(redis_target)
+    conn = target.client(socket_timeout=10, socket_connect_timeout=5)
     app = build_app(settings, conn=conn)
     gallery: Gallery = app.state.gallery
     stopping = threading.Event()
-    ingest = threading.Thread(target=ingest_for(gallery, conn).run, args=(stopping,),
+    loop = ingest_for(gallery, conn, settings.redis.outage_patience_s, target.describe())
+    ingest = threading.Thread(target=loop.run, args=(stopping,),
                               name="gallery-ingest", daemon=True)
     ingest.start()
     log.info("gallery on http://%s:%d (public address %s)", settings.gallery.host, settings.gallery.port,

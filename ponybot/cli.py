@@ -21,6 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from ponybot import __version__, safety_cli, styles_cli
+from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.preflight import check_port, writable_folder
@@ -207,9 +208,10 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         if args.local:
             # always a private Redis: a shared queue's jobs are never run here, and nobody else runs ours
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ponybot-local-")))
-            conn = connect(stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url)
+            target = RedisTarget(url=stack.enter_context(EmbeddedRedis(scratch, persistent=False)).url)
         else:
-            conn = connect(resolve_redis(settings))
+            target = resolve_redis(settings)
+        conn = connect(target)
         after = last_event_id(conn)
         worker = settings.worker
         position = enqueue(conn, job, max_queue=settings.limits.max_queue, result_ttl_s=worker.result_ttl_s,
@@ -221,7 +223,8 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             # workers started by demand (worker.on_demand): the queued job is what starts one, so wait for it
             patience = math.inf if settings.worker.on_demand and not args.local else settings.cli.no_worker_timeout_s
             event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
-                                   no_worker_timeout=patience)
+                                   no_worker_timeout=patience, outage_patience_s=settings.redis.outage_patience_s,
+                                   where=target.describe())
         except NoWorkerError:
             cancel_job(conn, job.id)  # nobody would ever read its result
             raise

@@ -8,6 +8,8 @@ connection; after a failover its next connection goes to the promoted replica.
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,10 @@ import redis.asyncio.sentinel
 import redis.retry
 import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+
+from ponybot.errors import RedisOutageError
+
+log = logging.getLogger(__name__)
 
 #: Timeouts for talking to the sentinels themselves (they answer at once or are down).
 SENTINEL_OPTIONS: dict[str, Any] = {"socket_timeout": 1.0, "socket_connect_timeout": 1.0}
@@ -50,11 +56,11 @@ class RedisTarget:
     def client(self, **options: Any) -> redis.Redis:
         """A blocking client (redis-py, RQ)."""
         if self.sentinels:
-            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 list(self.sentinels), sentinel_kwargs=dict(SENTINEL_OPTIONS, retry=redis.retry.Retry(NoBackoff(), 0)))
             options.setdefault("retry", redis.retry.Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05),
                                                           SENTINEL_RETRIES))
-            client: redis.Redis = sentinel.master_for(self.master_name, **options)  # type: ignore[no-untyped-call]
+            client: redis.Redis = sentinel.master_for(self.master_name, **options)  # type: ignore[no-untyped-call, unused-ignore]
             return client
         if self.url is None:
             raise ValueError("a RedisTarget needs a url or sentinels")
@@ -63,7 +69,7 @@ class RedisTarget:
     def async_client(self, **options: Any) -> redis.asyncio.Redis:
         """An asyncio client (the bot's delivery loop and progress tracker)."""
         if self.sentinels:
-            sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 list(self.sentinels), sentinel_kwargs=dict(SENTINEL_OPTIONS,
                                                            retry=redis.asyncio.retry.Retry(NoBackoff(), 0)))
             options.setdefault("retry", redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05),
@@ -81,3 +87,59 @@ def redact(url: str) -> str:
     if "@" in rest:
         rest = "***@" + rest.split("@", 1)[1]
     return f"{scheme}{sep}{rest}"
+
+
+#: What a client raises when Redis went away (a restart, a Sentinel failover, a dropped connection): worth
+#: waiting out. Sentinel's "no primary" is a ConnectionError too; other errors (a wrong command) are not.
+REDIS_AWAY: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: How often a loop tries Redis again while it is away: a Sentinel promotion takes about 2 s.
+RETRY_EVERY_S = 0.5
+#: ...and once it has been away past its patience (a loop that goes on waiting then).
+RETRY_PAST_PATIENCE_S = 5.0
+
+
+class Outage:
+    """One waiting loop's view of Redis being away, for every such loop (CLI, bot, gallery).
+
+    The loop calls :meth:`away` with each error in :data:`REDIS_AWAY` and sleeps the seconds it
+    returns; and :meth:`back` after each round trip that worked, which is True right after an
+    outage (re-read what may have changed meanwhile). Redis away for ``redis.outage_patience_s``
+    is said in one line: raised as :class:`RedisOutageError` with ``give_up``, else logged once
+    while the loop goes on waiting.
+    """
+
+    def __init__(self, what: str, patience_s: float, *, where: str = "", give_up: bool = False,
+                 hint: str = "") -> None:
+        self.what, self.patience_s, self.where, self.give_up, self.hint = what, patience_s, where, give_up, hint
+        self.since: float | None = None
+        self.said = False
+
+    def away(self, error: Exception) -> float:
+        """Seconds to wait before trying again; RedisOutageError past the patience when giving up."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            log.warning("Redis%s went away (%s): holding %s up to %g s for it (redis.outage_patience_s)",
+                        f" at {self.where}" if self.where else "", error, self.what, self.patience_s)
+        if now - self.since < self.patience_s:
+            return RETRY_EVERY_S
+        if self.give_up:
+            raise RedisOutageError(self.describe())
+        if not self.said:
+            self.said = True
+            log.error("%s; still trying every %g s", self.describe(), RETRY_PAST_PATIENCE_S)
+        return RETRY_PAST_PATIENCE_S
+
+    def back(self) -> bool:
+        """Whether an outage just ended (then once, with a line saying how long it lasted)."""
+        if self.since is None:
+            return False
+        log.warning("Redis is back after %.1f s: resuming %s", time.monotonic() - self.since, self.what)
+        self.since, self.said = None, False
+        return True
+
+    def describe(self) -> str:
+        where = f" at {self.where}" if self.where else ""
+        hint = f"; {self.hint}" if self.hint else ""
+        return (f"Redis{where} has been unreachable for {self.patience_s:g} s (redis.outage_patience_s) "
+                f"during {self.what}{hint}")

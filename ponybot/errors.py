@@ -46,6 +46,10 @@ class RedisUnavailableError(PonybotError):
     """Redis cannot be reached."""
 
 
+class RedisOutageError(RedisUnavailableError):
+    """Redis went away and stayed away longer than ``redis.outage_patience_s``."""
+
+
 class NoWorkerError(PonybotError):
     """No worker is listening on the generation queue."""
 

@@ -12,7 +12,7 @@ from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from ponybot import keys
-from ponybot.connection import RedisTarget
+from ponybot.connection import REDIS_AWAY, Outage, RedisTarget
 from ponybot.errors import N_, NoWorkerError, QueueFullError, RedisUnavailableError
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
@@ -318,20 +318,32 @@ def load_image(conn: redis.Redis, key: str) -> bytes | None:
 
 def wait_for_event(
     conn: redis.Redis, job_id: str, *, after: str, timeout: float | None, no_worker_timeout: float,
-    model: str = keys.DEFAULT_MODEL_NAME,
+    model: str = keys.DEFAULT_MODEL_NAME, outage_patience_s: float = 0.0, where: str = "",
 ) -> JobEvent:
-    """Block until ``job_id``'s event arrives; NoWorkerError when no worker listens for too long."""
+    """Block until ``job_id``'s event arrives; NoWorkerError when no worker listens for too long.
+
+    Redis going away meanwhile (a restart, a failover) is waited out for ``outage_patience_s``, then
+    RedisOutageError naming the job; the stream keeps what came meanwhile, read from ``after`` on once it is back.
+    """
+    outage = Outage(f"the wait for job {job_id}", outage_patience_s, where=where, give_up=True,
+                    hint="it may still finish once Redis is back")
     started = time.monotonic()
     without_worker_since: float | None = None
     while timeout is None or time.monotonic() - started < timeout:
-        read: StreamRead = conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100)  # type: ignore[assignment]
+        try:
+            read: StreamRead = conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100)  # type: ignore[assignment]
+            online = workers_online(conn, model)
+        except REDIS_AWAY as error:
+            time.sleep(outage.away(error))
+            continue
+        outage.back()
         for _stream, entries in read or []:
             for entry_id, fields in entries:
                 after = entry_id.decode()
                 event = JobEvent.model_validate_json(fields[b"data"])
                 if event.job.id == job_id:
                     return event
-        if workers_online(conn, model):
+        if online:
             without_worker_since = None
         else:
             without_worker_since = without_worker_since or time.monotonic()

@@ -19,10 +19,16 @@ from worker.generate import Generator
 GATE_DEADLINE_S = 900.0
 
 
-def gated(gate: Path) -> None:
-    real = Generator.generate_batch
+def arrived(gate: Path) -> Path:
+    """The file a worker makes when a generation reaches its gate (``GATE.waiting``)."""
+    return gate.with_name(gate.name + ".waiting")
 
-    def generate_batch(self: Generator, *args: Any, **kwargs: Any) -> Any:
+
+def gated(gate: Path) -> None:
+    real = Generator.generate_deferred  # what the worker calls (generate_batch too): the GPU stage of a batch
+
+    def generate_deferred(self: Generator, *args: Any, **kwargs: Any) -> Any:
+        arrived(gate).touch()  # the job is surely mid-run now: its bookkeeping before the generation is done
         deadline = time.monotonic() + GATE_DEADLINE_S
         while not gate.exists():
             if time.monotonic() > deadline:
@@ -30,7 +36,7 @@ def gated(gate: Path) -> None:
             time.sleep(0.05)
         return real(self, *args, **kwargs)
 
-    Generator.generate_batch = generate_batch  # type: ignore[method-assign]
+    Generator.generate_deferred = generate_deferred  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

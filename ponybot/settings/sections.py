@@ -42,6 +42,9 @@ class RedisSettings(Section):
     sentinels: Annotated[list[Annotated[str, AfterValidator(lambda item: sentinel_address(item) and item)]],
                          NoDecode] = Field(default_factory=list)
     master_name: str = "ponybot"
+    #: how long a wait (the CLI's for its job, the bot's delivery and progress, the gallery's ingest) rides
+    #: out Redis going away (a restart, a Sentinel failover) before it says so
+    outage_patience_s: float = Field(60.0, ge=1, le=86400)
 
     @field_validator("sentinels", mode="before")
     @classmethod
