@@ -26,12 +26,9 @@ from ponybot import keys
 from ponybot.queue import enqueue
 from ponybot.schemas import Job, build_request
 from ponybot.settings import Settings
-from tests.conftest import PATIENCE_S, wait_until
+from tests.conftest import PATIENCE_S, STOP_BOUND_S, wait_until
 from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
-
-#: Far below the 60 s of RQ's pub/sub read, far above a stop on a busy 2-core machine (well under a second idle).
-STOP_BOUND_S = 20.0
 
 #: Whether the worker ran a job before it was stopped, for each of the stops in a row.
 ROUNDS = [False, True] * 3
