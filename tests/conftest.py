@@ -40,6 +40,9 @@ T = TypeVar("T")
 #: Seconds a test waits for what takes a moment on an idle machine: a deadline, not a pace (every
 #: wait returns as soon as its state holds), so generous enough for a fresh, busy 2-core machine.
 PATIENCE_S = 300.0
+#: The longest a warm stop may take after the last job: far below the 60 s of RQ's pub/sub read (the timer a
+#: stop once waited on), far above a stop on a busy 2-core machine (a fraction of a second idle).
+STOP_BOUND_S = 20.0
 
 
 def wait_until(predicate: Callable[[], T], timeout: float = PATIENCE_S, what: str = "the awaited state") -> T:

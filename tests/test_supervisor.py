@@ -21,7 +21,7 @@ from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import GenerationRequest, Job, JobEvent
 from ponybot.settings import Settings
 from ponybot.up import EXIT_CANNOT_START, Child, Supervisor, restart_delay
-from tests.conftest import cli_env, run_cli
+from tests.conftest import STOP_BOUND_S, cli_env, run_cli
 
 DEADLINE_S = 300  # generous: a busy 2-core machine
 
@@ -93,7 +93,11 @@ def test_sigint_to_the_process_group_mid_job(tmp_path: Path, model_cache: Path, 
         children = children_of(up.pid)
         assert len(children) == 2  # the embedded Redis and the worker
         os.killpg(up.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        wait_for(lambda: f"job={job.id} done" in log.read_text(), what="the job done")
+        done_at = time.monotonic()
         assert up.wait(timeout=DEADLINE_S) == 0, log.read_text()
+        # the worker, then Redis: within seconds of the last job, never a library's 60 s timer
+        assert time.monotonic() - done_at < STOP_BOUND_S, log.read_text()
     finally:
         if up.poll() is None:
             up.kill()

@@ -24,7 +24,7 @@ from ponybot.parameters import parse_parameters
 from ponybot.queue import enqueue, generation_queue, last_event_id, wait_for_event
 from ponybot.schemas import Job, JobEvent, ProgressEvent, build_request
 from ponybot.settings import Settings
-from tests.conftest import PATIENCE_S, ROOT, cli_env, wait_until
+from tests.conftest import PATIENCE_S, ROOT, STOP_BOUND_S, cli_env, wait_until
 from worker.png import read_parameters
 from worker.runner import GenerationWorker, run_worker
 from worker.runtime import WorkerRuntime
@@ -121,9 +121,11 @@ def test_sigterm_finishes_the_current_job(conn: redis.Redis, settings: Settings,
         worker.send_signal(signal.SIGTERM)  # mid-job: its generation waits at the gate
         gate.touch()
         event = wait_for_event(conn, job.id, after=after, timeout=PATIENCE_S, no_worker_timeout=PATIENCE_S)
+        done_at = time.monotonic()
         assert event.kind == "done"
         assert len(event.images) == 1
         assert worker.wait(PATIENCE_S) == 0
+        assert time.monotonic() - done_at < STOP_BOUND_S  # drained: it exits within seconds of its job
     finally:
         if worker.poll() is None:
             worker.kill()

@@ -34,6 +34,7 @@ from ponybot.queue import generation_queue, publish_event
 from ponybot.schemas import Job
 from worker.announce import Announcer
 from worker.batching import UNREADABLE, BatchClaimer
+from worker.commands import CommandChannel
 from worker.heartbeats import Heartbeats, RedisWatch
 from worker.rq_job import ATTEMPTS_FIELD, SafeJob, attempts_of
 from worker.runtime import Batch, WorkerRuntime, with_redis_retry
@@ -88,6 +89,16 @@ class GenerationWorker(SimpleWorker):
         #: the heartbeats of every batch this worker has in hand (generating, or in the post stage)
         self.beating: set[Heartbeats] = set()
         self.beating_lock = threading.Lock()
+        self.commands: CommandChannel | None = None
+
+    def subscribe(self) -> None:
+        """RQ's command channel, read in short slices (:mod:`worker.commands`): RQ's own read blocks for 60 s."""
+        self.commands = CommandChannel(self.connection, self.pubsub_channel_name, self)
+
+    def unsubscribe(self) -> None:
+        """Stop reading the command channel without waiting on a read (RQ's order could wait 60 s for one)."""
+        if self.commands is not None:
+            self.commands.stop()
 
     def _install_signal_handlers(self) -> None:
         """RQ's warm shutdown, unless ``on_interrupt`` is given: then SIGINT/SIGTERM call it, at once."""
