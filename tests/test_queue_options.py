@@ -38,11 +38,12 @@ OPTION_ROWS = [
 
 
 def write_config(folder: Path, model_cache: Path, redis_lines: str) -> Path:
-    """Two models, alpha (the default, first in the table) and beta, both the tiny one."""
+    """Two models, alpha (the default, first in the table) and beta, both the tiny one under its own name (what
+    the PNG's ``Model`` says)."""
     config = folder / "config.toml"
     config.write_text(
         f"{redis_lines}\n[model]\ncache_dir = '{model_cache}'\n"
-        "[models.alpha]\nsource = 'tiny'\n[models.beta]\nsource = 'tiny'\n"
+        "[models.alpha]\nsource = 'tiny'\nname = 'alpha'\n[models.beta]\nsource = 'tiny'\nname = 'beta'\n"
         "[defaults]\nsize = '256x256'\nsteps = 2\n[cli]\nno_worker_timeout_s = 30\n"
         f"[safety]\ntagger = '{NO_TAGGER['tagger']}'\n[log]\nlevel = 'WARNING'\n", encoding="utf-8")
     return config
@@ -54,9 +55,14 @@ def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]
         yield topology
 
 
-def worker_beside(conn: redis.Redis, settings: Any, generator: Any, classifier: Any) -> threading.Thread:
+def worker_beside(conn: redis.Redis, settings: Any, classifier: Any) -> threading.Thread:
     """A worker holding alpha and beta that takes the job as soon as one is queued (in a thread)."""
-    runtime = WorkerRuntime(settings, conn, {name: generator for name in MODELS}, "holds-alpha-beta", classifier)
+    from worker.generate import Generator
+    from worker.loading import load_model, resolve_device
+
+    generators = {name: Generator(load_model(settings.models[name].source, settings.model, resolve_device("cpu"),
+                                             entry=settings.models[name], key=name)) for name in MODELS}
+    runtime = WorkerRuntime(settings, conn, generators, "holds-alpha-beta", classifier)
     publish_worker(conn, WorkerRecord(name="holds-alpha-beta", models=list(MODELS)), heartbeat_s=600)
 
     def serve() -> None:
@@ -72,7 +78,7 @@ def worker_beside(conn: redis.Redis, settings: Any, generator: Any, classifier: 
 @pytest.mark.parametrize("path", ["redis", "sentinel", "local"])
 def test_cli_options_on_every_path(path: str, options: list[str], expected: list[dict[str, str]], tmp_path: Path,
                                    model_cache: Path, redis_url: str, conn: redis.Redis, run_main: Any,
-                                   generator: Any, classifier: Any, request: pytest.FixtureRequest) -> None:
+                                   classifier: Any, request: pytest.FixtureRequest) -> None:
     if path == "sentinel":
         topology: SentinelSet = request.getfixturevalue("sentinels")
         queue_conn = redis.Redis(port=topology.primary_port_now())
@@ -85,7 +91,7 @@ def test_cli_options_on_every_path(path: str, options: list[str], expected: list
     worker = None
     if path != "local":
         settings = load_settings(config)
-        worker = worker_beside(queue_conn, settings, generator, classifier)
+        worker = worker_beside(queue_conn, settings, classifier)
     local = ["--local"] if path == "local" else []
     result = run_main(["--config", str(config), "generate", "pony", *options, *local], dict(THREADS), tmp_path)
     assert result.returncode == 0, result.stderr
