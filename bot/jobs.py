@@ -24,7 +24,7 @@ from ponybot.policy import Decision, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import check_fair_share, enqueue, estimate_wait, job_model
 from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage, UploadedImage
-from ponybot.workers import check_networks, models_online
+from ponybot.workers import check_networks, model_workers
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -62,11 +62,11 @@ def interaction_ref(interaction: discord.Interaction[Any], message_id: int | Non
 @dataclass(frozen=True)
 class Admission:
     """What :func:`admit` found: the policy's decision, the embeddings the prompts name, and whether a
-    worker for the model still has to start (``worker.on_demand``)."""
+    worker holding the model is online (if not, the job waits for one that starts)."""
 
     decision: Decision
     embeddings: list[str]
-    worker_starting: bool = False
+    worker_online: bool = True
 
 
 def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: bool) -> Admission:
@@ -86,10 +86,11 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
                          model=settings.models.get(model))
         if not decision.allowed:
             raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=decision.reason))
-        records = models_online(bot.sync_redis).get(model)
-        if records:
-            _loras, embeddings = check_networks(records, request, settings.model.max_loras)
-        elif settings.worker.on_demand:  # queued: its job makes a worker start; that worker checks the LoRAs
+        found = model_workers(bot.sync_redis, model, gone_refuse_s=limits.worker_gone_refuse_s)
+        if found.records:
+            _loras, embeddings = check_networks(found.records, request, settings.model.max_loras)
+        elif settings.worker.on_demand or found.state == "coming":
+            # queued: a worker is starting (or its job makes one start); that worker checks the LoRAs
             check_lora_count(parse_loras(request.prompt), settings.model.max_loras)
             embeddings = []
         else:
@@ -103,7 +104,7 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
                                       "{seconds} s.", seconds=max(1, int(wait))))
     except redis.RedisError as error:
         raise RedisUnavailableError(str(error)) from None
-    return Admission(decision, embeddings, worker_starting=not records)
+    return Admission(decision, embeddings, worker_online=bool(found.records))
 
 
 async def submit(bot: PonyBot, job: Job) -> int:
@@ -152,7 +153,8 @@ async def queue_job(
              interaction.channel_id, position)
     from bot.features.results import queued_view
 
-    content = messages.queued(origin.locale, position, eta, worker_starting=admission.worker_starting)
+    content = messages.queued(origin.locale, position, eta, on_demand=bot.settings.worker.on_demand,
+                              waiting_for=None if admission.worker_online else job_model(job))
     await interaction.edit_original_response(content=content,
                                              view=queued_view(job.id, origin.locale))
     bot.tracker.track(job)

@@ -25,10 +25,16 @@ def locale_of(event: JobEvent) -> str:
     return event.job.origin.locale if event.job.origin else "en-US"
 
 
-def queued(locale: str, position: int, eta_s: float | None, *, worker_starting: bool = False) -> str:
-    if worker_starting:
-        return t(locale, "Queued: position {position}. No worker is running yet: one is starting, which can take "
-                 "a few minutes.", position=position)
+def queued(locale: str, position: int, eta_s: float | None, *, waiting_for: str | None = None,
+           on_demand: bool = False) -> str:
+    """Where a job waits; ``waiting_for``: its model, when no worker online holds it (``on_demand``: the job
+    makes one start)."""
+    if waiting_for is not None:
+        if on_demand:
+            return t(locale, "Queued: position {position}. No worker is running yet: one is starting, which can "
+                     "take a few minutes.", position=position)
+        return t(locale, "Queued: position {position}. No worker holding the model **{model}** is online right now: "
+                 "your job waits until one starts.", position=position, model=waiting_for)
     if eta_s is None:
         if position <= 1:
             return t(locale, "Queued: next in line.")

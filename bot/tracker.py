@@ -169,7 +169,10 @@ class Tracker:
             position = snapshot.positions.get(tracked.job.id) if snapshot is not None else None
             if snapshot is None or position is None:
                 return  # taken by a worker: its first progress event comes next
-            text = messages.queued(locale, position, snapshot.eta(position, job_model(tracked.job)))
+            model = job_model(tracked.job)
+            text = messages.queued(locale, position, snapshot.eta(position, model),
+                                   on_demand=self.bot.settings.worker.on_demand,
+                                   waiting_for=None if snapshot.workers.get(model) else model)
         if text == tracked.shown:
             return
         async with tracked.lock:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from ponybot import __version__, safety_cli, styles_cli
 from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
+from ponybot.options import make_request
 from ponybot.policy import Mode, PolicyRules, apply, resolve
 from ponybot.preflight import check_port, writable_folder
 from ponybot.queue import (
@@ -30,6 +31,7 @@ from ponybot.queue import (
     connect,
     enqueue,
     generation_queue,
+    job_model,
     last_event_id,
     load_image,
     resolve_redis,
@@ -44,7 +46,6 @@ from ponybot.schemas import (
     Sampler,
     Speed,
     build_request,
-    parse_size,
     shorten,
 )
 from ponybot.settings import (
@@ -129,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--speed", choices=[s.value for s in Speed],
                           help="normal, or fast: DeepCache feature reuse, quicker with a little less detail "
                                "(default: normal)")
-    generate.add_argument("--model", help="model source for --local: hub id, diffusers folder, .safetensors file "
-                                          "or tiny (default: model.source)")
+    generate.add_argument("--model", help="a model of [models] (default: model.default); with --local also a "
+                                          "source for the default model: hub id, diffusers folder, .safetensors "
+                                          "file or tiny (default: its source)")
     generate.add_argument("--out", type=Path, help="output folder, created if missing (default: cli.out_dir, out)")
     generate.add_argument("--local", action="store_true",
                           help="run a worker in this process, with its own private Redis and queue: never "
@@ -162,33 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def request_from_args(args: argparse.Namespace, settings: Settings) -> GenerationRequest:
-    defaults = settings.defaults
-    try:
-        width, height = parse_size(args.size or defaults.size)
-    except ValueError as error:
-        raise InvalidRequestError("size", str(error)) from None
-    sampler = args.sampler or defaults.sampler.value
-    if sampler not in {s.value for s in Sampler}:
-        names = ", ".join(s.value for s in Sampler)
-        raise InvalidRequestError("sampler", f"must be one of {names}, got {shorten(sampler)}")
-    entry = settings.model_entry(None)  # the default model's own defaults first
-    negative = defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt
-    return build_request(
-        settings.limits,
-        prompt=args.prompt,
-        negative_prompt=args.negative if args.negative is not None else negative,
-        steps=args.steps if args.steps is not None else defaults.steps,
-        cfg=args.cfg if args.cfg is not None else defaults.cfg,
-        width=width,
-        height=height,
-        count=args.count if args.count is not None else defaults.count,
-        seed=args.seed,
-        sampler=sampler,
-        clip_skip=args.clip_skip if args.clip_skip is not None else entry.clip_skip or defaults.clip_skip,
-        model=settings.default_model,
-        speed=args.speed or Speed.NORMAL.value,
-    )
+def request_from_args(args: argparse.Namespace, settings: Settings) -> tuple[GenerationRequest, str]:
+    """The request (:func:`ponybot.options.make_request`, as /generate builds it) and the model source to load
+    with --local. ``--model`` names a model of ``[models]``; with --local it may also be a source (a hub id,
+    folder, file or tiny) for the default model."""
+    name = args.model
+    source = None
+    if args.local and name is not None and name not in settings.models:
+        name, source = None, args.model
+    request = make_request(settings, {
+        "prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed, "steps": args.steps,
+        "cfg": args.cfg, "size": args.size, "count": args.count, "sampler": args.sampler,
+        "clip_skip": args.clip_skip, "speed": args.speed, "model": name,
+    })
+    return request, source or settings.model_entry(request.model).source
 
 
 def cli_job_id(job: Job, model: str) -> str:
@@ -198,8 +187,7 @@ def cli_job_id(job: Job, model: str) -> str:
 
 
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
-    request = request_from_args(args, settings)
-    model = args.model or settings.model_entry(None).source
+    request, model = request_from_args(args, settings)
     quality = settings.defaults.quality if args.quality is None else args.quality
     draft = Job.create(request, quality_tags=quality)
     job = draft.model_copy(update={"id": cli_job_id(draft, model)})
@@ -222,7 +210,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         try:
             # workers started by demand (worker.on_demand): the queued job is what starts one, so wait for it
             patience = math.inf if settings.worker.on_demand and not args.local else settings.cli.no_worker_timeout_s
-            event = wait_for_event(conn, job.id, after=after, timeout=None, model=settings.default_model,
+            event = wait_for_event(conn, job.id, after=after, timeout=None, model=job_model(job),
                                    no_worker_timeout=patience, outage_patience_s=settings.redis.outage_patience_s,
                                    where=target.describe())
         except NoWorkerError:
@@ -245,7 +233,7 @@ def run_local(settings: Settings, conn: redis.Redis, job: Job, model: str, stack
     from worker.runner import run_worker
     from worker.startup import build_runtime
 
-    waiting = generation_queue(conn).job_ids
+    waiting = generation_queue(conn, job_model(job)).job_ids
     if waiting != [job.id]:  # cannot happen on a private Redis; never run anyone else's job
         raise PonybotError(f"refusing to run: the local queue holds jobs this command did not enqueue ({waiting})")
 
@@ -256,7 +244,8 @@ def run_local(settings: Settings, conn: redis.Redis, job: Job, model: str, stack
         os._exit(EXIT_INTERRUPTED)
 
     # its speed measured at the job's own size: the job's time limit follows from it
-    runtime = build_runtime(settings, conn, model_source=model, measure_size=(job.request.width, job.request.height))
+    runtime = build_runtime(settings, conn, model_source=model, models=[job_model(job)],
+                            measure_size=(job.request.width, job.request.height))
     runtime.only_jobs = frozenset({job.id})
     run_worker(runtime, burst=True, on_interrupt=interrupted)
 

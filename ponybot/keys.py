@@ -27,6 +27,9 @@ def worker_record(name: str) -> str:
 
 #: Sorted set of worker name -> time its record expires: who to read records of, without a SCAN.
 WORKERS = f"{PREFIX}:workers"
+#: Hash of model name -> when a worker last said it holds it (Unix time of its latest heartbeat): how long a
+#: model's workers have been gone, so its jobs wait for one that is restarting but not for one long gone.
+MODELS_LAST_HELD = f"{PREFIX}:models:last-held"
 
 
 def recent_durations(model: str) -> str:

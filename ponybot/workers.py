@@ -8,7 +8,9 @@ worker that dies therefore disappears from ``/generate``'s model list within thr
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,10 +45,14 @@ def record_ttl(heartbeat_s: float) -> int:
 
 
 def publish_worker(conn: redis.Redis, record: WorkerRecord, heartbeat_s: float) -> None:
+    """The worker's record, renewed for three heartbeats, and now as the time its models last had a worker."""
     ttl = record_ttl(heartbeat_s)
+    now = time.time()
     with conn.pipeline(transaction=False) as pipe:
         pipe.set(keys.worker_record(record.name), record.model_dump_json(), ex=ttl)
-        pipe.zadd(keys.WORKERS, {record.name: time.time() + ttl})
+        pipe.zadd(keys.WORKERS, {record.name: now + ttl})
+        if record.models:
+            pipe.hset(keys.MODELS_LAST_HELD, mapping=dict.fromkeys(record.models, now))
         pipe.execute()
 
 
@@ -79,6 +85,30 @@ def online_workers(conn: redis.Redis) -> list[WorkerRecord]:
 def models_online(conn: redis.Redis) -> dict[str, list[WorkerRecord]]:
     """Model name -> the workers holding it, for every model some worker online holds."""
     return models_online_from(online_workers(conn))
+
+
+@dataclass(frozen=True)
+class ModelWorkers:
+    """The workers online holding a model, or how long it has had none.
+
+    ``state``: ``online``; ``coming`` when none holds it now but one held it within the patience given (a
+    worker restarting) or none ever did (a fresh start, the worker still loading): its jobs wait for it;
+    ``gone`` when its last worker left longer ago than that: a job would wait for nobody.
+    """
+
+    records: list[WorkerRecord]
+    gone_s: float | None  #: seconds since a worker last held it; None while one does, or if none ever did
+    state: Literal["online", "coming", "gone"]
+
+
+def model_workers(conn: redis.Redis, model: str, *, gone_refuse_s: float) -> ModelWorkers:
+    """Who holds ``model`` now, else how long since a worker did (:data:`keys.MODELS_LAST_HELD`)."""
+    records = models_online(conn).get(model, [])
+    if records:
+        return ModelWorkers(records, None, "online")
+    raw: bytes | None = conn.hget(keys.MODELS_LAST_HELD, model)  # type: ignore[assignment]
+    gone_s = max(0.0, time.time() - float(raw)) if raw else None
+    return ModelWorkers([], gone_s, "gone" if gone_s is not None and gone_s > gone_refuse_s else "coming")
 
 
 def models_online_from(records: list[WorkerRecord]) -> dict[str, list[WorkerRecord]]:

@@ -169,6 +169,8 @@ async def test_generate_names_the_model_nobody_holds(fake: FakeDiscord, redis_ur
                                                      second_model: Path, conn: redis.Redis) -> None:
     settings = bot_settings(two_model_settings(redis_url, model_cache, second_model), fake)
     announce(conn, ["pony-v4"], descriptions={"pony-v4": "the first tiny model"})
+    # pony-v3's last worker left an hour ago (over limits.worker_gone_refuse_s): its job would wait for nobody
+    conn.hset(keys.MODELS_LAST_HELD, "pony-v3", time.time() - 3600)
     async with running_bot(settings, redis_url):
         typed = await fake.autocomplete("generate", {"prompt": "pony", "model": "pony"}, "model")
         await fake.wait_for(lambda: typed.choices is not None)

@@ -12,10 +12,10 @@ from discord.ext import commands
 
 from bot.i18n import MemberError
 from bot.jobs import queue_job, read_redis
-from bot.options import make_request
 from bot.uploads import PendingUpload, check_declared
 from ponybot.errors import InvalidRequestError
 from ponybot.member_defaults import MemberDefaultsStore
+from ponybot.options import make_request
 from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, Speed, parse_size
 from ponybot.settings import Settings
 from ponybot.styles import Style, StyleStore

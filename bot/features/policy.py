@@ -19,8 +19,8 @@ from discord.ext import commands
 from bot.features.generate import SizeTransformer
 from bot.i18n import N_, t
 from bot.jobs import origin_of
-from bot.options import make_request
 from ponybot.errors import InvalidRequestError
+from ponybot.options import make_request
 from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.settings import PolicySettings

@@ -113,6 +113,9 @@ class LimitSettings(Section):
     max_queued_per_member: int = Field(2, ge=1)
     max_queued_per_guild: int = Field(20, ge=1)
     max_upscale_pixels: int = Field(1024 * 1024, ge=256 * 256, le=2048 * 2048)
+    #: A configured model's jobs wait while no worker holds it (one is starting or restarting), unless its
+    #: last worker left longer ago than this: then /generate refuses them.
+    worker_gone_refuse_s: int = Field(600, ge=0)
 
 
 class UploadSettings(Section):

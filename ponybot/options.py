@@ -1,29 +1,41 @@
-"""From the options a member typed to a request: their own defaults, the server's style, the operator's defaults."""
+"""From the options someone gave to a request, the same on every surface (``/generate``, ``ponybot generate``,
+what comes next): each option as given, else the member's default, else the model's, else the operator's;
+then the server's style."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot.i18n import MemberError
-from ponybot.errors import InvalidRequestError
+from ponybot.errors import N_, InvalidRequestError
 from ponybot.member_defaults import MemberDefaults
 from ponybot.networks import check_lora_count, parse_loras
-from ponybot.schemas import MAX_PROMPT_CHARS, GenerationRequest, build_request, parse_size
+from ponybot.schemas import MAX_PROMPT_CHARS, GenerationRequest, Sampler, build_request, parse_size, shorten
 from ponybot.settings import Settings
 from ponybot.styles import Style, apply_style
 
 
 def make_request(settings: Settings, options: dict[str, Any], personal: MemberDefaults | None = None,
                  style: Style | None = None) -> GenerationRequest:
-    """The request: each option as typed, else the member's default, else the model's, else the operator's;
-    then the style."""
+    """The request, its model checked against ``[models]``; InvalidRequestError naming the option at fault.
+
+    ``options``: the request's fields, None where not given; ``size`` as ``(width, height)`` or ``"WxH"``,
+    ``sampler`` as :class:`Sampler` or its value, ``model`` a name from ``[models]`` (None: the default model).
+    """
     defaults = settings.defaults
     given = {key: value for key, value in options.items() if value is not None}
     model = given.pop("model", None) or settings.default_model
     entry = settings.models.get(model)
     if entry is None:
-        raise InvalidRequestError("model", "there is no model {model} here (models: {models})",
+        raise InvalidRequestError("model", N_("there is no model {model} here (models: {models})"),
                                   model=repr(model), models=", ".join(settings.models))
+    if isinstance(given.get("size"), str):
+        try:
+            given["size"] = parse_size(given["size"])
+        except ValueError as error:
+            raise InvalidRequestError("size", str(error)) from None
+    if isinstance(given.get("sampler"), str) and given["sampler"] not in {s.value for s in Sampler}:
+        names = ", ".join(s.value for s in Sampler)  # a command line's text (a slash command offers choices)
+        raise InvalidRequestError("sampler", f"must be one of {names}, got {shorten(given['sampler'])}")
     operator: dict[str, Any] = {
         "negative_prompt": defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt,
         "steps": defaults.steps, "cfg": defaults.cfg, "count": defaults.count, "sampler": defaults.sampler,
@@ -34,15 +46,16 @@ def make_request(settings: Settings, options: dict[str, Any], personal: MemberDe
     if style is not None:
         prompt, negative = apply_style(style, values.get("prompt", ""), values["negative_prompt"])
         if len(prompt) > MAX_PROMPT_CHARS or len(negative) > MAX_PROMPT_CHARS:
-            raise MemberError("with style {style} the prompt is over {limit} characters", field="style",
-                              style=style.name, limit=MAX_PROMPT_CHARS)
+            raise InvalidRequestError("style", N_("with style {style} the prompt is over {limit} characters"),
+                                      style=style.name, limit=MAX_PROMPT_CHARS)
         values["prompt"], values["negative_prompt"] = prompt, negative
     try:
         request = build_request(settings.limits, width=width, height=height, **values)
     except InvalidRequestError as error:
         if personal is not None and error.field in options and options[error.field] is None:
-            raise MemberError("your default is not allowed on this bot ({reason}): change it with /settings",
-                              field=error.field, reason=error.reason) from None
+            raise InvalidRequestError(
+                error.field, N_("your default is not allowed on this bot ({reason}): change it with /settings"),
+                reason=error.reason) from None
         raise
     check_lora_count(parse_loras(request.prompt), settings.model.max_loras)
     return request
