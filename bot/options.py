@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.i18n import MemberError
+from bot.i18n import N_, MemberError
 from ponybot.errors import InvalidRequestError
 from ponybot.member_defaults import MemberDefaults
 from ponybot.networks import check_lora_count, parse_loras
@@ -22,7 +22,7 @@ def make_request(settings: Settings, options: dict[str, Any], personal: MemberDe
     model = given.pop("model", None) or settings.default_model
     entry = settings.models.get(model)
     if entry is None:
-        raise InvalidRequestError("model", "there is no model {model} here (models: {models})",
+        raise InvalidRequestError("model", N_("there is no model {model} here (models: {models})"),
                                   model=repr(model), models=", ".join(settings.models))
     operator: dict[str, Any] = {
         "negative_prompt": defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt,
