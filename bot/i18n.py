@@ -21,7 +21,7 @@ from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from discord import app_commands
 
-from ponybot.errors import PonybotError
+from ponybot.errors import PonybotError, Reason
 
 LOCALE_DIR = Path(__file__).with_name("locale")
 DOMAIN = "ponybot"
@@ -74,6 +74,30 @@ def t(locale: str | discord.Locale | None, message: str, /, **params: Any) -> st
     """``message`` in the member's language, with ``{name}`` placeholders filled in."""
     text = translations(language_of(locale)).gettext(message)
     return text.format(**params) if params else text
+
+
+def t_reason(locale: str | discord.Locale | None, reason: Reason) -> str:
+    """A reason the contract gave (a catalog message id and its parameters) in the member's language."""
+    return t(locale, reason.message, **reason.params)
+
+
+#: discord.py's permission flags the bot checks -> Discord's English names; the catalogs hold Discord's own
+#: names in each language (msgctxt "permission"), e.g. Manage Server: "Server verwalten", "Gérer le serveur".
+PERMISSIONS = {
+    "administrator": NP_("permission", "Administrator"),
+    "manage_guild": NP_("permission", "Manage Server"),
+    "manage_channels": NP_("permission", "Manage Channels"),
+    "manage_messages": NP_("permission", "Manage Messages"),
+    "send_messages": NP_("permission", "Send Messages"),
+    "embed_links": NP_("permission", "Embed Links"),
+    "attach_files": NP_("permission", "Attach Files"),
+}
+
+
+def permission_name(locale: str | discord.Locale | None, flag: str) -> str:
+    """A permission as Discord names it in the member's language (``manage_guild``: "Server verwalten")."""
+    english = PERMISSIONS.get(flag) or flag.replace("guild", "server").replace("_", " ").title()
+    return tp(locale, "permission", english)
 
 
 def tp(locale: str | discord.Locale | None, context: str, message: str) -> str:

@@ -15,7 +15,7 @@ import discord
 import redis
 
 from bot import messages
-from bot.i18n import t
+from bot.i18n import t, t_reason
 from bot.uploads import PendingUpload, store_upload
 from ponybot import keys
 from ponybot.errors import NoWorkerError, PolicyRefusal, RedisUnavailableError
@@ -84,8 +84,9 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
         model = request.model or settings.default_model
         decision = apply(policy, request, quality=quality, safe_tag=settings.policy.safe_tag,
                          model=settings.models.get(model))
-        if not decision.allowed:
-            raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=decision.reason))
+        if not decision.allowed and decision.reason is not None:
+            raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=t_reason(origin.locale,
+                                                                                          decision.reason)))
         found = model_workers(bot.sync_redis, model, gone_refuse_s=limits.worker_gone_refuse_s)
         if found.records:
             _loras, embeddings = check_networks(found.records, request, settings.model.max_loras)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from bot.i18n import N_, t
+import logging
+
+from bot.i18n import N_, t, t_reason
 from ponybot.schemas import JobEvent, Speed
+
+log = logging.getLogger(__name__)
 
 FAILURE_REASONS = {
     "out_of_memory": N_("the GPU ran out of memory. Try a smaller size or fewer images."),
@@ -14,7 +18,14 @@ FAILURE_REASONS = {
     "unsafe_source": N_("the image it starts from did not pass this channel's image check, so it was not used."),
     "unreadable_source": N_("the image it starts from could not be opened, so it was not used."),
     "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
+    "policy": N_("this channel's rules changed while it waited."),
+    "model": N_("the worker that took it does not hold this model. Please try again."),
+    "lora": N_("a LoRA in the prompt could not be loaded by the worker (the operator can find why in the logs)."),
+    "embedding": N_("an embedding in the prompt could not be loaded by the worker (the operator can find why in "
+                    "the logs)."),
 }
+#: What a member reads for a failure of a kind the bot does not know (the details stay in the logs).
+UNKNOWN_FAILURE = N_("something went wrong in the GPU worker (the operator can find it in the logs by its job id).")
 
 REDIS_DOWN = N_("The image queue is unreachable right now, so nothing was queued. Please try again in a minute.")
 SOMETHING_WRONG = N_("Something went wrong on our side; it has been logged. Please try again.")
@@ -78,14 +89,16 @@ def done(event: JobEvent, *, mention: bool) -> str:
 def failed(event: JobEvent, *, mention: bool) -> str:
     locale = locale_of(event)
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
-    if event.error_code == "policy":
-        reason = t(locale, "this channel's rules changed while it waited: {reason}.", reason=event.error_message)
+    if event.error_code == "policy" and event.reason is not None:
+        reason = t(locale, "this channel's rules changed while it waited: {reason}.",
+                   reason=t_reason(locale, event.reason))
+    elif event.reason is not None:
+        reason = t_reason(locale, event.reason)
     elif event.error_code in FAILURE_REASONS:
         reason = t(locale, FAILURE_REASONS[event.error_code], attempts=attempts_note(locale, event.attempts))
-        if event.error_code == "timeout" and event.error_message:  # the worker's limit and the setting behind it
-            reason = f"{reason} ({event.error_message})"
-    else:
-        reason = event.error_message or t(locale, "something went wrong.")
+    else:  # the worker's own words are for the operator (it logged them): never a class name to a member
+        log.warning("job=%s failed with code %r: %s", event.job.id, event.error_code, event.error_message)
+        reason = t(locale, UNKNOWN_FAILURE)
     return who + t(locale, "Sorry, this generation failed: {reason}", reason=reason)
 
 

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 
 from bot import messages
-from bot.i18n import MemberError, t
+from bot.i18n import MemberError, permission_name, t
 from ponybot.errors import InvalidRequestError, PolicyRefusal, PonybotError, QueueFullError, RedisUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def describe_error(error: BaseException, locale: str | discord.Locale | None = N
     if isinstance(error, (PolicyRefusal, PonybotError)):
         return str(error)
     if isinstance(error, app_commands.MissingPermissions):
-        names = [name.replace("guild", "server").replace("_", " ").title() for name in error.missing_permissions]
+        names = [permission_name(locale, flag) for flag in error.missing_permissions]
         return t(locale, "You need the {permissions} permission to do this.", permissions=", ".join(names))
     if isinstance(error, app_commands.CheckFailure):
         return str(error) or t(locale, messages.NOT_ALLOWED)

@@ -314,7 +314,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     request = build_request(settings.limits, prompt=args.prompt, negative_prompt=args.negative,
                             steps=settings.defaults.steps, count=settings.defaults.count)
     decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
-    say(json.dumps({"allowed": decision.allowed, "mode": policy.mode.value, "reason": decision.reason,
+    refusal = str(decision.reason) if decision.reason else None
+    say(json.dumps({"allowed": decision.allowed, "mode": policy.mode.value, "reason": refusal,
                     "prompt": decision.prompt, "negative_prompt": decision.negative_prompt}, indent=2,
                    ensure_ascii=False))
     return 0 if decision.allowed else EXIT_FAILED

@@ -4,10 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 def N_(message: str) -> str:
     """Marks a message the bot translates for members (``bot/locale``); ``{name}`` placeholders as params."""
     return message
+
+
+class Reason(BaseModel):
+    """A sentence for a member as a catalog message id and its parameters, not as English text.
+
+    The contract says *why* (a policy refusal, a job's failure); the bot writes it in the member's
+    language (``bot.i18n.t_reason``); ``str()`` is the English, for logs and the CLI.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: str
+    params: dict[str, str | int | float] = Field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message.format(**self.params) if self.params else self.message
+
+
+def reason(message: str, /, **params: str | int | float) -> Reason:
+    """``Reason`` built like a call to the translator: ``reason(N_("... {name} ..."), name=...)``."""
+    return Reason(message=message, params=params)
 
 
 class PonybotError(Exception):
@@ -28,6 +51,11 @@ class InvalidRequestError(PonybotError):
         reason = message.format(**params) if params else message
         super().__init__(f"{field}: {reason}")
         self.field, self.reason, self.template, self.params = field, reason, message, params
+
+    def as_reason(self) -> Reason:
+        """The refusal as a :class:`Reason` (what the bot translates)."""
+        return Reason(message=self.template, params={key: value if isinstance(value, (int, float)) else str(value)
+                                                     for key, value in self.params.items()})
 
 
 class SchemaVersionError(PonybotError):

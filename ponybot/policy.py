@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ponybot.errors import InvalidRequestError
+from ponybot.errors import N_, InvalidRequestError, Reason, reason
 from ponybot.networks import parse_loras
 from ponybot.prompt_filter import check_prompt
 from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG, join_tags
@@ -111,12 +111,21 @@ def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySetting
     )
 
 
+#: A request over a channel's cap, per option (``{cap}``, ``{value}``; a size also ``{width}``, ``{height}``).
+CAP_REFUSALS = {
+    "steps": N_("this channel allows at most {cap} steps (you asked for {value})"),
+    "count": N_("this channel allows at most {cap} images per job (you asked for {value})"),
+    "size": N_("this channel allows images of at most {cap:,} pixels (you asked for {width}x{height})"),
+}
+
+
 @dataclass(frozen=True)
 class Decision:
-    """What a policy does with a request: refuse it (``reason``), or the prompts to generate."""
+    """What a policy does with a request: refuse it (``reason``: a catalog message the bot translates),
+    or the prompts to generate."""
 
     allowed: bool
-    reason: str | None
+    reason: Reason | None
     prompt: str
     negative_prompt: str
     field: str | None = None
@@ -139,26 +148,26 @@ def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality
     if not refusal.allowed:
         return Decision(False, refusal.reason, prompt, negative, "prompt")
     if policy.models and request.model and request.model not in policy.models:
-        return Decision(False, f"this channel allows only the models {', '.join(policy.models)} "
-                        f"(you asked for {request.model})", prompt, negative, "model")
+        return Decision(False, reason(N_("this channel allows only the models {models} (you asked for {model})"),
+                                      models=", ".join(policy.models), model=request.model),
+                        prompt, negative, "model")
     try:
         loras = parse_loras(request.prompt)
     except InvalidRequestError as error:
-        return Decision(False, error.reason, prompt, negative, "prompt")
+        return Decision(False, error.as_reason(), prompt, negative, "prompt")
     refused = [lora.name for lora in loras if policy.loras and lora.name not in policy.loras]
     if refused:
-        return Decision(False, f"this channel does not allow the LoRA {', '.join(refused)} (allowed: "
-                        f"{', '.join(policy.loras)})", prompt, negative, "prompt")
+        return Decision(False, reason(N_("this channel does not allow the LoRA {names} (allowed: {allowed})"),
+                                      names=", ".join(refused), allowed=", ".join(policy.loras)),
+                        prompt, negative, "prompt")
     for field, value, cap in (
         ("steps", request.steps, policy.max_steps),
         ("count", request.count, policy.max_count),
         ("size", request.width * request.height, policy.max_pixels),
     ):
         if cap is not None and value > cap:
-            shown = f"{request.width}x{request.height}" if field == "size" else value
-            limit = f"{cap:,} pixels" if field == "size" else cap
-            return Decision(False, f"this channel allows {field} up to {limit} (you asked for {shown})", prompt,
-                            negative, field)
+            return Decision(False, reason(CAP_REFUSALS[field], cap=cap, value=value, width=request.width,
+                                          height=request.height), prompt, negative, field)
     if policy.mode is Mode.SFW and (model is None or model.safe_tag):
         prompt = join_tags(safe_tag, prompt)
     return Decision(True, None, prompt, join_tags(negative, policy.negative_prompt))

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
+from ponybot.errors import N_, Reason, reason
 from ponybot.prompt_syntax import strip_emphasis
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u034f"))
@@ -42,10 +43,10 @@ class FilterResult:
     found: str | None = None
 
     @property
-    def reason(self) -> str | None:
+    def reason(self) -> Reason | None:
         if self.allowed:
             return None
-        return f"the prompt contains a term this channel does not allow: “{self.term}”"
+        return reason(N_("the prompt contains a term this channel does not allow: “{term}”"), term=self.term or "")
 
 
 def _no_marks(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ponybot.errors import N_, InvalidRequestError, SchemaVersionError
+from ponybot.errors import N_, InvalidRequestError, Reason, SchemaVersionError, reason
 from ponybot.keys import MODEL_NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -64,20 +64,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512x768"`` -> ``(512, 768)``; the sides must pass :func:`check_side`."""
+def read_size(text: str) -> tuple[int, int] | Reason:
+    """``"512x768"`` -> ``(512, 768)``, or why not (a catalog message the bot writes in the member's language)."""
     try:
         width, height = (int(part) for part in text.lower().replace(" ", "").split("x"))
     except ValueError:
-        raise ValueError(f"must look like 512x768, got {shorten(text)}") from None
-    check_side(width)
-    check_side(height)
-    return width, height
+        return reason(N_("must look like 512x768, got {value}"), value=shorten(text))
+    return side_problem(width) or side_problem(height) or (width, height)
+
+
+def side_problem(value: int) -> Reason | None:
+    if not MIN_SIDE <= value <= MAX_SIDE or value % SIDE_STEP:
+        return reason(N_("must be a multiple of {step} from {low} to {high}, got {value}"), step=SIDE_STEP,
+                      low=MIN_SIDE, high=MAX_SIDE, value=value)
+    return None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"512x768"`` -> ``(512, 768)``; the sides must pass :func:`check_side` (ValueError in English)."""
+    size = read_size(text)
+    if isinstance(size, Reason):
+        raise ValueError(str(size))
+    return size
 
 
 def check_side(value: int) -> int:
-    if not MIN_SIDE <= value <= MAX_SIDE or value % SIDE_STEP:
-        raise ValueError(f"must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}, got {value}")
+    if problem := side_problem(value):
+        raise ValueError(str(problem))
     return value
 
 
@@ -181,8 +194,12 @@ def build_request(limits: LimitSettings, **options: Any) -> GenerationRequest:
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"
-        message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequestError(field, f"{message} (got {shorten(first.get('input'))})") from None
+        given = first.get("input")
+        if field in ("width", "height") and isinstance(given, int) and (problem := side_problem(given)):
+            raise InvalidRequestError(field, problem.message, **problem.params) from None
+        # pydantic's own words (English): options Discord already keeps in range, or the CLI's
+        raise InvalidRequestError(field, N_("{problem} (got {value})"), problem=first["msg"].removeprefix(
+            "Value error, "), value=shorten(given)) from None
     return check_limits(request, limits)
 
 
@@ -364,7 +381,8 @@ class JobEvent(Versioned):
     prompt: str = ""
     negative_prompt: str = ""
     error_code: str | None = None
-    error_message: str | None = None
+    error_message: str | None = None  #: the operator's detail (English; logs, the CLI), never shown to a member
+    reason: Reason | None = None  #: what the member is told, where the code alone does not say it (a policy refusal)
     queued_s: float = 0.0
     generation_s: float = 0.0
     worker: str = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
 import string
@@ -11,8 +12,8 @@ import pytest
 import redis
 from babel.messages.pofile import read_po
 
-from bot.i18n import LANGUAGES, catalog_path, language_of, t, translations
-from bot.i18n_catalog import collect
+from bot.i18n import LANGUAGES, catalog_path, language_of, permission_name, t, translations
+from bot.i18n_catalog import BOT_DIR, CONTRACT_DIR, collect
 from ponybot.settings import Settings
 from tests.bot_harness import drain, ephemeral_reply, running_bot
 from tests.discord_fake.server import FakeDiscord
@@ -53,6 +54,54 @@ def test_shipped_catalog_translates_every_key(language: str) -> None:
             broken.append(f"{message} (loaded as {catalog_text!r})")
     assert not missing, f"{language}: untranslated {missing}"
     assert not broken, f"{language}: placeholders or names differ in {broken}"
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_no_catalog_entry_is_left_untranslated(language: str) -> None:
+    """Beyond the keys above: nothing in the file is empty or fuzzy (it would show in English)."""
+    with catalog_path(language).open("rb") as source:
+        catalog = read_po(source, locale=language)
+    untranslated = [message.id for message in catalog if message.id and (not message.string or message.fuzzy)]
+    assert not untranslated, f"{language}: {untranslated}"
+
+
+#: Calls that take a catalog message, and where: a message must be a literal or a marked constant, never
+#: text built in place (an f-string, ``str(error)``): that could not be in any catalog.
+MESSAGE_ARGUMENT = {"t": 1, "tp": 2, "MemberError": 0, "InvalidRequestError": 1, "QueueFullError": 0, "reason": 0}
+
+
+def built_messages(folder: Any) -> list[str]:
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        if "cli" in path.stem:  # the operator's commands speak English
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+                continue
+            position = MESSAGE_ARGUMENT.get(node.func.id)
+            if position is None or len(node.args) <= position:
+                continue
+            argument = node.args[position]
+            if not isinstance(argument, (ast.Constant, ast.Name, ast.Attribute, ast.Subscript, ast.Call)) or (
+                    isinstance(argument, ast.Call) and not (isinstance(argument.func, ast.Name)
+                                                           and argument.func.id in ("N_", "NP_"))):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(argument)[:60]}")
+    return found
+
+
+@pytest.mark.parametrize("folder", [BOT_DIR, CONTRACT_DIR], ids=["bot", "ponybot"])
+def test_member_messages_are_catalog_messages(folder: Any) -> None:
+    assert not built_messages(folder)
+
+
+@pytest.mark.parametrize(("flag", "german", "french"), [
+    ("manage_guild", "Server verwalten", "Gérer le serveur"),
+    ("manage_channels", "Kanäle verwalten", "Gérer les salons"),
+    ("manage_messages", "Nachrichten verwalten", "Gérer les messages"),
+])
+def test_permissions_have_discords_own_names(flag: str, german: str, french: str) -> None:
+    assert permission_name("de", flag) == german and permission_name("fr", flag) == french
+    assert permission_name("en-US", flag) == flag.replace("guild", "server").replace("_", " ").title()
 
 
 def test_language_fallbacks() -> None:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from ponybot import keys
 from ponybot.cpus import cpu_threads
-from ponybot.errors import ForgedJobError, GenerationError, InvalidRequestError
+from ponybot.errors import ForgedJobError, GenerationError, InvalidRequestError, Reason
 from ponybot.images import ImageLimits
 from ponybot.metrics import WorkerMetrics
 from ponybot.networks import check_lora_count, parse_loras
@@ -222,11 +222,12 @@ class WorkerRuntime:
             try:
                 check_lora_count(parse_loras(job.request.prompt), self.settings.model.max_loras)
             except InvalidRequestError as error:
-                decision = Decision(False, str(error), decision.prompt, decision.negative_prompt, "prompt")
+                decision = Decision(False, error.as_reason(), decision.prompt, decision.negative_prompt, "prompt")
             if decision.allowed:
                 batch.planned.append((job, policy, decision))
             else:
-                batch.events[job.id] = self._failed(job, "policy", decision.reason or "refused", batch.queued[job.id])
+                batch.events[job.id] = self._failed(job, "policy", str(decision.reason), batch.queued[job.id],
+                                                    reason=decision.reason)
         if batch.planned:
             self._generate(batch)
         return batch
@@ -361,10 +362,13 @@ class WorkerRuntime:
                                       mode=policy.mode.value if policy is not None else None)
         return events
 
-    def _failed(self, job: Job, code: str, message: str, queued_s: float) -> JobEvent:
+    def _failed(self, job: Job, code: str, message: str, queued_s: float, *, reason: Reason | None = None
+                ) -> JobEvent:
+        """A ``failed`` event: ``message`` is the operator's English detail (logged, and read by the CLI);
+        the member is told ``reason`` (a catalog message) or the bot's sentence for ``code``."""
         log.error("job=%s failed (%s): %s", job.id, code, message)
-        return JobEvent(kind="failed", job=job, error_code=code, error_message=message, queued_s=queued_s,
-                        worker=self.name)
+        return JobEvent(kind="failed", job=job, error_code=code, error_message=message, reason=reason,
+                        queued_s=queued_s, worker=self.name)
 
 
 def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 120.0) -> T:

@@ -19,8 +19,8 @@ from discord.ext import commands
 from redis.exceptions import RedisError
 
 from bot.features.policy import can_manage_server
+from bot.i18n import MemberError, t, tp
 from ponybot import keys
-from ponybot.errors import PonybotError
 from ponybot.gallery_messages import GalleryControl, GalleryImage, GalleryMessage, GalleryPost
 from ponybot.policy_store import PolicyStore
 from ponybot.schemas import JobEvent
@@ -103,8 +103,9 @@ async def forget_job(bot: PonyBot, job_id: str) -> None:
         log.error("job=%s deletion not sent to the gallery: %s", job_id, error)
 
 
-def gallery_button(url: str) -> discord.ui.Button[discord.ui.View]:
-    return discord.ui.Button(label="Gallery", style=discord.ButtonStyle.link, url=url, emoji="🖼️")
+def gallery_button(url: str, locale: str | discord.Locale | None) -> discord.ui.Button[discord.ui.View]:
+    return discord.ui.Button(label=tp(locale, "button", "Gallery"), style=discord.ButtonStyle.link, url=url,
+                             emoji="🖼️")
 
 
 async def set_enabled(bot: PonyBot, guild_id: int, enabled: bool) -> None:
@@ -122,7 +123,7 @@ class Gallery(commands.GroupCog, group_name="gallery", group_description="The co
 
     def require_gallery(self) -> None:
         if not self.bot.settings.gallery.enabled:
-            raise PonybotError("This bot has no gallery (its operator has not turned it on).")
+            raise MemberError("This bot has no gallery (its operator has not turned it on).")
 
     @app_commands.command(name="open", description="Links to this server's gallery and your own page")
     @app_commands.guild_only()
@@ -130,14 +131,17 @@ class Gallery(commands.GroupCog, group_name="gallery", group_description="The co
         self.require_gallery()
         assert interaction.guild_id is not None
         if not await self.bot.redis.sismember(keys.GALLERY_GUILDS, str(interaction.guild_id)):
-            raise PonybotError("The gallery is off in this server; moderators can turn it on with /gallery enable.")
+            raise MemberError("The gallery is off in this server; moderators can turn it on with /gallery enable.")
         server = gallery_link(self.bot, f"/g/{interaction.guild_id}")
         mine = gallery_link(self.bot, f"/u/{interaction.user.id}")
+        locale = interaction.locale
         view = discord.ui.View()
-        view.add_item(discord.ui.Button(label="This server", style=discord.ButtonStyle.link, url=server))
-        view.add_item(discord.ui.Button(label="My images", style=discord.ButtonStyle.link, url=mine))
-        await interaction.response.send_message(f"This server's gallery: {server}\nYour images: {mine}", view=view,
-                                                ephemeral=True)
+        view.add_item(discord.ui.Button(label=tp(locale, "button", "This server"), style=discord.ButtonStyle.link,
+                                        url=server))
+        view.add_item(discord.ui.Button(label=tp(locale, "button", "My images"), style=discord.ButtonStyle.link,
+                                        url=mine))
+        await interaction.response.send_message(t(locale, "This server's gallery: {server}\nYour images: {mine}",
+                                                  server=server, mine=mine), view=view, ephemeral=True)
 
     @app_commands.command(name="enable", description="Keep this server's images in the gallery (Manage Server)")
     @app_commands.guild_only()
@@ -159,10 +163,10 @@ class Gallery(commands.GroupCog, group_name="gallery", group_description="The co
         await set_enabled(self.bot, interaction.guild_id, enabled)
         log.info("gallery %s in server %s by %s", "enabled" if enabled else "disabled", interaction.guild_id,
                  interaction.user.id)
-        text = ("The gallery is on: images posted here from now on appear in it "
-                f"({gallery_link(self.bot, f'/g/{interaction.guild_id}')}). A channel can opt out with "
-                "`/policy set gallery: off`." if enabled
-                else "The gallery is off: this server's images no longer appear in it.")
+        text = (t(interaction.locale, "The gallery is on: images posted here from now on appear in it ({link}). "
+                  "A channel can opt out with `/policy set gallery: off`.",
+                  link=gallery_link(self.bot, f"/g/{interaction.guild_id}")) if enabled
+                else t(interaction.locale, "The gallery is off: this server's images no longer appear in it."))
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="forget-me", description="Remove every image of yours from the gallery")
@@ -170,8 +174,9 @@ class Gallery(commands.GroupCog, group_name="gallery", group_description="The co
         self.require_gallery()
         await send_control(self.bot, GalleryControl(kind="forget_member", user_id=interaction.user.id))
         log.info("member %s asked the gallery to forget them", interaction.user.id)
-        await interaction.response.send_message(
-            "Done: every image of yours is being removed from the gallery, with your likes, reports and settings.",
+        await interaction.response.send_message(t(
+            interaction.locale,
+            "Done: every image of yours is being removed from the gallery, with your likes, reports and settings."),
             ephemeral=True)
 
 

@@ -17,7 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.features.generate import SizeTransformer
-from bot.i18n import N_, t
+from bot.i18n import N_, t, t_reason
 from bot.jobs import origin_of
 from ponybot.errors import InvalidRequestError
 from ponybot.options import make_request
@@ -79,6 +79,13 @@ def parse_terms(text: str | None) -> list[str] | None:
     return [term.strip() for term in text.split(",") if term.strip()]
 
 
+#: A name a moderator allows that does not exist, per kind.
+UNKNOWN_NAMES = {
+    "model": N_("no model named {names} (known: {known})"),
+    "LoRA": N_("no LoRA named {names} (known: {known})"),
+}
+
+
 def parse_allowed(text: str | None, known: list[str] | None = None, what: str = "model") -> list[str] | None:
     """``"a, b"`` -> ``["a", "b"]``; ``"all"`` lifts the limit (``[]``); None leaves it as it is.
     With ``known``, a name not among them is refused (a typo would lock the channel out)."""
@@ -89,7 +96,8 @@ def parse_allowed(text: str | None, known: list[str] | None = None, what: str = 
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if known is not None and name not in known]
     if unknown:
-        raise InvalidRequestError(f"{what}s", f"no {what} named {', '.join(unknown)} (known: {', '.join(known or [])})")
+        raise InvalidRequestError(f"{what}s", UNKNOWN_NAMES[what], names=", ".join(unknown),
+                                  known=", ".join(known or []))
     return names
 
 
@@ -109,6 +117,13 @@ def rules_from(mode: Mode | None, flagged: FlaggedAction | None, forbidden_terms
 STRICTNESS_SHOWN = {
     Strictness.STANDARD: N_("Image check: **standard** (questionable or explicit art and explicit tags are withheld)."),
     Strictness.STRICT: N_("Image check: **strict** (lower thresholds; sensitive art is withheld too)."),
+}
+
+
+CAPS_SHOWN = {
+    "steps": N_("steps ≤ {value:,}"),
+    "count": N_("images per job ≤ {value:,}"),
+    "pixels": N_("pixels ≤ {value:,}"),
 }
 
 
@@ -137,8 +152,9 @@ def describe(policy: EffectivePolicy, settings: PolicySettings, locale: Any = "e
     lines.append(t(locale, "Extra forbidden terms: {terms}", terms=", ".join(f"`{term}`" for term in extra) or none))
     if policy.negative_prompt:
         lines.append(t(locale, "Negative prompt added: `{negative}`", negative=policy.negative_prompt))
-    caps = [f"{name} ≤ {value:,}" for name, value in (("steps", policy.max_steps), ("count", policy.max_count),
-                                                        ("pixels", policy.max_pixels)) if value]
+    caps = [t(locale, cap, value=value) for cap, value in ((CAPS_SHOWN["steps"], policy.max_steps),
+                                                           (CAPS_SHOWN["count"], policy.max_count),
+                                                           (CAPS_SHOWN["pixels"], policy.max_pixels)) if value]
     lines.append(t(locale, "Caps: {caps}", caps=", ".join(caps) or t(locale, "the bot defaults")))
     lines.append(t(locale, "Cooldown per member: {seconds} s", seconds=policy.cooldown_s) if policy.cooldown_s
                  else t(locale, "No cooldown."))
@@ -274,7 +290,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
             text = t(locale, "**Allowed.**\nPrompt: `{prompt}`\nNegative prompt: `{negative}`", prompt=decision.prompt,
                      negative=decision.negative_prompt)
         else:
-            text = t(locale, "**Refused**: {reason}.", reason=decision.reason)
+            text = t(locale, "**Refused**: {reason}.", reason=t_reason(locale, decision.reason) if decision.reason
+                     else "")
         await self.answer(interaction, t(locale, "Policy test ({mode})", mode=policy.mode.value.upper()), text)
 
 

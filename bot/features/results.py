@@ -102,7 +102,7 @@ def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.V
     for action in ("reroll", "details", "delete"):
         view.add_item(ResultButton(action, job_id, row=0, locale=locale))
     if gallery_url:
-        view.add_item(gallery_button(gallery_url))
+        view.add_item(gallery_button(gallery_url, locale))
     posted = [image.index for image in event.images if not image.withheld]
     for row, action in ((1, "upscale"), (2, "vary")):
         for index in posted[:5]:
