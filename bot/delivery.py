@@ -102,7 +102,7 @@ class Delivery:
             try:
                 await ensure_group(conn)
                 start = "0" if backlog else ">"
-                read: StreamRead = await conn.xreadgroup(  # type: ignore[assignment]
+                read: StreamRead = await conn.xreadgroup(  # type: ignore[assignment, unused-ignore]
                     keys.DELIVERY_GROUP, CONSUMER, {keys.EVENTS_STREAM: start}, count=10,
                     block=None if backlog else 1000,
                 )
@@ -147,7 +147,7 @@ class Delivery:
         for image in event.images:
             if image.withheld or image.key is None:
                 continue
-            data: bytes | None = await self.bot.redis.get(image.key)  # type: ignore[assignment]
+            data: bytes | None = await self.bot.redis.get(image.key)  # type: ignore[assignment, unused-ignore]
             if data is not None:
                 files.append((f"{'SPOILER_' if image.spoiler else ''}ponybot-{image.seed}.png", data))
         return files

@@ -32,7 +32,7 @@ def code_messages() -> Iterator[Key]:
             yield context, message if isinstance(message, str) else message[0]
 
 
-def command_strings(commands: list[app_commands.Command | app_commands.Group]) -> Iterator[Key]:  # type: ignore[type-arg]
+def command_strings(commands: list[app_commands.Command | app_commands.Group]) -> Iterator[Key]:  # type: ignore[type-arg, unused-ignore]
     for command in commands:
         yield "command", command.name
         yield None, command.description
@@ -55,7 +55,7 @@ async def _tree_strings() -> list[Key]:
     try:
         for feature in FEATURES:
             await bot.load_extension(feature)
-        return list(command_strings(bot.tree.get_commands()))  # type: ignore[arg-type]
+        return list(command_strings(bot.tree.get_commands()))  # type: ignore[arg-type, unused-ignore]
     finally:
         await bot.redis.aclose()
         bot.sync_redis.close()

@@ -75,7 +75,7 @@ class Ingest:
 
     def step(self, *, backlog: bool = False, block_ms: int | None = None) -> int:
         """Handle one batch; returns how many entries were read."""
-        read: StreamRead = self.conn.xreadgroup(  # type: ignore[assignment]
+        read: StreamRead = self.conn.xreadgroup(  # type: ignore[assignment, unused-ignore]
             keys.GALLERY_GROUP, self.consumer, {keys.GALLERY_STREAM: "0" if backlog else ">"}, count=20,
             block=None if backlog else block_ms)
         entries = read[0][1] if read else []

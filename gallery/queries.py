@@ -107,7 +107,7 @@ def search_clause(db: Connection, terms: list[str]) -> ColumnElement[bool]:
         query = func.plainto_tsquery("simple", " ".join(terms))
         return literal_column("images.search").op("@@")(query)
     match = " ".join(f'"{term}"' for term in terms)
-    return text("images_fts MATCH :match").bindparams(match=match)  # type: ignore[return-value]
+    return text("images_fts MATCH :match").bindparams(match=match)  # type: ignore[return-value, unused-ignore]
 
 
 def filter_clauses(db: Connection, filters: Filters, max_search: int) -> list[ColumnElement[bool]]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ponybot.errors import N_, InvalidRequestError
+from ponybot.errors import N_, InvalidRequestError, Reason
 from ponybot.member_defaults import MemberDefaults
 from ponybot.networks import check_lora_count, parse_loras
-from ponybot.schemas import MAX_PROMPT_CHARS, GenerationRequest, Sampler, build_request, parse_size, shorten
+from ponybot.schemas import MAX_PROMPT_CHARS, GenerationRequest, Sampler, build_request, parse_size, read_size, shorten
 from ponybot.settings import Settings
 from ponybot.styles import Style, apply_style
 
@@ -29,13 +29,14 @@ def make_request(settings: Settings, options: dict[str, Any], personal: MemberDe
         raise InvalidRequestError("model", N_("there is no model {model} here (models: {models})"),
                                   model=repr(model), models=", ".join(settings.models))
     if isinstance(given.get("size"), str):
-        try:
-            given["size"] = parse_size(given["size"])
-        except ValueError as error:
-            raise InvalidRequestError("size", str(error)) from None
+        size = read_size(given["size"])
+        if isinstance(size, Reason):
+            raise InvalidRequestError("size", size.message, **size.params)
+        given["size"] = size
     if isinstance(given.get("sampler"), str) and given["sampler"] not in {s.value for s in Sampler}:
         names = ", ".join(s.value for s in Sampler)  # a command line's text (a slash command offers choices)
-        raise InvalidRequestError("sampler", f"must be one of {names}, got {shorten(given['sampler'])}")
+        raise InvalidRequestError("sampler", N_("must be one of {names}, got {value}"), names=names,
+                                  value=shorten(given["sampler"]))
     operator: dict[str, Any] = {
         "negative_prompt": defaults.negative_prompt if entry.negative_prompt is None else entry.negative_prompt,
         "steps": defaults.steps, "cfg": defaults.cfg, "count": defaults.count, "sampler": defaults.sampler,

@@ -48,7 +48,7 @@ class PolicyStore:
         return self._audit(guild_id, "server", before, after, by)
 
     def history(self, guild_id: int, count: int = 10) -> list[AuditEntry]:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.conn.xrevrange(  # type: ignore[assignment]
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = self.conn.xrevrange(  # type: ignore[assignment, unused-ignore]
             keys.policy_audit(guild_id), count=count
         )
         return [AuditEntry.model_validate_json(fields[b"data"]) for _id, fields in entries]

@@ -84,7 +84,7 @@ def generation_queue(conn: redis.Redis, model: str = keys.DEFAULT_MODEL_NAME) ->
 def active_jobs(conn: redis.Redis, key: str) -> list[str]:
     """Job ids in a member's or server's set that are still queued or running."""
     conn.zremrangebyscore(key, "-inf", time.time())
-    return [item.decode() for item in conn.zrange(key, 0, -1)]  # type: ignore[union-attr]
+    return [item.decode() for item in conn.zrange(key, 0, -1)]  # type: ignore[union-attr, unused-ignore]
 
 
 def unfinished_jobs(conn: redis.Redis) -> list[Job]:
@@ -268,7 +268,7 @@ def require_worker(conn: redis.Redis, model: str) -> None:
 
 def last_event_id(conn: redis.Redis) -> str:
     """The newest id on the events stream (``0-0`` when empty): read after it for new events."""
-    newest: list[tuple[bytes, dict[bytes, bytes]]] = conn.xrevrange(keys.EVENTS_STREAM, count=1)  # type: ignore[assignment]
+    newest: list[tuple[bytes, dict[bytes, bytes]]] = conn.xrevrange(keys.EVENTS_STREAM, count=1)  # type: ignore[assignment, unused-ignore]
     return newest[0][0].decode() if newest else "0-0"
 
 
@@ -312,7 +312,7 @@ def publish_progress(conn: redis.Redis, event: ProgressEvent) -> None:
 
 
 def load_image(conn: redis.Redis, key: str) -> bytes | None:
-    data: bytes | None = conn.get(key)  # type: ignore[assignment]
+    data: bytes | None = conn.get(key)  # type: ignore[assignment, unused-ignore]
     return data
 
 
@@ -331,7 +331,7 @@ def wait_for_event(
     without_worker_since: float | None = None
     while timeout is None or time.monotonic() - started < timeout:
         try:
-            read: StreamRead = conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100)  # type: ignore[assignment]
+            read: StreamRead = conn.xread({keys.EVENTS_STREAM: after}, block=500, count=100)  # type: ignore[assignment, unused-ignore]
             online = workers_online(conn, model)
         except REDIS_AWAY as error:
             time.sleep(outage.away(error))

@@ -98,7 +98,7 @@ def collect_status(conn: redis.Redis, models: list[str] | None = None) -> Status
     since_ms = int((time.time() - WINDOW_S) * 1000)
     done = failed = images = 0
     done_per_model: dict[str, int] = {}
-    entries: list[tuple[bytes, dict[bytes, bytes]]] = conn.xrange(  # type: ignore[assignment]
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = conn.xrange(  # type: ignore[assignment, unused-ignore]
         keys.EVENTS_STREAM, min=f"{since_ms}-0"
     )
     for _id, fields in entries:

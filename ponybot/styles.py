@@ -77,14 +77,14 @@ class StyleStore:
         return Style.model_validate_json(raw) if raw else None
 
     def all(self, guild_id: int) -> list[Style]:
-        raw: dict[bytes, bytes] = self.conn.hgetall(keys.guild_styles(guild_id))  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.conn.hgetall(keys.guild_styles(guild_id))  # type: ignore[assignment, unused-ignore]
         return sorted((Style.model_validate_json(value) for value in raw.values()), key=lambda s: s.name.casefold())
 
     def put(self, guild_id: int, styles: list[Style]) -> None:
         """Add or replace styles; ValueError when the server would have more than MAX_STYLES."""
         key = keys.guild_styles(guild_id)
         names = {style.name.casefold() for style in styles}
-        existing = {name.decode() for name in self.conn.hkeys(key)}  # type: ignore[union-attr]
+        existing = {name.decode() for name in self.conn.hkeys(key)}  # type: ignore[union-attr, unused-ignore]
         if len(existing | names) > MAX_STYLES:
             raise ValueError(f"a server keeps at most {MAX_STYLES} styles")
         self.conn.hset(key, mapping={style.name.casefold(): style.model_dump_json() for style in styles})

@@ -71,7 +71,7 @@ def online_workers(conn: redis.Redis) -> list[WorkerRecord]:
         names = [name.decode() for name in pipe.execute()[1]]
     if not names:
         return []
-    raws: list[bytes | None] = conn.mget([keys.worker_record(name) for name in names])  # type: ignore[assignment]
+    raws: list[bytes | None] = conn.mget([keys.worker_record(name) for name in names])  # type: ignore[assignment, unused-ignore]
     records = []
     for raw in raws:
         if raw:
@@ -106,7 +106,7 @@ def model_workers(conn: redis.Redis, model: str, *, gone_refuse_s: float) -> Mod
     records = models_online(conn).get(model, [])
     if records:
         return ModelWorkers(records, None, "online")
-    raw: bytes | None = conn.hget(keys.MODELS_LAST_HELD, model)  # type: ignore[assignment]
+    raw: bytes | None = conn.hget(keys.MODELS_LAST_HELD, model)  # type: ignore[assignment, unused-ignore]
     gone_s = max(0.0, time.time() - float(raw)) if raw else None
     return ModelWorkers([], gone_s, "gone" if gone_s is not None and gone_s > gone_refuse_s else "coming")
 

@@ -58,7 +58,7 @@ class BatchClaimer:
         seen: dict[str, tuple[RQJob, Job] | None] = {}
         deadline = time.monotonic() + settings.batch_window_ms / 1000
         while len(claimed) < settings.max_batch - 1:
-            waiting = [raw.decode() for raw in self.conn.lrange(queue.key, 0, 100)]  # type: ignore[union-attr]
+            waiting = [raw.decode() for raw in self.conn.lrange(queue.key, 0, 100)]  # type: ignore[union-attr, unused-ignore]
             fresh = [job_id for job_id in waiting if job_id not in seen]
             seen.update((job_id, self._compatible(job, lead)) for job_id, job in zip(fresh, self._fetch(fresh),
                                                                                      strict=True))

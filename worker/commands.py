@@ -66,7 +66,7 @@ class CommandChannel:
         self.stopping.set()
         if self.thread.is_alive():
             try:
-                self.pubsub.unsubscribe()  # type: ignore[no-untyped-call]
+                self.pubsub.unsubscribe()  # type: ignore[no-untyped-call, unused-ignore]
             except redis.RedisError as error:
                 log.debug("command channel %s: UNSUBSCRIBE not sent (%s)", self.channel, error)
         self.thread.join(STOP_S)

@@ -140,7 +140,7 @@ class PromptEncoder:
                 original_mean = hidden[row].mean()
                 hidden[row] = hidden[row] * scale.to(hidden)[:, None]
                 hidden[row] = restore_mean(hidden[row], original_mean)
-        return [part.reshape(1, -1, hidden.shape[-1]) for part in hidden.split(count)]  # type: ignore[no-untyped-call]
+        return [part.reshape(1, -1, hidden.shape[-1]) for part in hidden.split(count)]  # type: ignore[no-untyped-call, unused-ignore]
 
     def encode_pair(self, prompt: str, negative: str, clip_skip: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt and negative prompt, the same way, to the same length (for CFG) and in one pass."""

@@ -176,7 +176,7 @@ class Generator:
         def step_end(pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
             if graphs:
                 # the next UNet call is a new replay: the last step's outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call]
+                torch.compiler.cudagraph_mark_step_begin()  # type: ignore[no-untyped-call, unused-ignore]
             if on_step is not None:
                 on_step(step + 1, pipe.num_timesteps, tensors["latents"])
             return tensors
@@ -235,14 +235,14 @@ class GpuTimer:
     def start(cls, device: torch.device) -> GpuTimer:
         if device.type != "cuda":
             return cls(None)
-        begin = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        begin = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call, unused-ignore]
         begin.record()
         return cls(begin)
 
     def end(self) -> torch.cuda.Event | None:
         if self.begin is None:
             return None
-        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call, unused-ignore]
         end.record()
         return end
 
@@ -255,7 +255,7 @@ class HostImages:
         if images.device.type == "cuda":
             self.host = torch.empty(images.shape, dtype=images.dtype, pin_memory=True)
             self.host.copy_(images, non_blocking=True)
-            self.ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self.ready = torch.cuda.Event()  # type: ignore[no-untyped-call, unused-ignore]
             self.ready.record()
         else:
             self.host = images

@@ -33,7 +33,7 @@ class PendingPreview:
     ready: torch.cuda.Event | None  #: None on the CPU: the copy is already done
 
     def done(self) -> bool:
-        return self.ready is None or bool(self.ready.query())  # type: ignore[no-untyped-call]
+        return self.ready is None or bool(self.ready.query())  # type: ignore[no-untyped-call, unused-ignore]
 
 
 def copy_to_host(latents: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
@@ -42,7 +42,7 @@ def copy_to_host(latents: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event 
         return latents.detach().clone(), None
     host = torch.empty(latents.shape, dtype=latents.dtype, pin_memory=True)
     host.copy_(latents.detach(), non_blocking=True)
-    ready = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    ready = torch.cuda.Event()  # type: ignore[no-untyped-call, unused-ignore]
     ready.record()
     return host, ready
 

@@ -103,7 +103,7 @@ class GenerationWorker(SimpleWorker):
     def _install_signal_handlers(self) -> None:
         """RQ's warm shutdown, unless ``on_interrupt`` is given: then SIGINT/SIGTERM call it, at once."""
         if self.on_interrupt is None:
-            super()._install_signal_handlers()  # type: ignore[no-untyped-call]
+            super()._install_signal_handlers()  # type: ignore[no-untyped-call, unused-ignore]
             return
         interrupt = self.on_interrupt
         for stop_signal in (signal.SIGINT, signal.SIGTERM):
@@ -142,7 +142,7 @@ class GenerationWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         """RQ's, skipped (not fatal) while Redis is away."""
         try:
-            super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+            super().run_maintenance_tasks()  # type: ignore[no-untyped-call, unused-ignore]
         except self.REDIS_AWAY as error:
             self.watch.trouble()
             log.warning("maintenance skipped, Redis unavailable: %s", error)
@@ -276,7 +276,7 @@ class GenerationWorker(SimpleWorker):
         """Finish the batches still in the post stage (SIGTERM, burst end) before leaving."""
         self.stage.close()
         try:
-            super().teardown()  # type: ignore[no-untyped-call]
+            super().teardown()  # type: ignore[no-untyped-call, unused-ignore]
         except self.REDIS_AWAY as error:  # its record expires on its own (worker_ttl)
             log.warning("worker %s: its end not recorded, Redis unavailable: %s", self.name, error)
 
@@ -316,7 +316,7 @@ class GenerationWorker(SimpleWorker):
         if lapsed and (reason := self.watch.unsettled(self.connection)) is not None:
             log.info("sweep for abandoned jobs waits: %d job(s) without a recent heartbeat, but %s (live workers "
                      "get %.0f s to renew their heartbeats)", lapsed, reason, self.watch.grace_s)
-            self.last_cleaned_at = rq_now()  # type: ignore[assignment]
+            self.last_cleaned_at = rq_now()  # type: ignore[assignment, unused-ignore]
             return
         for queue in self.queues:
             if self.connection.set(queue.registry_cleaning_key, self.name, nx=True, ex=SWEEP_LOCK_S):
@@ -325,8 +325,8 @@ class GenerationWorker(SimpleWorker):
                     clean_worker_registry(queue)
                     queue.intermediate_queue.cleanup(self, queue)
                 finally:
-                    queue.release_maintenance_lock()  # type: ignore[no-untyped-call]
-        self.last_cleaned_at = rq_now()  # type: ignore[assignment]
+                    queue.release_maintenance_lock()  # type: ignore[no-untyped-call, unused-ignore]
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment, unused-ignore]
 
     def sweep(self) -> None:
         """RQ's registry maintenance (abandoned jobs retried or failed); one worker at a time (the sweep lock)."""
@@ -336,7 +336,7 @@ class GenerationWorker(SimpleWorker):
             self.watch.trouble()
             log.warning("sweep for abandoned jobs failed: %s", error)
             # try again at the next interval, not at every tick
-            self.last_cleaned_at = rq_now()  # type: ignore[assignment]
+            self.last_cleaned_at = rq_now()  # type: ignore[assignment, unused-ignore]
 
     def _report_failure(self, job: RQJob, exc_type: type[BaseException] | None, exc_value: BaseException | None,
                         _traceback: Any) -> bool:

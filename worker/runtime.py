@@ -253,7 +253,7 @@ class WorkerRuntime:
             batch.events.update(self._store(planned, outputs, batch.queued, batch.generator))
         for job in batch.jobs:
             event = batch.events[job.id]
-            with_redis_retry(job.id, lambda event=event: publish_event(self.conn, event))  # type: ignore[misc]
+            with_redis_retry(job.id, lambda event=event: publish_event(self.conn, event))  # type: ignore[misc, unused-ignore]
             self.record(event)
             log.info("job=%s %s in %.2f s (waited %.2f s)", job.id, event.kind, event.generation_s,
                      batch.queued[job.id])

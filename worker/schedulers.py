@@ -25,7 +25,7 @@ CARD_DDIM = {
 }
 
 
-class HostStepDDIM(DDIMScheduler):  # type: ignore[misc]
+class HostStepDDIM(DDIMScheduler):  # type: ignore[misc, unused-ignore]
     """DDIM that steps on host-side timesteps: the same arithmetic, no GPU sync per step.
 
     Diffusers' DDIM indexes its CPU ``alphas_cumprod`` with the device timestep the pipeline
@@ -66,15 +66,15 @@ class KnownStart:
     _begin_index: int | None
 
     def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
-        super().set_timesteps(*args, **kwargs)  # type: ignore[misc]
+        super().set_timesteps(*args, **kwargs)  # type: ignore[misc, unused-ignore]
         self._begin_index = 0
 
 
-class HostDPMSolver(KnownStart, DPMSolverMultistepScheduler):  # type: ignore[misc]
+class HostDPMSolver(KnownStart, DPMSolverMultistepScheduler):  # type: ignore[misc, unused-ignore]
     """DPM-Solver++ (2M Karras here), starting without a search for its first step."""
 
 
-class HostEulerAncestral(KnownStart, EulerAncestralDiscreteScheduler):  # type: ignore[misc]
+class HostEulerAncestral(KnownStart, EulerAncestralDiscreteScheduler):  # type: ignore[misc, unused-ignore]
     """Euler a whose per-step noise reaches the GPU without waiting for it.
 
     Each step's noise comes from the CPU generators (so a seed starts from the same noise on every

@@ -27,7 +27,7 @@ def read_image(conn: redis.Redis, key: str, limits: ImageLimits) -> Image.Image 
     if data is None:
         return None
     try:
-        return open_image(data, limits)  # type: ignore[arg-type]
+        return open_image(data, limits)  # type: ignore[arg-type, unused-ignore]
     except ImageRefusal as error:
         raise GenerationError("unreadable_source", f"the image it starts from could not be used: {error}") from None
 

@@ -39,14 +39,14 @@ def size_choices(settings: Settings) -> dict[str, str]:
 class SizeTransformer(app_commands.Transformer):
     """``size``: offered as choices, typed as ``WIDTHxHEIGHT``, checked like the worker checks it."""
 
-    async def autocomplete(  # type: ignore[override]
+    async def autocomplete(  # type: ignore[override, unused-ignore]
         self, interaction: discord.Interaction[PonyBot], value: str
     ) -> list[app_commands.Choice[str]]:
         choices = size_choices(interaction.client.settings)
         return [app_commands.Choice(name=label, value=size) for label, size in choices.items()
                 if value.lower() in label.lower()][:25]
 
-    async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> tuple[int, int]:  # type: ignore[override]
+    async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> tuple[int, int]:  # type: ignore[override, unused-ignore]
         size = read_size(value)
         if isinstance(size, Reason):
             raise InvalidRequestError("size", size.message, **size.params)
@@ -56,7 +56,7 @@ class SizeTransformer(app_commands.Transformer):
 class StyleTransformer(app_commands.Transformer):
     """``style``: one of this server's styles, offered by autocomplete; unknown names are refused."""
 
-    async def autocomplete(  # type: ignore[override]
+    async def autocomplete(  # type: ignore[override, unused-ignore]
         self, interaction: discord.Interaction[PonyBot], value: str
     ) -> list[app_commands.Choice[str]]:
         if interaction.guild_id is None:
@@ -65,7 +65,7 @@ class StyleTransformer(app_commands.Transformer):
         return [app_commands.Choice(name=style.name, value=style.name) for style in styles
                 if value.casefold() in style.name.casefold()][:25]
 
-    async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> Style:  # type: ignore[override]
+    async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> Style:  # type: ignore[override, unused-ignore]
         return await find_style(interaction.client, interaction.guild_id, value)
 
 
