@@ -71,7 +71,7 @@ async def test_defaults_used_overridden_capped_and_reset(fake: FakeDiscord, disc
     assert explicit.ephemeral and (overridden.request.steps, overridden.request.height, overridden.quality_tags) == (
         5, 256, True)
     assert overridden.request.sampler is Sampler.EULER_A  # what was not typed still comes from the defaults
-    assert capped_reply is not None and "this channel allows steps up to 6" in capped_reply
+    assert capped_reply is not None and "this channel allows at most 6 steps (you asked for 7)" in capped_reply
     assert orphan_reply is not None and "your default style Soft no longer exists" in orphan_reply
     assert "**steps**" in too_many_reply and "at most 50" in too_many_reply
     assert (after_reset.request.steps, after_reset.request.sampler, after_reset.request.prompt) == (
