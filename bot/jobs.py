@@ -84,7 +84,9 @@ def admit(bot: PonyBot, origin: Origin, request: GenerationRequest, quality: boo
         model = request.model or settings.default_model
         decision = apply(policy, request, quality=quality, safe_tag=settings.policy.safe_tag,
                          model=settings.models.get(model))
-        if not decision.allowed and decision.reason is not None:
+        if not decision.allowed:
+            if decision.reason is None:  # every refusal names its reason; none goes through without one
+                raise PolicyRefusal(t(origin.locale, messages.NOT_ALLOWED))
             raise PolicyRefusal(t(origin.locale, "Not queued: {reason}.", reason=t_reason(origin.locale,
                                                                                           decision.reason)))
         found = model_workers(bot.sync_redis, model, gone_refuse_s=limits.worker_gone_refuse_s)
