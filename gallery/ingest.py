@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gallery.db import guilds, images, likes, memberships, reports, users
 from gallery.store import ImageStore, file_names, read_result
 from ponybot import keys
-from ponybot.connection import REDIS_AWAY, Outage
+from ponybot.connection import OUTAGE_PATIENCE_S, REDIS_AWAY, Outage
 from ponybot.errors import ImageRefusal, SchemaVersionError
 from ponybot.gallery_messages import GalleryControl, GalleryMessage, GalleryPost
 from ponybot.parameters import generate_line, parse_parameters
@@ -48,7 +48,7 @@ def set_guild(db: Connection, guild_id: int, enabled: bool) -> None:
 
 class Ingest:
     def __init__(self, engine: Engine, store: ImageStore, conn: redis.Redis, consumer: str = "gallery",
-                 changed: Callable[[], None] | None = None, *, outage_patience_s: float = 60.0,
+                 changed: Callable[[], None] | None = None, *, outage_patience_s: float = OUTAGE_PATIENCE_S,
                  where: str = "") -> None:
         self.engine, self.store, self.conn, self.consumer = engine, store, conn, consumer
         self.changed = changed  #: called after rows changed (the site's cached pages are then stale)

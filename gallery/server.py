@@ -27,7 +27,7 @@ from gallery.ingest import Ingest
 from gallery.limits import RateLimiter
 from gallery.site import Gallery, create_app, templates
 from gallery.store import ImageStore, build_store
-from ponybot.connection import RedisTarget
+from ponybot.connection import OUTAGE_PATIENCE_S, RedisTarget
 from ponybot.errors import ConfigError, PonybotError
 from ponybot.settings import Settings
 
@@ -71,7 +71,8 @@ def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.R
     return create_app(gallery, session_secret)
 
 
-def ingest_for(gallery: Gallery, conn: redis.Redis, outage_patience_s: float = 60.0, where: str = "") -> Ingest:
+def ingest_for(gallery: Gallery, conn: redis.Redis, outage_patience_s: float = OUTAGE_PATIENCE_S,
+               where: str = "") -> Ingest:
     """The ingest loop of this site: what it stores clears the site's cached pages."""
     return Ingest(gallery.engine, gallery.store, conn, changed=gallery.pages.clear,
                   outage_patience_s=outage_patience_s, where=where)

@@ -92,6 +92,9 @@ def redact(url: str) -> str:
 #: What a client raises when Redis went away (a restart, a Sentinel failover, a dropped connection): worth
 #: waiting out. Sentinel's "no primary" is a ConnectionError too; other errors (a wrong command) are not.
 REDIS_AWAY: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+#: How long a waiting loop rides out Redis being away before it says so (``redis.outage_patience_s``'s default):
+#: longer than a Sentinel promotion or a restart.
+OUTAGE_PATIENCE_S = 60.0
 #: How often a loop tries Redis again while it is away: a Sentinel promotion takes about 2 s.
 RETRY_EVERY_S = 0.5
 #: ...and once it has been away past its patience (a loop that goes on waiting then).

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from ponybot.connection import OUTAGE_PATIENCE_S
 from ponybot.schemas import Sampler, parse_size
 from ponybot.settings.base import Section
 
@@ -44,7 +45,7 @@ class RedisSettings(Section):
     master_name: str = "ponybot"
     #: how long a wait (the CLI's for its job, the bot's delivery and progress, the gallery's ingest) rides
     #: out Redis going away (a restart, a Sentinel failover) before it says so
-    outage_patience_s: float = Field(60.0, ge=1, le=86400)
+    outage_patience_s: float = Field(OUTAGE_PATIENCE_S, ge=1, le=86400)
 
     @field_validator("sentinels", mode="before")
     @classmethod
