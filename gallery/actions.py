@@ -170,17 +170,16 @@ async def callback(request: Request) -> Response:
         raise HTTPException(400, "This sign-in link is not valid or has expired: sign in again.")
     me, guilds = await gallery.oauth.sign_in(code)
 
+    def store() -> tuple[int, str, int]:
+        with gallery.engine.begin() as db:
+            user_id, name = remember_member(db, me, guilds)
+            return user_id, name, session_epoch(db, user_id) or 0
+
     def save() -> tuple[int, str, int]:
-        # two first sign-ins of one member at once: the loser of the insert finds the row on its second try
-        for attempt in range(2):
-            try:
-                with gallery.engine.begin() as db:
-                    user_id, name = remember_member(db, me, guilds)
-                    return user_id, name, session_epoch(db, user_id) or 0
-            except IntegrityError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return store()
+        except IntegrityError:  # two first sign-ins of one member at once: the loser finds the row the second time
+            return store()
 
     try:
         user_id, name, epoch = await run_in_threadpool(save)
