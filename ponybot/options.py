@@ -14,6 +14,14 @@ from ponybot.settings import Settings
 from ponybot.styles import Style, apply_style
 
 
+def size_option(text: str) -> tuple[int, int]:
+    """A size someone typed (``"512x768"``); InvalidRequestError naming ``size``, in catalog words, if it is not one."""
+    size = read_size(text)
+    if isinstance(size, Reason):
+        raise InvalidRequestError("size", size.message, **size.params)
+    return size
+
+
 def make_request(settings: Settings, options: dict[str, Any], personal: MemberDefaults | None = None,
                  style: Style | None = None) -> GenerationRequest:
     """The request, its model checked against ``[models]``; InvalidRequestError naming the option at fault.
@@ -29,10 +37,7 @@ def make_request(settings: Settings, options: dict[str, Any], personal: MemberDe
         raise InvalidRequestError("model", N_("there is no model {model} here (models: {models})"),
                                   model=repr(model), models=", ".join(settings.models))
     if isinstance(given.get("size"), str):
-        size = read_size(given["size"])
-        if isinstance(size, Reason):
-            raise InvalidRequestError("size", size.message, **size.params)
-        given["size"] = size
+        given["size"] = size_option(given["size"])
     if isinstance(given.get("sampler"), str) and given["sampler"] not in {s.value for s in Sampler}:
         names = ", ".join(s.value for s in Sampler)  # a command line's text (a slash command offers choices)
         raise InvalidRequestError("sampler", N_("must be one of {names}, got {value}"), names=names,

@@ -13,10 +13,9 @@ from discord.ext import commands
 from bot.i18n import MemberError
 from bot.jobs import queue_job, read_redis
 from bot.uploads import PendingUpload, check_declared
-from ponybot.errors import InvalidRequestError, Reason
 from ponybot.member_defaults import MemberDefaultsStore
-from ponybot.options import make_request
-from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, Speed, read_size
+from ponybot.options import make_request, size_option
+from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, Speed
 from ponybot.settings import Settings
 from ponybot.styles import Style, StyleStore
 from ponybot.workers import WorkerRecord, models_online_from, online_workers
@@ -47,10 +46,7 @@ class SizeTransformer(app_commands.Transformer):
                 if value.lower() in label.lower()][:25]
 
     async def transform(self, interaction: discord.Interaction[PonyBot], value: str) -> tuple[int, int]:  # type: ignore[override, unused-ignore]
-        size = read_size(value)
-        if isinstance(size, Reason):
-            raise InvalidRequestError("size", size.message, **size.params)
-        return size
+        return size_option(value)
 
 
 class StyleTransformer(app_commands.Transformer):
