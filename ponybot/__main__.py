@@ -1,3 +1,3 @@
-from ponybot.cli import run
+from ponybot.commands.cli import run
 
 run()

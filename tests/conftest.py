@@ -152,7 +152,7 @@ def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     For command lines that fail before any work: torch and the rest are already loaded here, where
     a new interpreter spends most of a minute importing them on a busy 2-core machine.
     """
-    from ponybot.cli import main
+    from ponybot.commands.cli import main
 
     def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
         with monkeypatch.context() as scope:

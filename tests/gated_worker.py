@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ponybot.cli import run
+from ponybot.commands.cli import run
 from worker.generate import Generator
 
 #: A gate nobody opens within this is a broken test: fail the job rather than hang.

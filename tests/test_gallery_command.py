@@ -15,10 +15,10 @@ import httpx
 import pytest
 import redis
 
+from ponybot.commands.up import Supervisor
 from ponybot.errors import ConfigError
 from ponybot.preflight import check_port
 from ponybot.settings import load_settings
-from ponybot.up import Supervisor
 from tests.conftest import PATIENCE_S, ROOT, cli_env
 from tests.gallery_harness import hand_over
 

@@ -20,7 +20,7 @@ from gallery.db import images, make_engine, upgrade
 from gallery.ingest import Ingest
 from gallery.store import FolderStore, file_names
 from ponybot import keys
-from ponybot.cli import main
+from ponybot.commands.cli import main
 from ponybot.errors import GenerationError, ImageRefusal
 from ponybot.images import ImageLimits, open_image
 from ponybot.schemas import Job, JobKind, UploadedImage, build_request

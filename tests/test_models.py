@@ -16,11 +16,11 @@ from PIL import Image
 
 from bot.features.generate import model_choices
 from ponybot import keys
+from ponybot.commands.up import spread_models
 from ponybot.errors import ConfigError, NoWorkerError
 from ponybot.queue import enqueue, generation_queue, require_worker
 from ponybot.schemas import Job, JobEvent, build_request
 from ponybot.settings import Settings, load_settings
-from ponybot.up import spread_models
 from ponybot.workers import WorkerRecord, online_workers, publish_worker
 from tests.bot_harness import ThreadWorker, bot_settings, ephemeral_reply, running_bot
 from tests.conftest import announce

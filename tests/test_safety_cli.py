@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ponybot.cli import main
+from ponybot.commands.cli import main
 from tests.tagger import make_tagger, save_solid
 
 SAFE = {"black": (0, 0, 0), "green128": (0, 128, 0), "blue77": (0, 0, 77), "red64": (64, 0, 0)}
@@ -162,8 +162,8 @@ def test_fetch_reads_a_local_tagger_and_reports_an_unreachable_one(labelled: Pat
 
 def test_up_fetches_the_tagger_before_the_workers(labelled: Path, caplog: pytest.LogCaptureFixture,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from ponybot.commands.up import Child, Supervisor
     from ponybot.settings import load_settings
-    from ponybot.up import Child, Supervisor
 
     monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", "SmilingWolf/not-downloaded")
     supervisor = Supervisor(load_settings(None), config=None, workers=1)

@@ -85,7 +85,7 @@ def test_cpu_share(tmp_path: Path) -> None:
 
 
 def test_up_gives_each_worker_its_share(redis_url: str, model_cache: Path) -> None:
-    from ponybot.up import Supervisor
+    from ponybot.commands.up import Supervisor
     from tests.conftest import make_settings
 
     settings = make_settings(redis_url, model_cache, worker={"device": "cpu"})

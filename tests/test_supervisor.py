@@ -15,12 +15,12 @@ import pytest
 import redis
 
 from ponybot import keys
+from ponybot.commands.up import EXIT_CANNOT_START, Child, Supervisor, restart_delay
 from ponybot.errors import ForgedJobError
 from ponybot.queue import enqueue, generation_queue
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.schemas import GenerationRequest, Job, JobEvent
 from ponybot.settings import Settings
-from ponybot.up import EXIT_CANNOT_START, Child, Supervisor, restart_delay
 from tests.conftest import STOP_BOUND_S, cli_env, run_cli
 
 DEADLINE_S = 300  # generous: a busy 2-core machine

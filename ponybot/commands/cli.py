@@ -20,7 +20,8 @@ from types import FrameType
 import redis
 from pydantic import ValidationError
 
-from ponybot import __version__, safety_cli, styles_cli
+from ponybot import __version__
+from ponybot.commands import safety_cli, styles_cli
 from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.options import make_request
@@ -285,7 +286,7 @@ def cmd_bot(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from ponybot.up import Supervisor
+    from ponybot.commands.up import Supervisor
 
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers: must be 0 or more, got {args.workers}")

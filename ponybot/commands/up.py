@@ -44,7 +44,7 @@ MAX_RESTART_DELAY_S = 300.0
 HEALTHY_AFTER_S = 600.0
 STOP_GRACE_S = 120.0
 POLL_S = 0.2
-#: Exit codes of ``ponybot`` commands (``ponybot.cli`` uses the same).
+#: Exit codes of ``ponybot`` commands (``ponybot.commands.cli`` uses the same).
 EXIT_USAGE = 2
 EXIT_CANNOT_START = 3
 
