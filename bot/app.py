@@ -16,12 +16,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import messages
+from bot.client import PonyClient
 from bot.delivery import Delivery
-from bot.features.results import CancelButton, ResultButton
+from bot.features.queue import CancelButton
+from bot.features.results import ResultButton
 from bot.i18n import CatalogTranslator, t
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
-from ponybot.connection import Outage, RedisTarget
+from ponybot.connection import RedisTarget
 from ponybot.errors import RedisUnavailableError
 from ponybot.metrics import BotMetrics
 from ponybot.metrics import serve as serve_metrics
@@ -54,7 +56,9 @@ class PonyTree(app_commands.CommandTree["PonyBot"]):
         await reply_ephemeral(interaction, text)
 
 
-class PonyBot(commands.Bot):
+class PonyBot(PonyClient):
+    tracker: Tracker
+
     def __init__(self, settings: Settings, redis_target: RedisTarget | str, **options: Any) -> None:
         intents = discord.Intents.default()
         if settings.discord.application_id:
@@ -75,10 +79,6 @@ class PonyBot(commands.Bot):
         self.delivery = Delivery(self)
         self.tracker = Tracker(self)
         self.metrics = BotMetrics(serve_metrics(settings.metrics.bot_port, self.sync_redis, list(settings.models)))
-
-    def outage(self, what: str) -> Outage:
-        """How a long-lived loop of the bot rides out Redis going away (it never gives up: it says so once)."""
-        return Outage(what, self.settings.redis.outage_patience_s, where=self.redis_target.describe())
 
     async def on_app_command_completion(self, interaction: discord.Interaction[Any], command: Any) -> None:
         self.metrics.commands.labels(command.qualified_name).inc()

@@ -31,7 +31,7 @@ from ponybot.queue import StreamRead
 from ponybot.schemas import JobEvent
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 

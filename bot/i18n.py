@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gettext
 import io
+import runpy
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,5 @@ class CatalogTranslator(app_commands.Translator):
 
 
 if __name__ == "__main__":  # pragma: no cover - a maintainer's tool
-    from bot.i18n_catalog import refresh
-
-    refresh()
+    # the catalog tool sits above this module (it assembles the whole bot to read its commands): run it, not import it
+    runpy.run_module("bot.i18n_catalog", run_name="__main__", alter_sys=True)

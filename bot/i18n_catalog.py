@@ -84,3 +84,7 @@ def refresh() -> None:
         catalog.update(template, no_fuzzy_matching=True)
         with path.open("wb") as out:
             write_po(out, catalog, width=120, ignore_obsolete=True)
+
+
+if __name__ == "__main__":  # pragma: no cover - a maintainer's tool (``python -m bot.i18n`` runs it)
+    refresh()

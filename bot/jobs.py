@@ -15,6 +15,7 @@ import discord
 import redis
 
 from bot import messages
+from bot.features.queue import queued_view
 from bot.i18n import t, t_reason
 from bot.uploads import PendingUpload, store_upload
 from ponybot import keys
@@ -27,7 +28,7 @@ from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Ori
 from ponybot.workers import check_networks, model_workers
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -154,8 +155,6 @@ async def queue_job(
     eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position, job_model(job))
     log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,
              interaction.channel_id, position)
-    from bot.features.results import queued_view
-
     content = messages.queued(origin.locale, position, eta, on_demand=bot.settings.worker.on_demand,
                               waiting_for=None if admission.worker_online else job_model(job))
     await interaction.edit_original_response(content=content,

@@ -30,7 +30,7 @@ from ponybot.queue import QueueSnapshot, job_model, queue_snapshot, unfinished_j
 from ponybot.schemas import Job, ProgressEvent
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 

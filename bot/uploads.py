@@ -28,7 +28,7 @@ from ponybot.schemas import ResizeMode, UploadedImage
 from ponybot.settings import UploadSettings
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 #: content type -> Pillow format name
 ACCEPTED = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}

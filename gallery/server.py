@@ -20,12 +20,13 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from starlette.applications import Starlette
 
+from gallery.app import create_app
 from gallery.auth import DiscordOAuth
 from gallery.cache import PageCache
 from gallery.db import make_engine, optimize_search, upgrade
 from gallery.ingest import Ingest
 from gallery.limits import RateLimiter
-from gallery.site import Gallery, create_app, templates
+from gallery.site import Gallery, templates
 from gallery.store import ImageStore, build_store
 from ponybot.connection import OUTAGE_PATIENCE_S, RedisTarget
 from ponybot.errors import ConfigError, PonybotError

@@ -1,7 +1,7 @@
 """The gallery's web site: server-rendered pages (Starlette + Jinja2) that work without JavaScript.
 
 Read pages live here; forms (likes, delete, hide, report, settings) in
-:mod:`gallery.actions`, sign-in in :mod:`gallery.auth`. Every page and every file
+:mod:`gallery.actions`, sign-in in :mod:`gallery.auth`, the application in :mod:`gallery.app`. Every page and every file
 goes through :func:`gallery.queries.visible`.
 """
 
@@ -12,29 +12,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import jinja2
 from sqlalchemy import Connection, Engine, select
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
-from gallery.auth import DiscordOAuth, SessionCheck, csrf_token, opted_in, signed_in
-from gallery.bodies import BodyLimit
+from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
 from gallery.cache import PageCache
 from gallery.db import images, users
 from gallery.limits import RateLimiter
 from gallery.params import parse_filters, path_id, path_text
-from gallery.queries import BadInput, Order, Viewer, first_of_job, get_image, is_moderator, list_images
-from gallery.security import HEADERS, SecurityHeaders
+from gallery.queries import Order, Viewer, first_of_job, get_image, is_moderator, list_images
 from gallery.store import ImageStore, file_names
 from ponybot.settings import GallerySettings
 
@@ -199,41 +192,8 @@ async def health(request: Request) -> Response:
     return Response("ok", media_type="text/plain")
 
 
-async def on_bad_input(request: Request, error: Exception) -> Response:
-    return render(request, "error.html", status=400, status_code=400, message=str(error))
-
-
-async def on_http_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, HTTPException)
-    return render(request, "error.html", status=error.status_code, status_code=error.status_code,
-                  message=error.detail)
-
-
-async def on_unexpected(request: Request, error: Exception) -> Response:
-    """The last resort: a plain 500, no exception text for the visitor (the log has the traceback)."""
-    return PlainTextResponse("500: something went wrong on our side. Try again later.", status_code=500,
-                             headers=HEADERS)
-
-
-def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
-    from gallery.actions import ROUTES as ACTION_ROUTES
-
-    routes = [
-        Route("/", newest), Route("/top", top), Route("/u/{user_id:int}", member), Route("/g/{guild_id:int}", server),
-        Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
-        Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
-    ]
-    # outermost first: every answer gets the security headers; a body too large is refused before its cookie
-    # is even read
-    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
-    if session_secret is not None:
-        secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
-        middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
-                                  max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
-                       Middleware(SessionCheck, engine=gallery.engine)]
-    app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
-                                                                  Exception: on_unexpected})
-    app.state.gallery = gallery
-    return app
+PAGE_ROUTES = [
+    Route("/", newest), Route("/top", top), Route("/u/{user_id:int}", member), Route("/g/{guild_id:int}", server),
+    Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
+    Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health),
+]

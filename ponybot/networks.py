@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from ponybot.errors import N_, InvalidRequestError
-from ponybot.schemas import LoraRef
 
 MAX_WEIGHT = 2.0
 LORA_TAG = re.compile(r"<lora:([^:<>]*)(?::([^:<>]*))?(?::[^<>]*)?>", re.IGNORECASE)
 #: What a LoRA or embedding name may look like: a file name without folders.
 NETWORK_NAME = re.compile(r"[\w][\w .+()\[\]-]{0,99}")
+
+
+class LoraRef(BaseModel):
+    """One ``<lora:NAME:WEIGHT>`` of a prompt."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=100)
+    weight: float = Field(1.0, ge=-2, le=2)
 
 
 def parse_loras(prompt: str) -> list[LoraRef]:

@@ -13,15 +13,13 @@ import unicodedata
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ponybot.errors import N_, InvalidRequestError, Reason, SchemaVersionError, reason
 from ponybot.keys import MODEL_NAME_PATTERN
-
-if TYPE_CHECKING:
-    from ponybot.settings import LimitSettings
+from ponybot.networks import LoraRef, parse_loras
 
 SCHEMA_VERSION = 1
 MAX_SEED = 2**32 - 1
@@ -171,7 +169,20 @@ class GenerationRequest(BaseModel):
         return check_side(value)
 
 
-def check_limits(request: GenerationRequest, limits: LimitSettings) -> GenerationRequest:
+class RequestLimits(Protocol):
+    """The operator's limits a request is checked against (``ponybot.settings.LimitSettings``)."""
+
+    @property
+    def max_steps(self) -> int: ...
+
+    @property
+    def max_count(self) -> int: ...
+
+    @property
+    def max_pixels(self) -> int: ...
+
+
+def check_limits(request: GenerationRequest, limits: RequestLimits) -> GenerationRequest:
     """Refuse what the operator's limits forbid, naming the option."""
     if request.steps > limits.max_steps:
         raise InvalidRequestError("steps", N_("at most {limit} on this bot, got {value}"), limit=limits.max_steps,
@@ -187,7 +198,7 @@ def check_limits(request: GenerationRequest, limits: LimitSettings) -> Generatio
     return request
 
 
-def build_request(limits: LimitSettings, **options: Any) -> GenerationRequest:
+def build_request(limits: RequestLimits, **options: Any) -> GenerationRequest:
     """Validate options from a command line or a slash command into a request."""
     try:
         request = GenerationRequest(**options)
@@ -285,15 +296,6 @@ def upscale_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
     return max(64, int(width * factor) // 64 * 64), max(64, int(height * factor) // 64 * 64)
 
 
-class LoraRef(BaseModel):
-    """One ``<lora:NAME:WEIGHT>`` of a prompt."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1, max_length=100)
-    weight: float = Field(1.0, ge=-2, le=2)
-
-
 class Job(Versioned):
     """One generation job as it sits on the queue: the model, LoRAs and embeddings it needs travel with it."""
 
@@ -315,8 +317,6 @@ class Job(Versioned):
         """A job for ``request``; a random seed is chosen here, once, and always reported."""
         seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
         if "loras" not in fields:
-            from ponybot.networks import parse_loras
-
             fields["loras"] = parse_loras(request.prompt)
         return cls(request=request, seed=seed, **fields)
 

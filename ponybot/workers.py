@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ponybot import keys
 from ponybot.errors import N_, InvalidRequestError
-from ponybot.networks import check_lora_count, find_embeddings, parse_loras
-from ponybot.schemas import GenerationRequest, LoraRef, Versioned, utcnow
+from ponybot.networks import LoraRef, check_lora_count, find_embeddings, parse_loras
+from ponybot.schemas import GenerationRequest, Versioned, utcnow
 
 
 class NetworkInfo(BaseModel):

@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 
 from ponybot import keys
 from ponybot.errors import GenerationError, InvalidRequestError
-from ponybot.networks import check_lora_count, parse_loras, strip_loras
+from ponybot.networks import LoraRef, check_lora_count, parse_loras, strip_loras
 from ponybot.parameters import format_parameters, parse_parameters
 from ponybot.policy import PolicyRules
 from ponybot.policy_store import PolicyStore
-from ponybot.schemas import GenerationRequest, Job, JobEvent, LoraRef, Sampler, build_request
+from ponybot.schemas import GenerationRequest, Job, JobEvent, Sampler, build_request
 from ponybot.settings import ModelSettings, Settings
 from ponybot.workers import NetworkInfo, WorkerRecord, check_networks
 from tests.conftest import make_settings

@@ -1,4 +1,9 @@
-"""The walls between the sides: checked by importing every module in a fresh interpreter."""
+"""The walls, as a running interpreter sees them: importing every module of a side loads no forbidden package.
+
+The import-linter contracts (tests/test_layers.py) read the source and hold the walls between our own packages
+(the sides never import each other, the contract imports no side). What they cannot see is a third-party
+package that pulls in torch or discord behind our back: this probe imports every module and looks.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +38,10 @@ def imported_by(package: str) -> tuple[list[str], set[str]]:
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
-        ("bot", {*HEAVY, "worker"}),
-        ("worker", {"discord", "bot"}),
-        ("ponybot", {*HEAVY, "discord", "bot", "worker"}),
-        ("gallery", {*HEAVY, "discord", "bot", "worker"}),
+        ("bot", set(HEAVY)),
+        ("worker", {"discord"}),
+        ("ponybot", {*HEAVY, "discord"}),
+        ("gallery", {*HEAVY, "discord"}),
     ],
 )
 def test_walls(package: str, forbidden: set[str]) -> None:

@@ -16,8 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from ponybot.errors import GenerationError
-from ponybot.networks import find_embeddings
-from ponybot.schemas import LoraRef
+from ponybot.networks import LoraRef, find_embeddings
 from worker.networks import Catalog, UnusableFile, check_embedding, check_lora, embedding_key, read_header
 
 log = logging.getLogger(__name__)

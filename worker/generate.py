@@ -14,8 +14,8 @@ from diffusers.utils import numpy_to_pil
 from PIL import Image
 
 from ponybot.errors import GenerationError
-from ponybot.networks import strip_loras
-from ponybot.schemas import GenerationRequest, LoraRef, Speed, image_seed
+from ponybot.networks import LoraRef, strip_loras
+from ponybot.schemas import GenerationRequest, Speed, image_seed
 from worker.adapters import Adapters
 from worker.deepcache import deep_cache
 from worker.encoding import PromptEncoder

@@ -13,13 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 from rq.job import Job as RQJob
-
-if TYPE_CHECKING:
-    from worker.runner import GenerationWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +51,30 @@ class RedisWatch:
         return None
 
 
+class Beating(Protocol):
+    """What the heartbeat thread needs of its worker (``worker.runner.GenerationWorker``), and no more."""
+
+    watch: RedisWatch
+    beating: set[Heartbeats]
+    beating_lock: threading.Lock
+
+    @property
+    def heartbeat_s(self) -> float: ...
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool: ...
+
+    def maintain_heartbeats(self, job: RQJob, execution: Any) -> None: ...
+
+    def _next_sweep_in(self) -> float: ...
+
+    def sweep(self) -> None: ...
+
+
 class Heartbeats:
     """Job heartbeats for one batch on their own thread, from its start until RQ is told it ended."""
 
-    def __init__(self, worker: GenerationWorker, running: list[tuple[RQJob, Any]]) -> None:
+    def __init__(self, worker: Beating, running: list[tuple[RQJob, Any]]) -> None:
         self.worker = worker
         self.running = running
         self.done = threading.Event()

@@ -26,7 +26,7 @@ from ponybot.policy_store import PolicyStore
 from ponybot.schemas import JobEvent
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 #: Entries kept in the stream at most (approximately); a gallery that far behind has lost the oldest.

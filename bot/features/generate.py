@@ -21,7 +21,7 @@ from ponybot.styles import Style, StyleStore
 from ponybot.workers import WorkerRecord, models_online_from, online_workers
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 

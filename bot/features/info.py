@@ -12,7 +12,7 @@ from bot.i18n import t
 from ponybot.settings import Settings
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 LICENSE_URL = "https://huggingface.co/spaces/CompVis/stable-diffusion-license"
 

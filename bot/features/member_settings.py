@@ -18,7 +18,7 @@ from ponybot.settings import Settings
 from ponybot.styles import Style
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 
 def describe_defaults(locale: str, mine: MemberDefaults, settings: Settings) -> str:

@@ -17,7 +17,7 @@ from ponybot.settings import Settings
 from ponybot.workers import WorkerRecord, models_online_from, online_workers, usable
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 
 def describe_networks(settings: Settings, records: list[WorkerRecord], policy: EffectivePolicy,

@@ -26,7 +26,7 @@ from ponybot.policy_store import PolicyStore
 from ponybot.settings import PolicySettings
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

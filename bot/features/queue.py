@@ -3,20 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.i18n import MemberError, t
-from bot.replies import is_moderator
+from bot.buttons import custom_id
+from bot.i18n import MemberError, t, tp
+from bot.replies import guarded, is_moderator
 from ponybot import keys
 from ponybot.queue import active_jobs, cancel_job, job_model, load_job, queue_position
 from ponybot.schemas import Job, JobStatus
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"ponybot:queue:cancel:(?P<job>[\w-]+)"):
+    def __init__(self, job_id: str, locale: str = "en-US") -> None:
+        super().__init__(discord.ui.Button(label=tp(locale, "button", "Cancel"), style=discord.ButtonStyle.secondary,
+                                           custom_id=custom_id("queue", "cancel", job_id)))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
+                             match: re.Match[str]) -> CancelButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await guarded(interaction, cancel_for_member(interaction.client, interaction, self.job_id))
+
+
+def queued_view(job_id: str, locale: str = "en-US") -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id, locale))
+    return view
 
 
 def member_jobs(bot: PonyBot, guild_id: int | None, user_id: int) -> list[tuple[Job, JobStatus, int | None]]:

@@ -1,7 +1,7 @@
-"""Buttons on results and queued jobs: persistent ``DynamicItem``s whose custom_id carries the job.
+"""Buttons on results: persistent ``DynamicItem``s whose custom_id carries the job.
 
-``ponybot:result:<action>:<job id>[:<image>]`` and ``ponybot:queue:cancel:<job id>``
-keep working after a restart: the job is read back from Redis when clicked.
+``ponybot:result:<action>:<job id>[:<image>]`` (and the queued job's ``ponybot:queue:cancel:<job id>``,
+in ``bot.features.queue``) keep working after a restart: the job is read back from Redis when clicked.
 Follow-up jobs go through the same checks as ``/generate`` (policy, limits).
 """
 
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.buttons import custom_id
 from bot.features.gallery import forget_job, gallery_button
 from bot.i18n import NP_, MemberError, t, tp
 from bot.jobs import queue_job
@@ -23,7 +24,7 @@ from ponybot.queue import load_job
 from ponybot.schemas import Job, JobEvent, JobKind, SourceImage, upscale_size
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 RETRYABLE = {"timeout", "worker_died", "internal", "expired", "out_of_memory"}
 ACTIONS = {
@@ -34,12 +35,6 @@ ACTIONS = {
     "vary": (NP_("button", "Vary"), discord.ButtonStyle.secondary, None),
     "retry": (NP_("button", "Retry"), discord.ButtonStyle.primary, "🔁"),
 }
-
-
-def custom_id(feature: str, action: str, job_id: str, index: int | None = None) -> str:
-    value = f"ponybot:{feature}:{action}:{job_id}" + (f":{index}" if index is not None else "")
-    assert len(value) <= 100, value
-    return value
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
@@ -64,29 +59,6 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await guarded(interaction, on_result_action(interaction.client, interaction, self.action, self.job_id,
                                                     self.index))
-
-
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"ponybot:queue:cancel:(?P<job>[\w-]+)"):
-    def __init__(self, job_id: str, locale: str = "en-US") -> None:
-        super().__init__(discord.ui.Button(label=tp(locale, "button", "Cancel"), style=discord.ButtonStyle.secondary,
-                                           custom_id=custom_id("queue", "cancel", job_id)))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
-                             match: re.Match[str]) -> CancelButton:
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        from bot.features.queue import cancel_for_member
-
-        await guarded(interaction, cancel_for_member(interaction.client, interaction, self.job_id))
-
-
-def queued_view(job_id: str, locale: str = "en-US") -> discord.ui.View:
-    view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id, locale))
-    return view
 
 
 def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.View:

@@ -14,7 +14,7 @@ from bot.i18n import t
 from ponybot.status import collect_status, describe_status
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 
 class Status(commands.Cog):

@@ -15,7 +15,7 @@ from bot.jobs import read_redis
 from ponybot.styles import Style, StyleStore
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 
