@@ -12,7 +12,7 @@ LOCK := requirements/lock.txt
 # in pyproject.toml and keeps the rest.
 UPGRADE ?= --upgrade
 
-.PHONY: install browser run test lint types unit bench lock clean
+.PHONY: install browser run test lint types unit bench lock clean docs screenshots
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,19 @@ bench: install
 	$(PY) bench/gpu.py
 	$(PY) bench/gallery.py
 
+# The guides (docs/, mkdocs.yml) as a site in site/: strict, so a broken link or a page missing from the nav fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The pictures in docs/images/, taken again by the browser tests: the gallery's pages, and a result as a member
+# sees it in Discord (drawn from the message the bot sent to the Discord fake). Commit what changed.
+screenshots: install browser
+	@fc-list 2>/dev/null | grep -qi emoji || echo "no emoji font: the buttons' emoji draw as boxes (apt-get install fonts-noto-color-emoji)"
+	PONYBOT_DOCS_IMAGES=$(CURDIR)/docs/images $(PY) -m pytest -q -p no:cacheprovider \
+		tests/test_gallery_browser.py::test_browse_sign_in_search_like_delete \
+		tests/test_discord_picture.py::test_a_result_as_a_member_sees_it
+	@ls -l docs/images
+
 # Resolve the lock again (uv, against the torch release in requirements/torch.txt), reinstall from it
 # and run the whole suite: commit the lock only when this passes.
 lock: install
@@ -68,4 +81,4 @@ lock: install
 	$(MAKE) test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

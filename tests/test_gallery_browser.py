@@ -7,7 +7,6 @@ likes it and deletes it, taking a screenshot at each step; one check that the im
 
 from __future__ import annotations
 
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,14 +17,13 @@ import pytest
 import redis
 
 from gallery.server import build_app, ingest_for
+from tests.browser import chromium, keep_for_docs, needs_browser
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import gallery_settings, hand_over
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or DRIVER is None,
-    reason="no headless Chromium: install Debian's chromium and chromium-driver (make install does it as root)")
+pytestmark = needs_browser
+#: The steps whose screenshots the docs show (``make screenshots``), by their name there.
+FOR_DOCS = {"1-newest-signed-out": "gallery-newest", "4-search": "gallery-search", "5-liked": "gallery-image"}
 
 AUTHOR = 1200
 
@@ -58,18 +56,8 @@ def served(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake) -> Iterator
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                     "--window-size=1280,1000", "--renderer-process-limit=1"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER or ""))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    with chromium() as driver:
+        yield driver
 
 
 def wait(driver: Any, predicate: Any, timeout: float = 60) -> Any:
@@ -97,6 +85,8 @@ def test_browse_sign_in_search_like_delete(served: str, browser: Any, tmp_path: 
 
     def shot(name: str) -> None:
         assert browser.save_screenshot(str(shots / f"{name}.png"))
+        if name in FOR_DOCS:
+            keep_for_docs(FOR_DOCS[name], (shots / f"{name}.png").read_bytes())
 
     browser.get(served + "/")
     assert "Newest" in browser.title

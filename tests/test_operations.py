@@ -88,9 +88,9 @@ def test_metrics_endpoint(conn: redis.Redis, settings: Settings, runtime: Worker
     assert 'ponybot_generation_seconds_count{model="pony-v4"} 2.0' in text
     assert 'ponybot_images_total{model="pony-v4"} 4.0' in text
     assert 'ponybot_queue_depth{model="pony-v4"} 0.0' in text
-    readme = (ROOT / "README.md").read_text()
+    guide = (ROOT / "docs" / "operators" / "metrics.md").read_text()
     for name in set(re.findall(r"^(ponybot_[a-z_]+?)(?:_total|_count|_sum|_bucket|_created)?[ {]", text, re.M)):
-        assert name in readme, f"{name} is not documented in the README"
+        assert name in guide, f"{name} is not documented in docs/operators/metrics.md"
 
 
 async def test_status_command(fake: FakeDiscord, discord_settings: Settings, redis_url: str, conn: redis.Redis,
