@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cache
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
 
 from ponybot.errors import N_, Reason, reason
 from ponybot.prompt_syntax import strip_emphasis
+from ponybot.term_lists import BUILTIN, Entry, TermList, builtin, custom_list
 
 ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\ufeff\u00ad\u034f"))
 #: What neither Unicode's confusables nor a transliteration reads as the Latin letter it looks like in
@@ -30,8 +31,14 @@ ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u200e\u200f\u2060\u2061\
 #: A test keeps this list to the letters the readings below miss.
 SHAPES = str.maketrans({"п": "n", "ь": "b", "β": "b", "χ": "x", "ω": "w"})
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "@": "a", "$": "s",
-                      "!": "i", "|": "l", "+": "t"})
-WORD = re.compile(r"[^\W_]+|[@$!|+]+")
+                      "!": "i", "|": "l", "+": "t", "€": "e"})
+#: Emoji and pictographs: each one a word of its own (``🔞``; ``🍆💦`` is two words side by side).
+EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
+TOKEN = re.compile(rf"[^\W_]+|[@$!|+€]+|{EMOJI.pattern}")
+#: Where one part of a prompt ends and the next begins (a phrase matches only inside one part).
+CLAUSE = re.compile(r"[,;\n]|[.!?](?=\s|$)")
+PHRASE_GAP = 2  #: words that may stand between the words of a phrase
+PHRASE_GAP_EMOJI = 1  #: the same for a phrase of emoji (a peach and, later, a drop of rain are fruit and weather)
 SCATTERED = 2  #: pieces this short, side by side, are read as one word
 MAX_SCATTERED = 12
 
@@ -39,14 +46,24 @@ MAX_SCATTERED = 12
 @dataclass(frozen=True)
 class FilterResult:
     allowed: bool
-    term: str | None = None
-    found: str | None = None
+    term: str | None = None  #: the entry, as its list writes it
+    found: str | None = None  #: what the prompt holds, as the matcher read it
+    list_name: str | None = None
+    cls: str | None = None  #: the entry's class (``nudity``, ``sex`` ..., ``custom``)
 
     @property
     def reason(self) -> Reason | None:
         if self.allowed:
             return None
         return reason(N_("the prompt contains a term this channel does not allow: “{term}”"), term=self.term or "")
+
+    @property
+    def source(self) -> Reason | None:
+        """Which list and which entry refused (what a moderator reports a false refusal with)."""
+        if self.allowed:
+            return None
+        return reason(N_("list “{list}”, entry “{term}” (class {cls}), read in the prompt as “{found}”"),
+                      list=self.list_name or "", term=self.term or "", cls=self.cls or "", found=self.found or "")
 
 
 def _no_marks(text: str) -> str:
@@ -111,21 +128,35 @@ def squeeze(word: str) -> str:
     return re.sub(r"(.)\1{2,}", r"\1", word)
 
 
+def collapse(word: str) -> str:
+    """``s33x`` (read ``seex``) -> ``sex``: every doubled letter as one."""
+    return re.sub(r"(.)\1+", r"\1", word)
+
+
+def clauses(text: str, reading: Callable[[str], str] = fold) -> list[list[str]]:
+    """The tokens (words, and emoji as words of their own) of each comma-separated part of a prompt."""
+    read = reading(strip_emphasis(text))
+    return [[match.group(0).translate(LEET) for match in TOKEN.finditer(part)] for part in CLAUSE.split(read)]
+
+
+def is_emoji(token: str) -> bool:
+    return EMOJI.fullmatch(token) is not None
+
+
 def words(text: str, reading: Callable[[str], str] = fold) -> list[str]:
     """The words of a prompt as the matcher reads them in one reading."""
-    read = reading(strip_emphasis(text))
-    return [match.group(0).translate(LEET) for match in WORD.finditer(read)]
+    return [token for part in clauses(text, reading) for token in part if not is_emoji(token)]
 
 
 def _variants(word: str) -> set[str]:
     base = {word, squeeze(word)}
-    return base | {w[:-2] for w in base if w.endswith("es")} | {w[:-1] for w in base if w.endswith("s")}
+    return base | {w[:-2] for w in base if w.endswith("es")} | {w[:-1] for w in base if w[-1:] in ("s", "z")}
 
 
-def _spans(prompt: list[str], phrase_lengths: set[int]) -> list[str]:
+def _spans(prompt: list[str], phrase_lengths: Iterable[int]) -> list[str]:
     """Each word; each run of as many words as a multi-word term has; each run of scattered letters."""
     spans = list(prompt)
-    for length in phrase_lengths - {1}:
+    for length in set(phrase_lengths) - {1}:
         spans += [" ".join(prompt[i : i + length]) for i in range(len(prompt) - length + 1)]
     for start in range(len(prompt)):  # ``n u d e``, ``nu de``: pieces of at most two characters glued
         end = start
@@ -136,24 +167,140 @@ def _spans(prompt: list[str], phrase_lengths: set[int]) -> list[str]:
     return spans
 
 
-def check_prompt(text: str, terms: list[str]) -> FilterResult:
-    """The first forbidden term the prompt carries in any reading, seen through the evasions above."""
+@dataclass(frozen=True)
+class Hit:
+    list_name: str
+    entry: Entry
+
+
+@dataclass
+class _Table:
+    """Every list of a check read one way: what a span of the prompt is looked up in."""
+
+    words: dict[str, Hit] = field(default_factory=dict)
+    collapsed: dict[str, Hit] = field(default_factory=dict)  #: the words with doubled letters as one
+    starts: dict[str, Hit] = field(default_factory=dict)
+    ends: dict[str, Hit] = field(default_factory=dict)
+    phrases: list[tuple[tuple[frozenset[str], ...], int, Hit]] = field(default_factory=list)
+    places: dict[str, list[int]] = field(default_factory=dict)  #: word -> the phrases it stands in
+    allow: set[str] = field(default_factory=set)
+    allow_runs: list[tuple[str, ...]] = field(default_factory=list)
+    start_sizes: list[int] = field(default_factory=list)
+    end_sizes: list[int] = field(default_factory=list)
+    lengths: frozenset[int] = frozenset()  #: words per run of the multi-word terms
+
+
+def _read(term: str, reading: Callable[[str], str]) -> str:
+    return " ".join(token for part in clauses(term, reading) for token in part)
+
+
+@lru_cache(maxsize=512)
+def _table(lists: tuple[TermList, ...], reading: Callable[[str], str]) -> _Table:
+    table = _Table()
+    for terms in lists:
+        for text, entry in terms.words:
+            if read := _read(text, reading):
+                table.words.setdefault(read, Hit(terms.name, entry))
+                if " " not in read and len(collapse(read)) > 2:  # ``xxx`` would refuse every ``xx``
+                    table.collapsed.setdefault(collapse(read), Hit(terms.name, entry))
+        for into, pairs in ((table.starts, terms.starts), (table.ends, terms.ends)):
+            for text, entry in pairs:
+                if read := _read(text, reading):
+                    into.setdefault(read, Hit(terms.name, entry))
+        for places, entry in terms.phrases:
+            read_places = tuple(frozenset(filter(None, (_read(word, reading) for word in place))) for place in places)
+            within = PHRASE_GAP_EMOJI if all(is_emoji(w) for place in read_places for w in place) else PHRASE_GAP
+            for word in set().union(*read_places):
+                table.places.setdefault(word, []).append(len(table.phrases))
+            table.phrases.append((read_places, within, Hit(terms.name, entry)))
+    for text in {text for terms in lists + tuple(builtin(name) for name in BUILTIN) for text in terms.allow}:
+        if read := _read(text, reading):  # harmless everywhere: every built-in list's allow table, always
+            if " " in read:
+                table.allow_runs.append(tuple(read.split()))
+            else:
+                table.allow.add(read)
+    table.start_sizes, table.end_sizes = sorted({len(k) for k in table.starts}), sorted({len(k) for k in table.ends})
+    table.lengths = frozenset(key.count(" ") + 1 for key in table.words)
+    return table
+
+
+def _mask(part: list[str], runs: list[tuple[str, ...]]) -> list[str]:
+    """The part with each allowed run of words (``pieds nus``, ``à poil long``) blanked out."""
+    for run in runs:
+        for start in range(len(part) - len(run) + 1):
+            if tuple(part[start : start + len(run)]) == run:
+                part = part[:start] + [""] * len(run) + part[start + len(run) :]
+    return part
+
+
+def _span_hit(span: str, table: _Table) -> Hit | None:
+    variants = _variants(span)
+    if variants & table.allow:
+        return None
+    for variant in variants:
+        if variant in table.words:
+            return table.words[variant]
+    if collapse(span) != span:  # ``s33x``, ``nuudee``: doubled letters read as one, on both sides
+        for variant in _variants(collapse(span)):
+            if variant in table.collapsed:
+                return table.collapsed[variant]
+    if " " in span:  # a run of words: only a multi-word term matches it
+        return None
+    for word in {span, collapse(span)}:
+        for size in table.start_sizes:
+            if word[:size] in table.starts:
+                return table.starts[word[:size]]
+        for size in table.end_sizes:
+            if word[-size:] in table.ends:
+                return table.ends[word[-size:]]
+    return None
+
+
+def _phrase_hit(part: list[str], table: _Table) -> tuple[str, Hit] | None:
+    """The first phrase whose words all stand in the part within its gap of each other, in any order."""
+    seen: dict[int, list[tuple[int, str]]] = {}  # phrase -> (position, word) of each of its words in the part
+    for position, token in enumerate(part):
+        for word in _variants(token) if token else ():
+            for phrase in table.places.get(word, ()):
+                seen.setdefault(phrase, []).append((position, word))
+    for phrase, found in seen.items():
+        places, within, hit = table.phrases[phrase]
+        for start, _ in found:
+            end = start + len(places) - 1 + within
+            window = {word for position, word in found if start <= position <= end}
+            if all(window & place for place in places):
+                return " ".join(token for token in part[start : end + 1] if token), hit
+    return None
+
+
+def check_prompt(text: str, terms: Sequence[str] | Sequence[TermList]) -> FilterResult:
+    """The forbidden term the prompt carries in any reading, seen through the evasions above.
+
+    ``terms``: term lists, searched in order (or plain terms: one list named ``terms``). Of the spans
+    that carry a term, the longest is reported (``n u d e`` reads as ``nude``, not as ``nu``).
+    """
+    lists = tuple(terms) if all(isinstance(t, TermList) for t in terms) else (
+        custom_list("terms", tuple(str(t) for t in terms)),)
     for reading in READINGS:
-        found = _check_reading(text, terms, reading)
+        found = _check(text, lists, reading)  # type: ignore[arg-type]
         if not found.allowed:
             return found
     return FilterResult(True)
 
 
-def _check_reading(text: str, terms: list[str], reading: Callable[[str], str]) -> FilterResult:
-    phrases = {term: " ".join(words(term, reading)) for term in terms}
-    lengths = {phrase.count(" ") + 1 for phrase in phrases.values() if phrase}
-    spans = [(span, _variants(span)) for span in _spans(words(text, reading), lengths)]
-    for term, phrase in phrases.items():
-        if not phrase:
-            continue
-        prefix = term.rstrip().endswith("*")
-        for span, variants in spans:
-            if phrase in variants or (prefix and span.startswith(phrase)):
-                return FilterResult(False, term, span)
-    return FilterResult(True)
+def _check(text: str, lists: tuple[TermList, ...], reading: Callable[[str], str]) -> FilterResult:
+    table = _table(lists, reading)
+    parts = [_mask(part, table.allow_runs) for part in clauses(text, reading)]
+    tokens = [token for part in parts for token in part if token]
+    best: tuple[str, Hit] | None = None
+    for span in _spans([t for t in tokens if not is_emoji(t)], table.lengths) + [t for t in tokens if is_emoji(t)]:
+        hit = _span_hit(span, table)
+        if hit and (best is None or len(span) > len(best[0])):
+            best = (span, hit)
+    for part in parts if best is None else ():
+        if best := _phrase_hit(part, table):
+            break
+    if best is None:
+        return FilterResult(True)
+    span, hit = best
+    return FilterResult(False, hit.entry.text, span, hit.list_name, hit.entry.cls)

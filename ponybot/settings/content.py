@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ponybot.errors import ConfigError
 from ponybot.settings.base import Section
+from ponybot.term_lists import BUILTIN
 
 #: Refused in SFW channels (whole words; ``*`` matches every word it begins).
 SFW_FORBIDDEN_TERMS = (
@@ -25,7 +26,7 @@ NSFW_FORBIDDEN_TERMS = (
     "underage",
 )
 #: Refused everywhere.
-ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp")
+ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp", "foalcon")
 #: Added to the negative prompt in SFW channels (the model card's advice: suppress what SFW excludes).
 SFW_NEGATIVE = "nsfw, explicit, questionable, suggestive, nudity, nude, nipples, genitals, sex"
 
@@ -34,8 +35,18 @@ class PolicySettings(Section):
     sfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(SFW_FORBIDDEN_TERMS))
     nsfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(NSFW_FORBIDDEN_TERMS))
     always_forbidden_terms: list[str] = Field(default_factory=lambda: list(ALWAYS_FORBIDDEN_TERMS))
+    #: The built-in term lists (``ponybot/terms``) SFW channels apply, every one of them in every channel.
+    term_lists: list[str] = Field(default_factory=lambda: list(BUILTIN))
     sfw_negative: str = SFW_NEGATIVE
     safe_tag: str = "safe"
+
+    @field_validator("term_lists")
+    @classmethod
+    def _known_lists(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(BUILTIN))
+        if unknown:
+            raise ValueError(f"no built-in term list named {', '.join(unknown)} (known: {', '.join(BUILTIN)})")
+        return value
 
 
 #: A WD v3 tagger's general tags that mean an image is explicit, each with the score at or above which it
