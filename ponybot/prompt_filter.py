@@ -37,6 +37,9 @@ EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
 TOKEN = re.compile(rf"[^\W_]+|[@$!|+€]+|{EMOJI.pattern}")
 #: Where one part of a prompt ends and the next begins (a phrase matches only inside one part).
 CLAUSE = re.compile(r"[,;\n]|[.!?](?=\s|$)")
+#: A word cut by joiners (``na-ked``): matched whole, never by its beginning (``Sexey-les-Bois`` is a place).
+JOINERS = re.compile(r"[-.'’~_*]")
+JOINED = re.compile(rf"[^\W_]+(?:{JOINERS.pattern}[^\W_]+)+")
 PHRASE_GAP = 2  #: words that may stand between the words of a phrase
 PHRASE_GAP_EMOJI = 1  #: the same for a phrase of emoji (a peach and, later, a drop of rain are fruit and weather)
 SCATTERED = 2  #: pieces this short, side by side, are read as one word
@@ -55,14 +58,16 @@ class FilterResult:
     def reason(self) -> Reason | None:
         if self.allowed:
             return None
-        return reason(N_("the prompt contains a term this channel does not allow: “{term}”"), term=self.term or "")
+        term = self.term or ""
+        shown = self.found or term if "/" in term or "|" in term else term  # a phrase: the member's own words
+        return reason(N_("the prompt contains a term this channel does not allow: “{term}”"), term=shown)
 
     @property
     def source(self) -> Reason | None:
         """Which list and which entry refused (what a moderator reports a false refusal with)."""
         if self.allowed:
             return None
-        return reason(N_("list “{list}”, entry “{term}” (class {cls}), read in the prompt as “{found}”"),
+        return reason(N_("Matched: list “{list}”, entry “{term}” (class {cls}); the prompt read as “{found}”."),
                       list=self.list_name or "", term=self.term or "", cls=self.cls or "", found=self.found or "")
 
 
@@ -137,6 +142,12 @@ def clauses(text: str, reading: Callable[[str], str] = fold) -> list[list[str]]:
     """The tokens (words, and emoji as words of their own) of each comma-separated part of a prompt."""
     read = reading(strip_emphasis(text))
     return [[match.group(0).translate(LEET) for match in TOKEN.finditer(part)] for part in CLAUSE.split(read)]
+
+
+def joined(text: str, reading: Callable[[str], str] = fold) -> list[str]:
+    """Words split by hyphens, dots, apostrophes or stars, each read as one word (``na-ked``, ``por.no``)."""
+    read = reading(strip_emphasis(text))
+    return [JOINERS.sub("", match.group(0)).translate(LEET) for match in JOINED.finditer(read)]
 
 
 def is_emoji(token: str) -> bool:
@@ -233,18 +244,20 @@ def _mask(part: list[str], runs: list[tuple[str, ...]]) -> list[str]:
     return part
 
 
-def _span_hit(span: str, table: _Table) -> Hit | None:
+def _span_hit(span: str, table: _Table, *, whole: bool = False) -> Hit | None:
+    """The term a span carries; ``whole``: only a term that is the whole span (a beginning or an ending too)."""
     variants = _variants(span)
     if variants & table.allow:
         return None
     for variant in variants:
-        if variant in table.words:
-            return table.words[variant]
+        if hit := table.words.get(variant) or (table.starts.get(variant) or table.ends.get(variant) if whole
+                                               else None):
+            return hit
     if collapse(span) != span:  # ``s33x``, ``nuudee``: doubled letters read as one, on both sides
         for variant in _variants(collapse(span)):
             if variant in table.collapsed:
                 return table.collapsed[variant]
-    if " " in span:  # a run of words: only a multi-word term matches it
+    if whole or " " in span:  # a run of words: only a multi-word term matches it
         return None
     for word in {span, collapse(span)}:
         for size in table.start_sizes:
@@ -293,8 +306,10 @@ def _check(text: str, lists: tuple[TermList, ...], reading: Callable[[str], str]
     parts = [_mask(part, table.allow_runs) for part in clauses(text, reading)]
     tokens = [token for part in parts for token in part if token]
     best: tuple[str, Hit] | None = None
-    for span in _spans([t for t in tokens if not is_emoji(t)], table.lengths) + [t for t in tokens if is_emoji(t)]:
-        hit = _span_hit(span, table)
+    spans = [(span, False) for span in _spans([t for t in tokens if not is_emoji(t)], table.lengths)]
+    spans += [(token, False) for token in tokens if is_emoji(token)] + [(word, True) for word in joined(text, reading)]
+    for span, whole in spans:
+        hit = _span_hit(span, table, whole=whole)
         if hit and (best is None or len(span) > len(best[0])):
             best = (span, hit)
     for part in parts if best is None else ():

@@ -292,6 +292,9 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         else:
             text = t(locale, "**Refused**: {reason}.", reason=t_reason(locale, decision.reason) if decision.reason
                      else "")
+            source = decision.match.source if decision.match else None
+            if source:  # which list and entry: what a false refusal is reported with (docs/prompt-filter.md)
+                text += "\n" + t_reason(locale, source)
         await self.answer(interaction, t(locale, "Policy test ({mode})", mode=policy.mode.value.upper()), text)
 
 
