@@ -34,7 +34,8 @@ LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t"
                       "!": "i", "|": "l", "+": "t", "€": "e"})
 #: Emoji and pictographs: each one a word of its own (``🔞``; ``🍆💦`` is two words side by side).
 EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF]")
-TOKEN = re.compile(rf"[^\W_]+|[@$!|+€]+|{EMOJI.pattern}")
+SYMBOLS = "[@$!|+€]"  #: symbols read as letters (:data:`LEET`) inside a word, or alone
+TOKEN = re.compile(rf"{SYMBOLS}*[^\W_]+(?:{SYMBOLS}+[^\W_]+)*|{SYMBOLS}+|{EMOJI.pattern}")
 #: Where one part of a prompt ends and the next begins (a phrase matches only inside one part).
 CLAUSE = re.compile(r"[,;\n]|[.!?](?=\s|$)")
 #: A word cut by joiners (``na-ked``): matched whole, never by its beginning (``Sexey-les-Bois`` is a place).
