@@ -63,14 +63,6 @@ class FilterResult:
         shown = self.found or term if "/" in term or "|" in term else term  # a phrase: the member's own words
         return reason(N_("the prompt contains a term this channel does not allow: “{term}”"), term=shown)
 
-    @property
-    def source(self) -> Reason | None:
-        """Which list and which entry refused (what a moderator reports a false refusal with)."""
-        if self.allowed:
-            return None
-        return reason(N_("Matched: list “{list}”, entry “{term}” (class {cls}); the prompt read as “{found}”."),
-                      list=self.list_name or "", term=self.term or "", cls=self.cls or "", found=self.found or "")
-
 
 def _no_marks(text: str) -> str:
     return "".join(c for c in unicodedata.normalize("NFD", text) if not unicodedata.combining(c))

@@ -25,13 +25,20 @@ from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
-from ponybot.errors import ConfigError
+from ponybot.errors import N_, ConfigError
 
 #: The built-in lists, in the order they are searched; every SFW channel applies all of them.
 BUILTIN = ("en", "de", "fr", "fandom", "emoji")
 LEVELS = ("standard", "strict")
 #: The class of an entry an operator or a moderator added.
 CUSTOM = "custom"
+#: Each class an entry may have, as ``/policy test`` names it (a catalog message).
+CLASSES = {
+    "nudity": N_("nudity"), "genitals": N_("genitals"), "sex": N_("sex"), "fetish": N_("fetish"),
+    "suggestive": N_("suggestive"), "explicit-tag": N_("a booru rating or explicit tag"),
+    "slang": N_("the fandom's slang for explicit art"), "emoji": N_("emoji"),
+    CUSTOM: N_("a term the operator or a moderator added"),
+}
 
 
 @dataclass(frozen=True)
@@ -97,8 +104,9 @@ def parse_list(name: str, data: dict[str, Any]) -> TermList:
     for index, group in enumerate(data.get("group", [])):
         where = f"term list {name}, group {index + 1}"
         cls, level = group.get("class"), group.get("level", "standard")
-        if not cls or level not in LEVELS:
-            raise ConfigError(f"{where}: needs a class and a level of {' or '.join(LEVELS)} (has {cls!r}, {level!r})")
+        if cls not in CLASSES or cls == CUSTOM or level not in LEVELS:
+            raise ConfigError(f"{where}: needs a class of {', '.join(c for c in CLASSES if c != CUSTOM)} and a level "
+                              f"of {' or '.join(LEVELS)} (has {cls!r}, {level!r})")
         for text in group.get("terms", []):
             _add_term(text, Entry(text, cls, level), inflections, where, found)
         phrases += [(_phrase(text, inflections, where), Entry(text, cls, level)) for text in group.get("phrases", [])]

@@ -113,7 +113,6 @@ def test_moderator_terms_name_their_list() -> None:
     result = check_prompt("eine Spinnennetz-Party", policy.term_lists())
     assert (result.list_name, result.term, result.cls) == ("channel", "spinne*", "custom")
     assert check_prompt("nude", policy.term_lists()).list_name == "sfw"  # the operator's own list comes first
-    assert "“channel”" in str(result.source) and "“spinne*”" in str(result.source)
 
 
 def test_operator_chooses_the_builtin_lists() -> None:
@@ -127,9 +126,10 @@ def test_operator_chooses_the_builtin_lists() -> None:
 
 @pytest.mark.parametrize(("data", "message"), [
     ({"group": [{"class": "nudity", "terms": ["nackt/adj"]}]}, "names the inflection table “adj”"),
-    ({"group": [{"terms": ["x"]}]}, "needs a class"),
-    ({"group": [{"class": "x", "level": "extreme", "terms": ["x"]}]}, "level of standard or strict"),
-    ({"group": [{"class": "x", "phrases": ["alone"]}]}, "two or more places"),
+    ({"group": [{"terms": ["x"]}]}, "needs a class of nudity, genitals"),
+    ({"group": [{"class": "naughty", "terms": ["x"]}]}, "has 'naughty', 'standard'"),
+    ({"group": [{"class": "sex", "level": "extreme", "terms": ["x"]}]}, "has 'sex', 'extreme'"),
+    ({"group": [{"class": "sex", "phrases": ["alone"]}]}, "two or more places"),
     ({"inflections": {"adj": [""], "allow": ["x"]}}, "“allow” stands under \\[inflections\\]"),
     ({"inflections": {"adj": "e"}}, "each inflection table is a list of endings"),
     ({"allows": []}, "unknown keys allows"),

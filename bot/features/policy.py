@@ -23,7 +23,9 @@ from ponybot.errors import InvalidRequestError
 from ponybot.options import make_request
 from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
+from ponybot.prompt_filter import FilterResult
 from ponybot.settings import PolicySettings
+from ponybot.term_lists import CLASSES
 
 if TYPE_CHECKING:
     from bot.app import PonyBot
@@ -167,6 +169,13 @@ def describe(policy: EffectivePolicy, settings: PolicySettings, locale: Any = "e
     return "\n".join(lines)
 
 
+def matched_line(match: FilterResult, locale: Any = "en-US") -> str:
+    """Which list, which entry and which class refused a prompt, and what the filter read in it."""
+    cls = CLASSES.get(match.cls or "", match.cls or "")
+    return t(locale, "Matched: list “{list}”, entry “{term}” ({cls}); the prompt read as “{found}”.",
+             list=match.list_name or "", term=match.term or "", cls=t(locale, cls), found=match.found or "")
+
+
 def describe_change(entry: AuditEntry, locale: Any = "en-US") -> str:
     where = t(locale, "server default") if entry.scope == "server" else f"<#{entry.scope.split(':', 1)[1]}>"
     keys = sorted(set(entry.before) | set(entry.after))
@@ -292,9 +301,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         else:
             text = t(locale, "**Refused**: {reason}.", reason=t_reason(locale, decision.reason) if decision.reason
                      else "")
-            source = decision.match.source if decision.match else None
-            if source:  # which list and entry: what a false refusal is reported with (docs/prompt-filter.md)
-                text += "\n" + t_reason(locale, source)
+            if decision.match:  # which list and entry: what a false refusal is reported with (docs/prompt-filter.md)
+                text += "\n" + matched_line(decision.match, locale)
         await self.answer(interaction, t(locale, "Policy test ({mode})", mode=policy.mode.value.upper()), text)
 
 
