@@ -319,7 +319,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
     refusal = str(decision.reason) if decision.reason else None
     match = decision.match
-    matched = {"list": match.list_name, "entry": match.term, "class": match.cls, "found": match.found} if match else None
+    matched = ({"list": match.list_name, "entry": match.term, "class": match.cls, "found": match.found}
+               if match else None)
     say(json.dumps({"allowed": decision.allowed, "mode": policy.mode.value, "reason": refusal, "matched": matched,
                     "prompt": decision.prompt, "negative_prompt": decision.negative_prompt}, indent=2,
                    ensure_ascii=False))

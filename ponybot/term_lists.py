@@ -97,7 +97,7 @@ def parse_list(name: str, data: dict[str, Any]) -> TermList:
     inflections: dict[str, list[str]] = data.get("inflections", {})
     if "allow" in inflections:
         raise ConfigError(f"term list {name}: “allow” stands under [inflections]: move it above the first [table]")
-    if not all(isinstance(endings, list) and all(isinstance(e, str) for e in endings) for endings in inflections.values()):
+    if not all(isinstance(ends, list) and all(isinstance(e, str) for e in ends) for ends in inflections.values()):
         raise ConfigError(f"term list {name}: each inflection table is a list of endings")
     found: dict[str, list[tuple[str, Entry]]] = {"words": [], "starts": [], "ends": []}
     phrases: list[tuple[tuple[tuple[str, ...], ...], Entry]] = []

@@ -215,6 +215,11 @@ def test_policy_check_cli(tmp_path: Path, model_cache: Path) -> None:
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["allowed"] is False
     assert "nude" in json.loads(refused.stdout)["reason"]
+    assert json.loads(refused.stdout)["matched"] == {"list": "sfw", "entry": "nude", "class": "custom", "found": "nude"}
+    german = run_cli(["policy", "check", "nackte Stute"], env, tmp_path)
+    assert json.loads(german.stdout)["matched"]["list"] == "de" and german.returncode == 1
+    strict = run_cli(["policy", "check", "rarity in lingerie", "--strictness", "strict"], env, tmp_path)
+    assert json.loads(strict.stdout)["matched"]["class"] == "suggestive" and strict.returncode == 1
     allowed = run_cli(["policy", "check", "pinkie pie in class"], env, tmp_path)
     assert allowed.returncode == 0
     output = json.loads(allowed.stdout)
