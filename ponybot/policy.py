@@ -95,11 +95,12 @@ class EffectivePolicy(BaseModel):
     loras: list[str] = Field(default_factory=list)  #: empty: every LoRA
     #: The operator's and the channel's own terms by list name (``always``, ``sfw`` or ``nsfw``, ``channel``).
     term_sources: dict[str, list[str]] = Field(default_factory=dict)
-    builtin_terms: list[str] = Field(default_factory=list)  #: the built-in lists applied (SFW only)
+    builtin_terms: list[str] = Field(default_factory=list)  #: the built-in lists applied (``ponybot/terms``)
 
     def term_lists(self) -> tuple[TermList, ...]:
         """Every list the prompt filter searches here: the operator's and the channel's, then the built-in
-        lists (``ponybot/terms``: every language the bot speaks, whatever the member's) at this strictness."""
+        lists (``ponybot/terms``: every language the bot speaks, whatever the member's) at this strictness
+        (SFW: sexual content; NSFW: young characters)."""
         own = tuple(custom_list(name, tuple(terms)) for name, terms in self.term_sources.items() if terms)
         builtin = builtin_lists(self.strictness is Strictness.STRICT)
         return own + tuple(terms for terms in builtin if terms.name in self.builtin_terms)
@@ -120,7 +121,7 @@ def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySetting
         max_steps=rules.max_steps, max_count=rules.max_count, max_pixels=rules.max_pixels,
         cooldown_s=rules.cooldown_s or 0, gallery=rules.gallery is not False, models=rules.models or [],
         loras=rules.loras or [], term_sources=sources,
-        builtin_terms=list(settings.term_lists) if mode is Mode.SFW else [],
+        builtin_terms=list(settings.term_lists if mode is Mode.SFW else settings.nsfw_term_lists),
     )
 
 

@@ -27,8 +27,11 @@ from typing import Any
 
 from ponybot.errors import N_, ConfigError
 
-#: The built-in lists, in the order they are searched; every SFW channel applies all of them.
-BUILTIN = ("en", "de", "fr", "fandom", "emoji")
+#: The built-in lists SFW channels apply (all of them, whatever the member's language), in search order.
+SFW_LISTS = ("en", "de", "fr", "fandom", "emoji")
+#: The built-in lists NSFW channels apply: young characters, in every language the bot speaks.
+NSFW_LISTS = ("young",)
+BUILTIN = SFW_LISTS + NSFW_LISTS
 LEVELS = ("standard", "strict")
 #: The class of an entry an operator or a moderator added.
 CUSTOM = "custom"
@@ -36,7 +39,7 @@ CUSTOM = "custom"
 CLASSES = {
     "nudity": N_("nudity"), "genitals": N_("genitals"), "sex": N_("sex"), "fetish": N_("fetish"),
     "suggestive": N_("suggestive"), "explicit-tag": N_("a booru rating or explicit tag"),
-    "slang": N_("the fandom's slang for explicit art"), "emoji": N_("emoji"),
+    "slang": N_("the fandom's slang for explicit art"), "emoji": N_("emoji"), "young": N_("young characters"),
     CUSTOM: N_("a term the operator or a moderator added"),
 }
 

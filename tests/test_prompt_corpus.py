@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from ponybot.policy import PolicyRules, Strictness, resolve
+from ponybot.policy import Mode, PolicyRules, Strictness, resolve
 from ponybot.prompt_filter import FilterResult, check_prompt
 from ponybot.settings import PolicySettings
-from ponybot.term_lists import BUILTIN, TermList, builtin_lists
+from ponybot.term_lists import NSFW_LISTS, SFW_LISTS, TermList, builtin_lists
 
 CORPUS = Path(__file__).parent / "data" / "prompt_corpus"
-LANGUAGES = sorted(path.stem for path in CORPUS.glob("*.toml"))
+LANGUAGES = sorted(set(path.stem for path in CORPUS.glob("*.toml")) - set(NSFW_LISTS))
 
 
 def lists(strictness: Strictness) -> tuple[TermList, ...]:
@@ -35,7 +35,7 @@ def load(language: str) -> dict[str, dict[str, list[str]]]:
 
 
 def test_the_corpus_covers_every_builtin_list() -> None:
-    assert set(LANGUAGES) == set(BUILTIN)
+    assert set(LANGUAGES) == set(SFW_LISTS)
     for language in ("en", "de", "fr"):
         corpus = load(language)
         assert {"nudity", "genitals", "sex", "fetish"} <= set(corpus["refuse"]), language
@@ -76,3 +76,17 @@ def test_corpus_has_no_bypass_and_no_false_refusal(language: str) -> None:
     assert bypasses == []
     assert false_refusals == []
     assert wrong_class == []
+
+
+def test_young_characters_refused_in_nsfw_channels_in_every_language() -> None:
+    corpus = load("young")
+    nsfw = resolve(PolicyRules(mode=Mode.NSFW), age_restricted=True, settings=PolicySettings()).term_lists()
+    sfw = resolve(PolicyRules(), age_restricted=False, settings=PolicySettings()).term_lists()
+    bypasses = [prompt for prompt in corpus["refuse"]["young"] if check_prompt(prompt, nsfw).allowed]
+    false_refusals = [(prompt, check_prompt(prompt, nsfw)) for prompts in corpus["allow"].values()
+                      for prompt in prompts if not check_prompt(prompt, nsfw).allowed]
+    print(f"\nyoung (NSFW): refusals: {len(corpus['refuse']['young'])}, harmless: "
+          f"{sum(map(len, corpus['allow'].values()))}; bypasses: {len(bypasses)}, false refusals: "
+          f"{len(false_refusals)}")
+    assert bypasses == [] and false_refusals == []
+    assert check_prompt("a filly and her friends at school", sfw).allowed  # SFW: young ponies are fine

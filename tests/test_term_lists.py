@@ -122,6 +122,8 @@ def test_operator_chooses_the_builtin_lists() -> None:
     assert not check_prompt("naked mare", policy.term_lists()).allowed
     with pytest.raises(ValidationError, match="no built-in term list named klingon"):
         PolicySettings(term_lists=["en", "klingon"])
+    with pytest.raises(ValidationError, match=r"no built-in term list named en \(known: young\)"):
+        PolicySettings(nsfw_term_lists=["en"])  # the SFW lists would refuse what an NSFW channel allows
 
 
 @pytest.mark.parametrize(("data", "message"), [
