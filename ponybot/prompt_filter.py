@@ -41,6 +41,7 @@ CLAUSE = re.compile(r"[,;\n]|[.!?](?=\s|$)")
 #: A word cut by joiners (``na-ked``): matched whole, never by its beginning (``Sexey-les-Bois`` is a place).
 JOINERS = re.compile(r"[-.'’~_*]")
 JOINED = re.compile(rf"[^\W_]+(?:{JOINERS.pattern}[^\W_]+)+")
+TRIPLED, DOUBLED = re.compile(r"(.)\1{2,}"), re.compile(r"(.)\1+")
 PHRASE_GAP = 2  #: words that may stand between the words of a phrase
 PHRASE_GAP_EMOJI = 1  #: the same for a phrase of emoji (a peach and, later, a drop of rain are fruit and weather)
 SCATTERED = 2  #: pieces this short, side by side, are read as one word
@@ -123,23 +124,29 @@ READINGS: tuple[Callable[[str], str], ...] = (fold, skeleton, transliterate, ske
 
 def squeeze(word: str) -> str:
     """``nuuuude`` -> ``nude``: three or more of a letter count as one."""
-    return re.sub(r"(.)\1{2,}", r"\1", word)
+    return TRIPLED.sub(r"\1", word)
 
 
 def collapse(word: str) -> str:
     """``s33x`` (read ``seex``) -> ``sex``: every doubled letter as one."""
-    return re.sub(r"(.)\1+", r"\1", word)
+    return DOUBLED.sub(r"\1", word)
 
 
 def clauses(text: str, reading: Callable[[str], str] = fold) -> list[list[str]]:
     """The tokens (words, and emoji as words of their own) of each comma-separated part of a prompt."""
-    read = reading(strip_emphasis(text))
+    return _parts(reading(strip_emphasis(text)))
+
+
+def _parts(read: str) -> list[list[str]]:
     return [[match.group(0).translate(LEET) for match in TOKEN.finditer(part)] for part in CLAUSE.split(read)]
 
 
 def joined(text: str, reading: Callable[[str], str] = fold) -> list[str]:
     """Words split by hyphens, dots, apostrophes or stars, each read as one word (``na-ked``, ``por.no``)."""
-    read = reading(strip_emphasis(text))
+    return _joined(reading(strip_emphasis(text)))
+
+
+def _joined(read: str) -> list[str]:
     return [JOINERS.sub("", match.group(0)).translate(LEET) for match in JOINED.finditer(read)]
 
 
@@ -198,7 +205,17 @@ def _read(term: str, reading: Callable[[str], str]) -> str:
     return " ".join(token for part in clauses(term, reading) for token in part)
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=256)
+def _tables(lists: tuple[TermList, ...]) -> tuple[_Table, ...]:
+    """The tables of each reading; a reading whose table equals an earlier one's shares that object (so a prompt
+    that reads the same way too is checked once: most prompts are plain ASCII)."""
+    tables: list[_Table] = []
+    for reading in READINGS:
+        table = _table(lists, reading)
+        tables.append(next((known for known in tables if known == table), table))
+    return tuple(tables)
+
+
 def _table(lists: tuple[TermList, ...], reading: Callable[[str], str]) -> _Table:
     table = _Table()
     for terms in lists:
@@ -240,25 +257,26 @@ def _mask(part: list[str], runs: list[tuple[str, ...]]) -> list[str]:
 def _span_hit(span: str, table: _Table, *, whole: bool = False) -> Hit | None:
     """The term a span carries; ``whole``: only a term that is the whole span (a beginning or an ending too)."""
     variants = _variants(span)
-    if variants & table.allow:
+    if not variants.isdisjoint(table.allow):
         return None
     for variant in variants:
         if hit := table.words.get(variant) or (table.starts.get(variant) or table.ends.get(variant) if whole
                                                else None):
             return hit
-    if collapse(span) != span:  # ``s33x``, ``nuudee``: doubled letters read as one, on both sides
-        for variant in _variants(collapse(span)):
+    single = collapse(span)
+    if single != span:  # ``s33x``, ``nuudee``: doubled letters read as one, on both sides
+        for variant in _variants(single):
             if variant in table.collapsed:
                 return table.collapsed[variant]
     if whole or " " in span:  # a run of words: only a multi-word term matches it
         return None
-    for word in {span, collapse(span)}:
+    for word in (span,) if single == span else (span, single):
         for size in table.start_sizes:
-            if word[:size] in table.starts:
-                return table.starts[word[:size]]
+            if (hit := table.starts.get(word[:size])) and len(word) >= size:
+                return hit
         for size in table.end_sizes:
-            if word[-size:] in table.ends:
-                return table.ends[word[-size:]]
+            if (hit := table.ends.get(word[-size:])) and len(word) >= size:
+                return hit
     return None
 
 
@@ -269,11 +287,13 @@ def _phrase_hit(part: list[str], table: _Table) -> tuple[str, Hit] | None:
         for word in _variants(token) if token else ():
             for phrase in table.places.get(word, ()):
                 seen.setdefault(phrase, []).append((position, word))
-    for phrase, found in seen.items():
+    for phrase, found in seen.items():  # ``found`` is in the order of the part
         places, within, hit = table.phrases[phrase]
-        for start, _ in found:
-            end = start + len(places) - 1 + within
-            window = {word for position, word in found if start <= position <= end}
+        for index, (start, _) in enumerate(found):
+            end, window, after = start + len(places) - 1 + within, set(), index
+            while after < len(found) and found[after][0] <= end:
+                window.add(found[after][1])
+                after += 1
             if all(window & place for place in places):
                 return " ".join(token for token in part[start : end + 1] if token), hit
     return None
@@ -287,21 +307,26 @@ def check_prompt(text: str, terms: Sequence[str] | Sequence[TermList]) -> Filter
     """
     lists = tuple(terms) if all(isinstance(t, TermList) for t in terms) else (
         custom_list("terms", tuple(str(t) for t in terms)),)
-    for reading in READINGS:
-        found = _check(text, lists, reading)  # type: ignore[arg-type]
+    stripped = strip_emphasis(text)
+    checked: set[tuple[int, str]] = set()
+    for reading, table in zip(READINGS, _tables(lists), strict=True):
+        read = reading(stripped)
+        if (id(table), read) in checked:
+            continue
+        checked.add((id(table), read))
+        found = _check(read, table)
         if not found.allowed:
             return found
     return FilterResult(True)
 
 
-def _check(text: str, lists: tuple[TermList, ...], reading: Callable[[str], str]) -> FilterResult:
-    table = _table(lists, reading)
-    parts = [_mask(part, table.allow_runs) for part in clauses(text, reading)]
+def _check(read: str, table: _Table) -> FilterResult:
+    parts = [_mask(part, table.allow_runs) for part in _parts(read)]
     tokens = [token for part in parts for token in part if token]
     best: tuple[str, Hit] | None = None
     spans = [(span, False) for span in _spans([t for t in tokens if not is_emoji(t)], table.lengths)]
-    spans += [(token, False) for token in tokens if is_emoji(token)] + [(word, True) for word in joined(text, reading)]
-    for span, whole in spans:
+    spans += [(token, False) for token in tokens if is_emoji(token)] + [(word, True) for word in _joined(read)]
+    for span, whole in dict.fromkeys(spans):  # each distinct span once (``a b a b ...`` repeats them)
         hit = _span_hit(span, table, whole=whole)
         if hit and (best is None or len(span) > len(best[0])):
             best = (span, hit)
