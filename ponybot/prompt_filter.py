@@ -8,9 +8,17 @@ transliterated to ASCII (``anyascii``: ``нуде`` reads ``nude``). Terms are r
 same three ways. In every reading A1111 emphasis syntax is removed, zero-width
 characters are dropped, and digits or symbols standing in for letters are read as
 letters. Matching is by whole words (``class`` never matches ``ass``), and also
-across the separators people put inside a word: ``n u d e``, ``n.u.d.e``, ``nu de``
-and ``nuuude`` all read as ``nude``. Plurals (``-s``, ``-es``) match their term, and a
-term ending in ``*`` matches every word it begins (``porn*``: ``pornography``).
+across the separators people put inside a word: ``n u d e``, ``n.u.d.e``, ``na-ked``,
+``nu de`` and ``nuuude`` all read as words of the list. Plurals (``-s``, ``-es``, ``-z``)
+match their term, doubled letters read as one where the term has them once (``s33x``,
+``p00rn``), a term ending in ``*`` matches every word it begins (``porn*``:
+``pornography``) and one starting with ``*`` every word it ends (``*sex``: ``gruppensex``).
+
+The terms come as lists (:mod:`ponybot.term_lists`: the built-in data files, the
+operator's and the channel's own): phrases match their words in any order, a few words
+apart, inside one comma-separated part of the prompt; emoji are words of their own; a
+list's ``allow`` table keeps harmless words and runs of words from being refused. Of
+the spans that carry a term, the longest is reported, with its list, entry and class.
 """
 
 from __future__ import annotations
@@ -141,12 +149,8 @@ def _parts(read: str) -> list[list[str]]:
     return [[match.group(0).translate(LEET) for match in TOKEN.finditer(part)] for part in CLAUSE.split(read)]
 
 
-def joined(text: str, reading: Callable[[str], str] = fold) -> list[str]:
-    """Words split by hyphens, dots, apostrophes or stars, each read as one word (``na-ked``, ``por.no``)."""
-    return _joined(reading(strip_emphasis(text)))
-
-
 def _joined(read: str) -> list[str]:
+    """Words split by hyphens, dots, apostrophes or stars, each read as one word (``na-ked``, ``por.no``)."""
     return [JOINERS.sub("", match.group(0)).translate(LEET) for match in JOINED.finditer(read)]
 
 
