@@ -49,6 +49,8 @@ CLAUSE = re.compile(r"[,;\n]|[.!?](?=\s|$)")
 #: A word cut by joiners (``na-ked``): matched whole, never by its beginning (``Sexey-les-Bois`` is a place).
 JOINERS = re.compile(r"[-.'’~_*]")
 JOINED = re.compile(rf"[^\W_]+(?:{JOINERS.pattern}[^\W_]+)+")
+#: A word with letters starred out (``s*x``, ``p**n``): each star one letter, the rest as written.
+MASKED = re.compile(r"[^\W_]+(?:\*+[^\W_]+)+")
 TRIPLED, DOUBLED = re.compile(r"(.)\1{2,}"), re.compile(r"(.)\1+")
 PHRASE_GAP = 2  #: words that may stand between the words of a phrase
 PHRASE_GAP_EMOJI = 1  #: the same for a phrase of emoji (a peach and, later, a drop of rain are fruit and weather)
@@ -203,6 +205,7 @@ class _Table:
     start_sizes: list[int] = field(default_factory=list)
     end_sizes: list[int] = field(default_factory=list)
     lengths: frozenset[int] = frozenset()  #: words per run of the multi-word terms
+    by_length: dict[int, list[tuple[str, Hit]]] = field(default_factory=dict)  #: one-word terms, for ``s*x``
 
 
 def _read(term: str, reading: Callable[[str], str]) -> str:
@@ -246,6 +249,9 @@ def _table(lists: tuple[TermList, ...], reading: Callable[[str], str]) -> _Table
                 table.allow.add(read)
     table.start_sizes, table.end_sizes = sorted({len(k) for k in table.starts}), sorted({len(k) for k in table.ends})
     table.lengths = frozenset(key.count(" ") + 1 for key in table.words)
+    for key, hit in [*table.words.items(), *table.starts.items()]:
+        if " " not in key:
+            table.by_length.setdefault(len(key), []).append((key, hit))
     return table
 
 
@@ -282,6 +288,17 @@ def _span_hit(span: str, table: _Table, *, whole: bool = False) -> Hit | None:
             if (hit := table.ends.get(word[-size:])) and len(word) >= size:
                 return hit
     return None
+
+
+def _masked_hit(masked: str, table: _Table) -> Hit | None:
+    """The one-word term a starred-out word spells (``s*x``: ``sex``); a word mostly stars spells nothing, and
+    neither does one that may as well spell an allowed word (``f*ck``: a curse, not the German ``fick``)."""
+    if len(masked) < 3 or masked.count("*") * 2 > len(masked):
+        return None
+    spelled = re.compile("".join("." if char == "*" else re.escape(char) for char in masked))
+    if any(spelled.fullmatch(word) for word in table.allow):
+        return None
+    return next((hit for key, hit in table.by_length.get(len(masked), ()) if spelled.fullmatch(key)), None)
 
 
 def _phrase_hit(part: list[str], table: _Table) -> tuple[str, Hit] | None:
@@ -334,6 +351,11 @@ def _check(read: str, table: _Table) -> FilterResult:
         hit = _span_hit(span, table, whole=whole)
         if hit and (best is None or len(span) > len(best[0])):
             best = (span, hit)
+    for match in MASKED.finditer(read) if best is None else ():
+        masked = match.group(0).translate(LEET)
+        if hit := _masked_hit(masked, table):
+            best = (masked, hit)
+            break
     for part in parts if best is None else ():
         if best := _phrase_hit(part, table):
             break

@@ -74,7 +74,8 @@ def test_phrases_in_any_order_within_one_part(prompt: str, allowed: bool) -> Non
 
 @pytest.mark.parametrize(("prompt", "allowed"), [
     ("s33x", False), ("p00rn", False), ("nuudee", False), ("b00bs", False), ("sexxy", False), ("n00dz", False),
-    ("na-ked", False), ("por.no", False), ("€xplicit", False),
+    ("na-ked", False), ("por.no", False), ("€xplicit", False), ("s*x", False), ("p*rn", False), ("n*de pony", False),
+    ("f*ck this rain", True), ("5*5 apples", True), ("rarity * applejack", True), ("twilight*", True),
     ("cook a meal", True), ("a book", True), ("annals of equestria", True), ("lollipop", True),
     ("Sexey-les-Bois", True),
     ("🔞", False), ("🍆💦", False), ("🍑 💦", False), ("🍆 and 🍑", False),
