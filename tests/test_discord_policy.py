@@ -67,6 +67,8 @@ async def test_strictness_set_and_shown(fake: FakeDiscord, discord_settings: Set
         after = await fake.slash("policy", subcommand="show")
         await fake.wait_for(lambda: fake.original(after))
     assert "Image check: **standard**" in embed_text(fake, before)
+    assert "Built-in term lists: `en`, `de`, `fr`, `fandom`, `emoji`." in embed_text(fake, before)
+    assert "`emoji` (with their strict entries)." in embed_text(fake, after)
     assert "Image check: **strict**" in embed_text(fake, changed)
     assert "Image check: **strict**" in embed_text(fake, after)
     assert PolicyStore(conn).rules_for(fake.guild_id, changed.channel_id).strictness == "strict"

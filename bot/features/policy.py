@@ -122,6 +122,13 @@ STRICTNESS_SHOWN = {
 }
 
 
+#: The built-in term lists a channel applies (docs/prompt-filter.md), without and with their strict entries.
+TERM_LISTS_SHOWN = {
+    False: N_("Built-in term lists: {lists}."),
+    True: N_("Built-in term lists: {lists} (with their strict entries)."),
+}
+
+
 CAPS_SHOWN = {
     "steps": N_("steps ≤ {value:,}"),
     "count": N_("images per job ≤ {value:,}"),
@@ -151,6 +158,9 @@ def describe(policy: EffectivePolicy, settings: PolicySettings, locale: Any = "e
         settings.sfw_forbidden_terms if policy.mode is Mode.SFW else settings.nsfw_forbidden_terms)
     extra = [term for term in policy.forbidden_terms if term not in base]
     none = t(locale, "none")
+    builtin = ", ".join(f"`{name}`" for name in policy.builtin_terms) or none
+    lines.append(t(locale, TERM_LISTS_SHOWN[policy.mode is Mode.SFW and policy.strictness is Strictness.STRICT],
+                   lists=builtin))
     lines.append(t(locale, "Extra forbidden terms: {terms}", terms=", ".join(f"`{term}`" for term in extra) or none))
     if policy.negative_prompt:
         lines.append(t(locale, "Negative prompt added: `{negative}`", negative=policy.negative_prompt))
