@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ponybot.errors import N_, InvalidRequestError, Reason, reason
 from ponybot.networks import parse_loras
-from ponybot.prompt_filter import check_prompt
+from ponybot.prompt_filter import FilterResult, check_prompt
 from ponybot.prompts import QUALITY_NEGATIVE, QUALITY_TAG, join_tags
 from ponybot.schemas import GenerationRequest, utcnow
+from ponybot.term_lists import TermList, builtin_lists, custom_list
 
 if TYPE_CHECKING:
     from ponybot.settings import ModelEntry, PolicySettings
@@ -92,14 +93,26 @@ class EffectivePolicy(BaseModel):
     gallery: bool = True  #: this channel's images go to the gallery (when its server has it on)
     models: list[str] = Field(default_factory=list)  #: empty: every model
     loras: list[str] = Field(default_factory=list)  #: empty: every LoRA
+    #: The operator's and the channel's own terms by list name (``always``, ``sfw`` or ``nsfw``, ``channel``).
+    term_sources: dict[str, list[str]] = Field(default_factory=dict)
+    builtin_terms: list[str] = Field(default_factory=list)  #: the built-in lists applied (``ponybot/terms``)
+
+    def term_lists(self) -> tuple[TermList, ...]:
+        """Every list the prompt filter searches here: the operator's and the channel's, then the built-in
+        lists (``ponybot/terms``: every language the bot speaks, whatever the member's) at this strictness
+        (SFW: sexual content; NSFW: young characters)."""
+        own = tuple(custom_list(name, tuple(terms)) for name, terms in self.term_sources.items() if terms)
+        builtin = builtin_lists(self.strictness is Strictness.STRICT)
+        return own + tuple(terms for terms in builtin if terms.name in self.builtin_terms)
 
 
 def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySettings) -> EffectivePolicy:
     configured = rules.mode or Mode.SFW
     mode = effective_mode(configured, age_restricted)
-    terms = list(settings.always_forbidden_terms)
-    terms += settings.sfw_forbidden_terms if mode is Mode.SFW else settings.nsfw_forbidden_terms
-    terms += rules.forbidden_terms or []
+    sources = {"always": list(settings.always_forbidden_terms), mode.value: list(
+        settings.sfw_forbidden_terms if mode is Mode.SFW else settings.nsfw_forbidden_terms),
+        "channel": list(rules.forbidden_terms or [])}
+    terms = [term for source in sources.values() for term in source]
     negative = join_tags(settings.sfw_negative if mode is Mode.SFW else "", rules.negative_prompt or "")
     return EffectivePolicy(
         mode=mode, configured_mode=configured, age_restricted=age_restricted,
@@ -107,7 +120,8 @@ def resolve(rules: PolicyRules, *, age_restricted: bool, settings: PolicySetting
         forbidden_terms=terms, negative_prompt=negative,
         max_steps=rules.max_steps, max_count=rules.max_count, max_pixels=rules.max_pixels,
         cooldown_s=rules.cooldown_s or 0, gallery=rules.gallery is not False, models=rules.models or [],
-        loras=rules.loras or [],
+        loras=rules.loras or [], term_sources=sources,
+        builtin_terms=list(settings.term_lists if mode is Mode.SFW else settings.nsfw_term_lists),
     )
 
 
@@ -129,6 +143,7 @@ class Decision:
     prompt: str
     negative_prompt: str
     field: str | None = None
+    match: FilterResult | None = None  #: the prompt filter's refusal: which list and entry matched
 
 
 def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality: bool, safe_tag: str = "safe",
@@ -144,9 +159,9 @@ def apply(policy: EffectivePolicy | None, request: GenerationRequest, *, quality
     negative = join_tags(request.negative_prompt, quality_negative if quality else "")
     if policy is None:
         return Decision(True, None, prompt, negative)
-    refusal = check_prompt(request.prompt, policy.forbidden_terms)
+    refusal = check_prompt(request.prompt, policy.term_lists())
     if not refusal.allowed:
-        return Decision(False, refusal.reason, prompt, negative, "prompt")
+        return Decision(False, refusal.reason, prompt, negative, "prompt", refusal)
     if policy.models and request.model and request.model not in policy.models:
         return Decision(False, reason(N_("this channel allows only the models {models} (you asked for {model})"),
                                       models=", ".join(policy.models), model=request.model),

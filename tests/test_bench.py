@@ -68,6 +68,15 @@ def test_postprocess_bench_prints_its_tables() -> None:
     assert "<- ponybot" in result.stdout and "speed-up" in result.stdout
 
 
+def test_prompt_filter_bench_prints_before_and_after() -> None:
+    result = subprocess.run([sys.executable, "bench/prompt_filter.py", "--repeat", "1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("  ")[0] for line in result.stdout.splitlines() if line.startswith(("before", "after"))]
+    assert [row.split(":")[0] for row in rows][-3:] == ["after", "after", "after"], result.stdout
+    assert "before (main)" in result.stdout or "no 'before' row" in result.stderr
+
+
 @pytest.mark.timeout(600)
 def test_overlap_bench_prints_both_loops() -> None:
     """bench/overlap.py runs (its figures are quoted in the notes, measured on a quiet machine, not here)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import redis
 
 from ponybot.parameters import parse_parameters
@@ -66,6 +67,8 @@ async def test_strictness_set_and_shown(fake: FakeDiscord, discord_settings: Set
         after = await fake.slash("policy", subcommand="show")
         await fake.wait_for(lambda: fake.original(after))
     assert "Image check: **standard**" in embed_text(fake, before)
+    assert "Built-in term lists: `en`, `de`, `fr`, `fandom`, `emoji`." in embed_text(fake, before)
+    assert "`emoji` (with their strict entries)." in embed_text(fake, after)
     assert "Image check: **strict**" in embed_text(fake, changed)
     assert "Image check: **strict**" in embed_text(fake, after)
     assert PolicyStore(conn).rules_for(fake.guild_id, changed.channel_id).strictness == "strict"
@@ -152,3 +155,32 @@ async def test_status_shows_an_incomplete_image_check(fake: FakeDiscord, discord
         worker.register_death()
     text = embed_text(fake, status)
     assert "gpu-host-0" in text and "IMAGE CHECK INCOMPLETE" in text and "tagger: offline, no copy" in text
+
+
+#: A member's Discord language and the language of their prompt need not agree: every list applies everywhere.
+#: (member locale, channel terms, prompt, the line /policy test adds, in the member's language)
+LIST_ROWS = {
+    "english member, german prompt": ("en-US", None, "nackte Stute", "Matched: list “de”, entry “nackt/adj”"),
+    "german member, french prompt": ("de", None, "jument nue", "Gefunden: Liste „fr“, Eintrag „nu/fr“ (Nacktheit)"),
+    "french member, fandom word": ("fr", None, "clop, rarity", "Correspondance : liste « fandom », entrée « clop »"),
+    "french member, emoji": ("fr", None, "twilight 🍆💦", "liste « emoji », entrée « 🍆 💦 »"),
+    "german member, the channel's own term": ("de", ["spinne*"], "Spinnennetz", "Liste „channel“, Eintrag „spinne*“"),
+}
+
+
+@pytest.mark.parametrize("row", LIST_ROWS.values(), ids=LIST_ROWS.keys())
+async def test_policy_test_names_the_list_and_entry_and_generate_refuses(
+        fake: FakeDiscord, discord_settings: Settings, redis_url: str, conn: redis.Redis,
+        row: tuple[str, list[str] | None, str, str]) -> None:
+    locale, terms, prompt, shown = row
+    if terms:
+        PolicyStore(conn).set_channel(fake.guild_id, fake.default_channel, PolicyRules(forbidden_terms=terms), by=1)
+    async with running_bot(discord_settings, redis_url):
+        tested = await fake.slash("policy", {"prompt": prompt}, subcommand="test", user=MODERATOR,
+                                  permissions=MOD_PERMISSIONS, locale=locale)
+        await fake.wait_for(lambda: fake.original(tested))
+        generated = await fake.slash("generate", {"prompt": prompt}, locale=locale)
+        reply = await fake.wait_for(lambda: ephemeral_reply(fake, generated))
+    assert shown in embed_text(fake, tested)
+    assert "Traceback" not in reply and generation_queue(conn).count == 0
+    assert reply.startswith({"en-US": "Not queued", "de": "Nicht", "fr": "Non mis en file"}[locale]), reply

@@ -170,13 +170,31 @@ class Broken:
 
 
 def run_channel_job(conn: redis.Redis, settings: Settings, runtime: WorkerRuntime, *, nsfw: bool,
-                    count: int = 2) -> JobEvent:
+                    count: int = 2, prompt: str = "pony") -> JobEvent:
     origin = Origin(guild_id=1, channel_id=2, channel_nsfw=nsfw, user_id=3)
-    job = Job.create(build_request(settings.limits, prompt="pony", steps=3, width=256, height=256, count=count),
+    job = Job.create(build_request(settings.limits, prompt=prompt, steps=3, width=256, height=256, count=count),
                      origin=origin)
     enqueue(conn, job, max_queue=10, result_ttl_s=60)
     GenerationWorker(runtime).work(burst=True)
     return JobEvent.model_validate_json(conn.xrange(keys.EVENTS_STREAM)[-1][1][b"data"])
+
+
+@pytest.mark.parametrize(("nsfw", "prompt", "refused_as"), [
+    (False, "nackte Stute am See", "nackte"),  # a German prompt in an SFW channel: the worker refuses it too
+    (False, "jument 🍆💦", "🍆 💦"),
+    (True, "nackte Stute am See", None),  # NSFW: the sexual-content lists do not apply
+    (True, "nackte Fohlen am See", "fohlen"),  # NSFW: young characters, in German too
+])
+def test_worker_applies_every_language_list(conn: redis.Redis, settings: Settings, runtime: WorkerRuntime,
+                                            nsfw: bool, prompt: str, refused_as: str | None) -> None:
+    if nsfw:
+        PolicyStore(conn).set_channel(1, 2, PolicyRules(mode=Mode.NSFW), by=9)
+    event = run_channel_job(conn, settings, runtime, nsfw=nsfw, count=1, prompt=prompt)
+    if refused_as is None:
+        assert event.kind == "done" and event.error_code is None
+    else:
+        assert event.kind == "failed" and event.error_code == "policy"
+        assert event.reason is not None and event.reason.params["term"] == refused_as
 
 
 @pytest.mark.parametrize("classifier", [FlagAll(), Broken(), None])
@@ -215,6 +233,11 @@ def test_policy_check_cli(tmp_path: Path, model_cache: Path) -> None:
     assert refused.returncode == 1
     assert json.loads(refused.stdout)["allowed"] is False
     assert "nude" in json.loads(refused.stdout)["reason"]
+    assert json.loads(refused.stdout)["matched"] == {"list": "sfw", "entry": "nude", "class": "custom", "found": "nude"}
+    german = run_cli(["policy", "check", "nackte Stute"], env, tmp_path)
+    assert json.loads(german.stdout)["matched"]["list"] == "de" and german.returncode == 1
+    strict = run_cli(["policy", "check", "rarity in lingerie", "--strictness", "strict"], env, tmp_path)
+    assert json.loads(strict.stdout)["matched"]["class"] == "suggestive" and strict.returncode == 1
     allowed = run_cli(["policy", "check", "pinkie pie in class"], env, tmp_path)
     assert allowed.returncode == 0
     output = json.loads(allowed.stdout)

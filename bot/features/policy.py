@@ -23,7 +23,9 @@ from ponybot.errors import InvalidRequestError
 from ponybot.options import make_request
 from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.policy_store import PolicyStore
+from ponybot.prompt_filter import FilterResult
 from ponybot.settings import PolicySettings
+from ponybot.term_lists import CLASSES
 
 if TYPE_CHECKING:
     from bot.client import PonyClient as PonyBot
@@ -120,6 +122,13 @@ STRICTNESS_SHOWN = {
 }
 
 
+#: The built-in term lists a channel applies (docs/prompt-filter.md), without and with their strict entries.
+TERM_LISTS_SHOWN = {
+    False: N_("Built-in term lists: {lists}."),
+    True: N_("Built-in term lists: {lists} (with their strict entries)."),
+}
+
+
 CAPS_SHOWN = {
     "steps": N_("steps ≤ {value:,}"),
     "count": N_("images per job ≤ {value:,}"),
@@ -149,6 +158,9 @@ def describe(policy: EffectivePolicy, settings: PolicySettings, locale: Any = "e
         settings.sfw_forbidden_terms if policy.mode is Mode.SFW else settings.nsfw_forbidden_terms)
     extra = [term for term in policy.forbidden_terms if term not in base]
     none = t(locale, "none")
+    builtin = ", ".join(f"`{name}`" for name in policy.builtin_terms) or none
+    lines.append(t(locale, TERM_LISTS_SHOWN[policy.mode is Mode.SFW and policy.strictness is Strictness.STRICT],
+                   lists=builtin))
     lines.append(t(locale, "Extra forbidden terms: {terms}", terms=", ".join(f"`{term}`" for term in extra) or none))
     if policy.negative_prompt:
         lines.append(t(locale, "Negative prompt added: `{negative}`", negative=policy.negative_prompt))
@@ -165,6 +177,13 @@ def describe(policy: EffectivePolicy, settings: PolicySettings, locale: Any = "e
                    models=", ".join(policy.models) if policy.models else every,
                    loras=", ".join(policy.loras) if policy.loras else every))
     return "\n".join(lines)
+
+
+def matched_line(match: FilterResult, locale: Any = "en-US") -> str:
+    """Which list, which entry and which class refused a prompt, and what the filter read in it."""
+    cls = CLASSES.get(match.cls or "", match.cls or "")
+    return t(locale, "Matched: list “{list}”, entry “{term}” ({cls}); the prompt read as “{found}”.",
+             list=match.list_name or "", term=match.term or "", cls=t(locale, cls), found=match.found or "")
 
 
 def describe_change(entry: AuditEntry, locale: Any = "en-US") -> str:
@@ -292,6 +311,8 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
         else:
             text = t(locale, "**Refused**: {reason}.", reason=t_reason(locale, decision.reason) if decision.reason
                      else "")
+            if decision.match:  # which list and entry: what a false refusal is reported with (docs/prompt-filter.md)
+                text += "\n" + matched_line(decision.match, locale)
         await self.answer(interaction, t(locale, "Policy test ({mode})", mode=policy.mode.value.upper()), text)
 
 

@@ -25,7 +25,7 @@ from ponybot.commands import safety_cli, styles_cli
 from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.options import make_request
-from ponybot.policy import Mode, PolicyRules, apply, resolve
+from ponybot.policy import Mode, PolicyRules, Strictness, apply, resolve
 from ponybot.preflight import check_port, writable_folder
 from ponybot.queue import (
     cancel_job,
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--mode", choices=["sfw", "nsfw"], default="sfw",
                        help="sfw or nsfw: as in an age-restricted channel whose policy allows NSFW (default: sfw)")
     check.add_argument("--negative", default="", help="the member's negative prompt (default: empty)")
+    check.add_argument("--strictness", choices=["standard", "strict"], default="standard",
+                       help="an SFW channel's strictness: strict refuses the term lists' strict entries too")
     styles_cli.add_parser(commands)
     safety_cli.add_parser(commands)
     return parser
@@ -311,12 +313,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
-    policy = resolve(PolicyRules(mode=Mode(args.mode)), age_restricted=args.mode == "nsfw", settings=settings.policy)
+    policy = resolve(PolicyRules(mode=Mode(args.mode), strictness=Strictness(args.strictness)),
+                     age_restricted=args.mode == "nsfw", settings=settings.policy)
     request = build_request(settings.limits, prompt=args.prompt, negative_prompt=args.negative,
                             steps=settings.defaults.steps, count=settings.defaults.count)
     decision = apply(policy, request, quality=settings.defaults.quality, safe_tag=settings.policy.safe_tag)
     refusal = str(decision.reason) if decision.reason else None
-    say(json.dumps({"allowed": decision.allowed, "mode": policy.mode.value, "reason": refusal,
+    match = decision.match
+    matched = ({"list": match.list_name, "entry": match.term, "class": match.cls, "found": match.found}
+               if match else None)
+    say(json.dumps({"allowed": decision.allowed, "mode": policy.mode.value, "reason": refusal, "matched": matched,
                     "prompt": decision.prompt, "negative_prompt": decision.negative_prompt}, indent=2,
                    ensure_ascii=False))
     return 0 if decision.allowed else EXIT_FAILED

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from ponybot.errors import ConfigError
 from ponybot.settings.base import Section
+from ponybot.term_lists import NSFW_LISTS, SFW_LISTS
 
 #: Refused in SFW channels (whole words; ``*`` matches every word it begins).
 SFW_FORBIDDEN_TERMS = (
@@ -25,7 +26,7 @@ NSFW_FORBIDDEN_TERMS = (
     "underage",
 )
 #: Refused everywhere.
-ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp")
+ALWAYS_FORBIDDEN_TERMS = ("loli*", "shota*", "underage", "child porn", "cp", "foalcon")
 #: Added to the negative prompt in SFW channels (the model card's advice: suppress what SFW excludes).
 SFW_NEGATIVE = "nsfw, explicit, questionable, suggestive, nudity, nude, nipples, genitals, sex"
 
@@ -34,8 +35,21 @@ class PolicySettings(Section):
     sfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(SFW_FORBIDDEN_TERMS))
     nsfw_forbidden_terms: list[str] = Field(default_factory=lambda: list(NSFW_FORBIDDEN_TERMS))
     always_forbidden_terms: list[str] = Field(default_factory=lambda: list(ALWAYS_FORBIDDEN_TERMS))
+    #: The built-in term lists (``ponybot/terms``) SFW channels apply, every one of them in every channel.
+    term_lists: list[str] = Field(default_factory=lambda: list(SFW_LISTS))
+    #: The built-in term lists NSFW channels apply (young characters in every language).
+    nsfw_term_lists: list[str] = Field(default_factory=lambda: list(NSFW_LISTS))
     sfw_negative: str = SFW_NEGATIVE
     safe_tag: str = "safe"
+
+    @field_validator("term_lists", "nsfw_term_lists")
+    @classmethod
+    def _known_lists(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        known = SFW_LISTS if info.field_name == "term_lists" else NSFW_LISTS
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"no built-in term list named {', '.join(unknown)} (known: {', '.join(known)})")
+        return value
 
 
 #: A WD v3 tagger's general tags that mean an image is explicit, each with the score at or above which it
