@@ -150,7 +150,8 @@ class Tracker:
 
     def read_queue(self, due: list[Tracked]) -> QueueSnapshot:
         """One read of the queues for the jobs in ``due`` (in a thread: the client is synchronous)."""
-        return queue_snapshot(self.bot.sync_redis, sorted({job_model(tracked.job) for tracked in due}))
+        return queue_snapshot(self.bot.sync_redis, sorted({job_model(tracked.job) for tracked in due}),
+                              jobs=[tracked.job for tracked in due if tracked.progress is None])
 
     def due(self, tracked: Tracked) -> bool:
         """Whether this job's message may be edited now (a job whose token is expiring is dropped)."""

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 from ponybot.errors import N_, Reason, reason
 from ponybot.prompt_syntax import strip_emphasis
@@ -122,7 +122,7 @@ def _variants(word: str) -> set[str]:
     return base | {w[:-2] for w in base if w.endswith("es")} | {w[:-1] for w in base if w.endswith("s")}
 
 
-def _spans(prompt: list[str], phrase_lengths: set[int]) -> list[str]:
+def _spans(prompt: list[str], phrase_lengths: frozenset[int]) -> list[str]:
     """Each word; each run of as many words as a multi-word term has; each run of scattered letters."""
     spans = list(prompt)
     for length in phrase_lengths - {1}:
@@ -145,9 +145,16 @@ def check_prompt(text: str, terms: list[str]) -> FilterResult:
     return FilterResult(True)
 
 
-def _check_reading(text: str, terms: list[str], reading: Callable[[str], str]) -> FilterResult:
+@lru_cache(maxsize=256)
+def _phrases(terms: tuple[str, ...], reading: Callable[[str], str]) -> tuple[dict[str, str], frozenset[int]]:
+    """The terms as the matcher reads them, and their lengths in words: the same for every prompt of a channel,
+    so read once (a server's 40 terms in 4 readings cost more than the prompt itself)."""
     phrases = {term: " ".join(words(term, reading)) for term in terms}
-    lengths = {phrase.count(" ") + 1 for phrase in phrases.values() if phrase}
+    return phrases, frozenset(phrase.count(" ") + 1 for phrase in phrases.values() if phrase)
+
+
+def _check_reading(text: str, terms: list[str], reading: Callable[[str], str]) -> FilterResult:
+    phrases, lengths = _phrases(tuple(terms), reading)
     spans = [(span, _variants(span)) for span in _spans(words(text, reading), lengths)]
     for term, phrase in phrases.items():
         if not phrase:
