@@ -18,7 +18,7 @@ from ponybot.errors import N_, NoWorkerError, QueueFullError, RedisUnavailableEr
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
 from ponybot.settings import sentinel_address
-from ponybot.tickets import positions, take_out, take_ticket
+from ponybot.tickets import SCAN_FACTOR, positions, take_out, take_ticket
 from ponybot.workers import models_online, online_workers
 
 if TYPE_CHECKING:
@@ -227,9 +227,10 @@ class QueueSnapshot:
         return (-(-position // max(1, self.workers.get(model, 0)))) * per_job
 
 
-def queue_snapshot(conn: redis.Redis, models: list[str] | None = None, *, jobs: Sequence[Job] = ()) -> QueueSnapshot:
+def queue_snapshot(conn: redis.Redis, models: list[str] | None = None, *, jobs: Sequence[Job] = (),
+                   scan_factor: int = SCAN_FACTOR) -> QueueSnapshot:
     """One read of the models' queues (the progress tracker's tick): the positions of ``jobs`` cost the same
-    however many other jobs wait (:mod:`ponybot.tickets`)."""
+    however many other jobs wait (:mod:`ponybot.tickets`; ``scan_factor`` as there)."""
     waiting: dict[str, list[str]] = {}
     for job in jobs:
         waiting.setdefault(job_model(job), []).append(job.id)
@@ -239,7 +240,7 @@ def queue_snapshot(conn: redis.Redis, models: list[str] | None = None, *, jobs: 
             pipe.lrange(keys.recent_durations(model), 0, -1)
             if waiting.get(model):
                 queue = generation_queue(conn, model)
-                positions(pipe, queue.name, queue.key, waiting[model])
+                positions(pipe, queue.name, queue.key, waiting[model], scan_factor=scan_factor)
         replies = iter(pipe.execute())
     per_job: dict[str, float | None] = {}
     found: dict[str, int] = {}

@@ -36,16 +36,14 @@ def test_snapshot_positions_and_eta_agree_with_the_one_job_answers(conn: redis.R
 
 def test_snapshot_costs_the_same_for_a_long_queue(conn: redis.Redis, settings: Settings) -> None:
     """The positions come from tickets, never from reading the queue: the same commands (those the script runs
-    included: a guess that missed would add an LPOS) for the deepest jobs of a long queue."""
-    short_queue = fill(conn, settings, 3)
-    queue_snapshot(conn, jobs=short_queue)  # the script is loaded once
+    included: a guess that missed would add an LPOS) for the deepest jobs of a ten times longer queue."""
+    queued = fill(conn, settings, 30)
+    queue_snapshot(conn, jobs=queued[-3:])  # the script is loaded once
     before = commands(conn)
-    queue_snapshot(conn, jobs=short_queue)
-    short = commands(conn) - before - 1  # the INFO call itself counts
-    long_queue = short_queue + fill(conn, settings, 200)
-    deepest = long_queue[-3:]
+    short = queue_snapshot(conn, jobs=queued[-3:])
+    spent = commands(conn) - before - 1  # the INFO call itself counts
+    queued += fill(conn, settings, 270)
     before = commands(conn)
-    long = queue_snapshot(conn, jobs=deepest)
-    assert commands(conn) - before - 1 == short
-    assert long.positions == {job.id: 201 + i for i, job in enumerate(deepest)}
-
+    long = queue_snapshot(conn, jobs=queued[-3:])
+    assert commands(conn) - before - 1 == spent
+    assert list(short.positions.values()) == [28, 29, 30] and list(long.positions.values()) == [298, 299, 300]

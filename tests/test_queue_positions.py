@@ -53,8 +53,9 @@ CHANGES: dict[str, Callable[[redis.Redis, list[Job]], object]] = {
 }
 
 
+@pytest.mark.parametrize("scan_factor", [0, 4], ids=["by tickets", "short queue read whole"])
 @pytest.mark.parametrize("change", list(CHANGES))
-def test_positions_agree_with_the_queue(conn: redis.Redis, settings: Settings, change: str) -> None:
+def test_positions_agree_with_the_queue(conn: redis.Redis, settings: Settings, change: str, scan_factor: int) -> None:
     jobs = [Job.create(build_request(settings.limits, prompt=f"pony {i}")) for i in range(QUEUED)]
     told = [enqueue(conn, job, max_queue=100, result_ttl_s=60) for job in jobs]
     assert told == list(range(1, QUEUED + 1))
@@ -64,7 +65,8 @@ def test_positions_agree_with_the_queue(conn: redis.Redis, settings: Settings, c
 
     waiting = [raw.decode() for raw in conn.lrange(generation_queue(conn).key, 0, -1)]
     assert told_later == len(waiting) and waiting[-1] == later.id
-    assert queue_snapshot(conn, jobs=[*jobs, later]).positions == {job_id: i + 1 for i, job_id in enumerate(waiting)}
+    snapshot = queue_snapshot(conn, jobs=[*jobs, later], scan_factor=scan_factor)
+    assert snapshot.positions == {job_id: i + 1 for i, job_id in enumerate(waiting)}
 
 
 def test_holes_no_one_can_be_behind_are_forgotten(conn: redis.Redis, settings: Settings) -> None:
@@ -82,4 +84,4 @@ def test_holes_no_one_can_be_behind_are_forgotten(conn: redis.Redis, settings: S
     cancel_job(conn, gone.id)
     # only the newest hole (behind the fresh job) can still matter to anyone
     assert conn.zcard(keys.queue_holes(generation_queue(conn).name)) == 1
-    assert queue_snapshot(conn, jobs=[fresh]).positions == {fresh.id: 1}
+    assert queue_snapshot(conn, jobs=[fresh], scan_factor=0).positions == {fresh.id: 1}
