@@ -227,15 +227,17 @@ def memory_after(conn: Redis, empty: int, jobs: int) -> str:
     """Memory per finished job, and every key a job leaves behind with how long it lives."""
     kinds: Counter[str] = Counter()
     ttls: dict[str, set[int]] = {}
+    sizes: dict[str, int] = {}
     for key in conn.scan_iter(count=1000):
         name = key.decode()
         kind = ":".join(part if not (len(part) >= 16 and part.isalnum()) else "<id>" for part in name.split(":"))
         kinds[kind] += 1
         ttls.setdefault(kind, set()).add(int(conn.ttl(key)))
+        sizes.setdefault(kind, int(conn.memory_usage(key) or 0))
     png = len(conn.get(next(iter(conn.scan_iter(match=keys.image("*", 0))))) or b"")
-    rows = [[kind, count, describe_ttl(ttls[kind])] for kind, count in sorted(kinds.items())]
+    rows = [[kind, count, sizes[kind], describe_ttl(ttls[kind])] for kind, count in sorted(kinds.items())]
     return "\n".join([
-        table(f"what {jobs} finished jobs leave in Redis", ["key", "count", "expires in s"], rows),
+        table(f"what {jobs} finished jobs leave in Redis", ["key", "count", "bytes (one)", "expires in s"], rows),
         f"Redis memory per finished job: {(used_memory(conn) - empty) / jobs:.0f} bytes, of which one PNG "
         f"{png} bytes (a 512x512 PNG from the model is about 400,000)"])
 
