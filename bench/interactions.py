@@ -37,37 +37,61 @@ def loads_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
+async def start_bot(fake: FakeDiscord, redis_url: str, cwd: str, limit: int = 1000) -> subprocess.Popen[bytes]:
+    """``ponybot bot`` in its own process against ``fake``, ready (its commands synced) when this returns;
+    ``limit`` jobs may wait in the queue, all from one server or one member."""
+    env = {**os.environ, "DISCORD_TOKEN": "bench", "PONYBOT_REDIS__URL": redis_url,
+           "PONYBOT_DISCORD__API_BASE": fake.api_base, "PONYBOT_DISCORD__GATEWAY_URL": fake.gateway_url,
+           "PONYBOT_LOG__LEVEL": "WARNING", "PONYBOT_LIMITS__MAX_QUEUE": str(limit),
+           "PONYBOT_LIMITS__MAX_QUEUED_PER_GUILD": str(limit), "PONYBOT_LIMITS__MAX_QUEUED_PER_MEMBER": str(limit)}
+    bot = subprocess.Popen([sys.executable, "-m", "ponybot", "bot"], env=env, cwd=cwd)
+    await fake.wait_for(lambda: fake.sockets and any(r.method == "PUT" for r in fake.requests), 60)
+    await asyncio.sleep(0.5)
+    return bot
+
+
+async def stop_bot(bot: subprocess.Popen[bytes]) -> None:
+    """Stop the bot; the event loop (where the fake Discord answers its last calls) goes on meanwhile."""
+    bot.terminate()
+    await asyncio.to_thread(bot.wait, 30)
+
+
+async def burst(fake: FakeDiscord, size: int, members: int | None = None) -> tuple[list[float], float]:
+    """``size`` /generate at once from ``members`` members (each their own by default): each one's
+    INTERACTION_CREATE -> defer callback in ms, and the seconds until every "queued" message was written."""
+    members = members or size
+    users = [FakeDiscord.user(snowflake(), f"member{i}") for i in range(members)]
+    edits_before = sum(r.method == "PATCH" and r.path.endswith("/messages/@original") for r in fake.requests)
+    started = time.perf_counter()
+    interactions = await asyncio.gather(*(
+        fake.slash("generate", {"prompt": f"pinkie pie {i}"}, user=users[i % members]) for i in range(size)))
+    await fake.wait_for(lambda: all(i.responded_at for i in interactions), 60)
+    latencies = [((i.responded_at or 0) - i.sent) * 1000 for i in interactions]
+    # then each member's "queued" message: stop the bot only once it has nothing in flight
+    await fake.wait_for(lambda: sum(r.method == "PATCH" and r.path.endswith("/messages/@original")
+                                    for r in fake.requests) >= edits_before + size, 60)
+    return latencies, time.perf_counter() - started
+
+
+def announce_worker(redis_url: str) -> None:
+    """A worker holding the default model, as its heartbeat record says (none need run: the bot is measured)."""
+    publish_worker(Redis.from_url(redis_url), WorkerRecord(name="bench", models=[DEFAULT_MODEL_NAME]), 600)
+
+
 async def main() -> None:
     fake = FakeDiscord()
     await fake.start()
     with tempfile.TemporaryDirectory() as scratch, EmbeddedRedis(Path(scratch), persistent=False) as redis:
-        env = {**os.environ, "DISCORD_TOKEN": "bench", "PONYBOT_REDIS__URL": redis.url,
-               "PONYBOT_DISCORD__API_BASE": fake.api_base, "PONYBOT_DISCORD__GATEWAY_URL": fake.gateway_url,
-               "PONYBOT_LOG__LEVEL": "WARNING", "PONYBOT_LIMITS__MAX_QUEUE": "1000",
-               "PONYBOT_LIMITS__MAX_QUEUED_PER_GUILD": "1000"}
-        # a worker holding the default model, as its heartbeat record says (none runs: the bench measures the bot)
-        publish_worker(Redis.from_url(redis.url), WorkerRecord(name="bench", models=[DEFAULT_MODEL_NAME]), 600)
+        announce_worker(redis.url)
         started = time.perf_counter()
-        bot = subprocess.Popen([sys.executable, "-m", "ponybot", "bot"], env=env, cwd=scratch)
+        bot = await start_bot(fake, redis.url, scratch)
         try:
-            await fake.wait_for(lambda: fake.sockets and any(r.method == "PUT" for r in fake.requests), 60)
-            await asyncio.sleep(0.5)
             ready_s = time.perf_counter() - started
             memory = rss_mb(bot.pid)
             torch = loads_torch(bot.pid)
-            members = [FakeDiscord.user(snowflake(), f"member{i}") for i in range(BURST)]
-            burst_started = time.perf_counter()
-            interactions = await asyncio.gather(*(
-                fake.slash("generate", {"prompt": f"pinkie pie {i}"}, user=members[i]) for i in range(BURST)))
-            await fake.wait_for(lambda: all(i.responded_at for i in interactions), 60)
-            latencies = [((i.responded_at or 0) - i.sent) * 1000 for i in interactions]
-            # then each member's "queued" message: stop the bot only once it has nothing in flight
-            await fake.wait_for(lambda: sum(r.method == "PATCH" and r.path.endswith("/messages/@original")
-                                            for r in fake.requests) >= BURST, 60)
-            queued_s = time.perf_counter() - burst_started
+            latencies, queued_s = await burst(fake, BURST)
         finally:
-            bot.terminate()
-            bot.wait(30)
+            await stop_bot(bot)
     await fake.stop()
     print(machine())
     print(table(f"/generate x{BURST} at once: INTERACTION_CREATE -> defer callback",

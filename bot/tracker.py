@@ -133,17 +133,25 @@ class Tracker:
     async def tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            snapshot: QueueSnapshot | None = None  # read at most once a tick, for all waiting jobs
-            due = [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]
-            models = sorted({job_model(tracked.job) for tracked in due})
-            for tracked in due:
-                try:
-                    if tracked.progress is None and snapshot is None:
-                        snapshot = await asyncio.to_thread(queue_snapshot, self.bot.sync_redis, models)
-                    await self.refresh(tracked, snapshot)
-                except (RedisError, OSError, discord.HTTPException) as error:
-                    log.warning("job=%s progress edit failed: %s", tracked.job.id, error)
-                    tracked.last_edit = time.monotonic() + 5  # back off
+            await self.tick_once()
+
+    async def tick_once(self) -> None:
+        """Edit every message that is due: the queue is read at most once, for all the waiting jobs."""
+        snapshot: QueueSnapshot | None = None
+        due = [tracked for tracked in list(self.jobs.values()) if self.due(tracked)]
+        for tracked in due:
+            try:
+                if tracked.progress is None and snapshot is None:
+                    snapshot = await asyncio.to_thread(self.read_queue, due)
+                await self.refresh(tracked, snapshot)
+            except (RedisError, OSError, discord.HTTPException) as error:
+                log.warning("job=%s progress edit failed: %s", tracked.job.id, error)
+                tracked.last_edit = time.monotonic() + 5  # back off
+
+    def read_queue(self, due: list[Tracked]) -> QueueSnapshot:
+        """One read of the queues for the jobs in ``due`` (in a thread: the client is synchronous)."""
+        return queue_snapshot(self.bot.sync_redis, sorted({job_model(tracked.job) for tracked in due}),
+                              jobs=[tracked.job for tracked in due if tracked.progress is None])
 
     def due(self, tracked: Tracked) -> bool:
         """Whether this job's message may be edited now (a job whose token is expiring is dropped)."""

@@ -20,6 +20,21 @@ def generate_queue(model: str) -> str:
     return f"{GENERATE_QUEUE}:{model}"
 
 
+def queue_last_ticket(queue: str) -> str:
+    """Counter of the tickets handed out in one RQ queue (named as RQ names it): the newest job's ticket."""
+    return f"{PREFIX}:queue-tickets:{queue}"
+
+
+def queue_holes(queue: str) -> str:
+    """Sorted set of the tickets of jobs taken out of one RQ queue's middle (cancelled, or claimed for a batch)."""
+    return f"{PREFIX}:queue-holes:{queue}"
+
+
+def queue_ticket(job_id: str) -> str:
+    """A queued job's ticket: its place among the jobs ever queued in its queue (expires with its record)."""
+    return f"{PREFIX}:queue-ticket:{job_id}"
+
+
 def worker_record(name: str) -> str:
     """A worker's heartbeat record (JSON: the models it holds, its LoRAs and embeddings); expires unless renewed."""
     return f"{PREFIX}:worker:{name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from ponybot.errors import N_, NoWorkerError, QueueFullError, RedisUnavailableEr
 from ponybot.redis_server import running_embedded_url
 from ponybot.schemas import Job, JobEvent, ProgressEvent
 from ponybot.settings import sentinel_address
+from ponybot.tickets import SCAN_FACTOR, positions, take_out, take_ticket
 from ponybot.workers import models_online, online_workers
 
 if TYPE_CHECKING:
@@ -164,19 +166,23 @@ def enqueue(
             expires = time.time() + OWNERSHIP_S
             for key in _owner_keys(job):
                 conn.zadd(key, {job.id: expires})
-        queue.enqueue(
-            keys.GENERATE_FUNC,
-            job.model_dump_json(),
-            job_id=job.id,
-            description=f"generate {job.id}",  # never the payload: it holds the interaction token
-            job_timeout=-1,  # RQ's "none": the worker running it sets the limit
-            result_ttl=result_ttl_s,
-            failure_ttl=result_ttl_s,
-            # a job whose worker died goes back to the front: whoever was first should not wait longest
-            retry=Retry(max=max_attempts - 1, enqueue_at_front=True) if max_attempts > 1 else None,
-        )
-        conn.set(keys.job_record(job.id), job.model_dump_json(), ex=record_ttl(result_ttl_s))
-        return queue_position(conn, job.id, job_model(job)) or 1
+        with conn.pipeline() as pipe:  # one transaction: the push, the record and the ticket
+            queue.enqueue(
+                keys.GENERATE_FUNC,
+                job.model_dump_json(),
+                job_id=job.id,
+                description=f"generate {job.id}",  # never the payload: it holds the interaction token
+                job_timeout=-1,  # RQ's "none": the worker running it sets the limit
+                result_ttl=result_ttl_s,
+                failure_ttl=result_ttl_s,
+                # a job whose worker died goes back to the front: whoever was first should not wait longest
+                retry=Retry(max=max_attempts - 1, enqueue_at_front=True) if max_attempts > 1 else None,
+                pipeline=pipe,
+            )
+            pipe.set(keys.job_record(job.id), job.model_dump_json(), ex=record_ttl(result_ttl_s))
+            take_ticket(pipe, queue.name, queue.key, job.id, record_ttl(result_ttl_s))
+            _ticket, position = pipe.execute()[-1]
+        return int(position)  # the queue's length just after the push: nothing was read to count it
     except redis.RedisError as error:
         raise RedisUnavailableError(f"Redis is unreachable ({redis_reason(error)})") from None
 
@@ -184,7 +190,8 @@ def enqueue(
 def cancel_job(conn: redis.Redis, job_id: str) -> bool:
     """Take a job off its model's queue before a worker starts it; False if it already started."""
     job = load_job(conn, job_id)
-    removed = bool(generation_queue(conn, job_model(job) if job else keys.DEFAULT_MODEL_NAME).remove(job_id))
+    queue = generation_queue(conn, job_model(job) if job else keys.DEFAULT_MODEL_NAME)
+    removed = take_out(conn, queue.name, queue.key, job_id)
     if removed:
         if job is not None:
             release(conn, job)
@@ -206,9 +213,9 @@ def load_job(conn: redis.Redis, job_id: str) -> Job | None:
 
 @dataclass(frozen=True)
 class QueueSnapshot:
-    """The queues read once: every waiting job's 1-based position in its model's queue, and what an ETA is made of."""
+    """The queues read once: the 1-based positions of the jobs asked about, and what an ETA is made of."""
 
-    positions: dict[str, int]
+    positions: dict[str, int]  #: job id -> position in its model's queue; absent once a worker took it
     per_job_s: dict[str, float | None]  #: model -> mean of recent generation times; None before the first
     workers: dict[str, int]  #: model -> workers holding it
 
@@ -220,29 +227,35 @@ class QueueSnapshot:
         return (-(-position // max(1, self.workers.get(model, 0)))) * per_job
 
 
-def queue_snapshot(conn: redis.Redis, models: list[str] | None = None, *, positions: bool = True) -> QueueSnapshot:
-    """One read of the models' queues, however many jobs wait in them (the progress tracker's tick)."""
-    models = list(dict.fromkeys(models or [keys.DEFAULT_MODEL_NAME]))
+def queue_snapshot(conn: redis.Redis, models: list[str] | None = None, *, jobs: Sequence[Job] = (),
+                   scan_factor: int = SCAN_FACTOR) -> QueueSnapshot:
+    """One read of the models' queues (the progress tracker's tick): the positions of ``jobs`` cost the same
+    however many other jobs wait (:mod:`ponybot.tickets`; ``scan_factor`` as there)."""
+    waiting: dict[str, list[str]] = {}
+    for job in jobs:
+        waiting.setdefault(job_model(job), []).append(job.id)
+    models = list(dict.fromkeys([*(models or [keys.DEFAULT_MODEL_NAME]), *waiting]))
     with conn.pipeline(transaction=False) as pipe:
         for model in models:
             pipe.lrange(keys.recent_durations(model), 0, -1)
-            if positions:
-                pipe.lrange(generation_queue(conn, model).key, 0, -1)
+            if waiting.get(model):
+                queue = generation_queue(conn, model)
+                positions(pipe, queue.name, queue.key, waiting[model], scan_factor=scan_factor)
         replies = iter(pipe.execute())
     per_job: dict[str, float | None] = {}
-    waiting: dict[str, int] = {}
+    found: dict[str, int] = {}
     for model in models:
         recent = [float(value) for value in next(replies)]
         per_job[model] = sum(recent) / len(recent) if recent else None
-        for index, raw in enumerate(next(replies) if positions else []):
-            waiting.setdefault(raw.decode(), index + 1)
+        if waiting.get(model):
+            found.update((job_id, int(at)) for job_id, at in zip(waiting[model], next(replies), strict=True) if at)
     held = models_online(conn)
-    return QueueSnapshot(waiting, per_job, {model: len(held.get(model, [])) for model in models})
+    return QueueSnapshot(found, per_job, {model: len(held.get(model, [])) for model in models})
 
 
 def estimate_wait(conn: redis.Redis, position: int, model: str = keys.DEFAULT_MODEL_NAME) -> float | None:
     """Seconds until a job at ``position`` of ``model``'s queue is done, from recent times and its workers."""
-    return queue_snapshot(conn, [model], positions=False).eta(position, model)
+    return queue_snapshot(conn, [model]).eta(position, model)
 
 
 def queue_position(conn: redis.Redis, job_id: str, model: str = keys.DEFAULT_MODEL_NAME) -> int | None:

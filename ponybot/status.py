@@ -110,7 +110,7 @@ def collect_status(conn: redis.Redis, models: list[str] | None = None) -> Status
         else:
             failed += 1
     recent = [float(v) for model in models for v in conn.lrange(keys.recent_durations(model), 0, -1)]
-    snapshot = queue_snapshot(conn, models, positions=False)
+    snapshot = queue_snapshot(conn, models)
     held = models_online(conn)
     per_model = [ModelStatus(name=model, queue_depth=queues[model].count, workers=len(held.get(model, [])),
                              done_last_10_min=done_per_model.get(model, 0), wait_for_new_job_s=None)

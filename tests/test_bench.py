@@ -87,3 +87,33 @@ def test_overlap_bench_prints_both_loops() -> None:
             if "one after another" in line or "post stage" in line]
     assert rows == [["0", "one"], ["1", "post"], ["2", "post"]]
     assert "goal >= 1.8x:" in result.stdout
+
+
+
+def table_rows(out: str, title: str) -> list[list[str]]:
+    """The rows of the table printed under ``title`` (after its header and rule), split into cells."""
+    lines = out.split(title, 1)[1].splitlines()[3:]
+    return [line.split() for line in lines[: next((i for i, line in enumerate(lines) if not line.strip()), None)]]
+
+
+@pytest.mark.timeout(600)
+def test_scale_bench_prints_every_table() -> None:
+    """bench/scale.py small: every table comes out, the positions it read were right (it asserts them), and
+    the stub workers finished every job (its figures come from full runs, quoted in docs/scale.md)."""
+    result = subprocess.run([sys.executable, "bench/scale.py", "--queued", "50,200", "--tracked", "10,50",
+                             "--bursts", "10", "--workers", "1,2", "--jobs", "30", "--e2e-jobs", "5",
+                             "--members", "3", "--samples", "50", "--ticks", "3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=540)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("machine (at start)") == 1 and out.count("machine (at end)") == 1
+    assert [row[:2] for row in table_rows(out, "as the queue grows")] == [["50", "50"], ["200", "50"]]
+    assert [row[:2] for row in table_rows(out, "tracker tick")] == [["50", "10"], ["50", "50"], ["200", "10"],
+                                                                     ["200", "50"]]
+    assert [row[:2] for row in table_rows(out, "jobs/s through stub workers")] == [["1", "30"], ["2", "30"]]
+    left = {row[0]: row[1] for row in table_rows(out, "what 30 finished jobs leave in Redis")}
+    assert left["ponybot:image:<id>:0"] == left["ponybot:job:<id>"] == "30"
+    assert [row[0] for row in table_rows(out, "INTERACTION_CREATE -> defer callback")] == ["10"]
+    per_job = table_rows(out, "Redis per job end to end (5 jobs")
+    assert len(per_job) == 1 and float(per_job[0][0]) > 0
+    assert "Redis memory per queued job" in out and "Redis memory per finished job" in out

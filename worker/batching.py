@@ -15,18 +15,10 @@ from ponybot import keys
 from ponybot.errors import InvalidRequestError
 from ponybot.networks import parse_loras
 from ponybot.schemas import Job, JobKind
+from ponybot.tickets import take_out
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
-
-#: Claim a queued job for a batch: LREM from the queue and LPUSH to RQ's intermediate list, atomically.
-CLAIM = """
-if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
 
 #: What reading a malformed job out of Redis raises (RQ's restore, its JSON, our schema).
 UNREADABLE = (NoSuchJobError, DeserializationError, ValueError, IndexError, TypeError, KeyError, zlib.error)
@@ -78,7 +70,7 @@ class BatchClaimer:
 
     def _claim(self, queue: Any, job_id: str) -> bool:
         """Move one job from the queue to RQ's intermediate list, unless another worker took it first."""
-        return bool(self.conn.eval(CLAIM, 2, queue.key, queue.intermediate_queue_key, job_id))
+        return take_out(self.conn, queue.name, queue.key, job_id, into=queue.intermediate_queue_key)
 
     def _fetch(self, job_ids: list[str]) -> list[RQJob | None]:
         """The jobs in one round trip; one by one if any is unreadable (it is then skipped, not fatal)."""
