@@ -122,6 +122,12 @@ def test_missing_tagger_is_reported_not_fatal(tmp_path: Path, settings: dict[str
     assert "not in the cache" in check.missing["tagger"]
     (result,) = check.classify([solid(0, 0, 0)])
     assert result.flagged is verdict
+    state = check.state  # what `ponybot status` and /status say about this worker
+    assert state.withholding is (verdict is None)
+    told = state.describe()
+    assert told.startswith("IMAGE CHECK INCOMPLETE") and "SmilingWolf/not-downloaded" in told
+    assert ("SFW channels get no images" in told) is state.withholding
+    assert (f"SFW channels get the images {'+'.join(state.classifiers)} pass" in told) is not state.withholding
     with pytest.raises(ConfigError, match="SmilingWolf/not-downloaded is not in the cache"):
         load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded", **settings), tmp_path, fail_fast=True)
 

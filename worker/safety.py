@@ -103,7 +103,8 @@ class SafetyCheck:
 
     @property
     def state(self) -> SafetyState:
-        return SafetyState(classifiers=[c.name for c in self.classifiers], missing=self.missing)
+        return SafetyState(classifiers=[c.name for c in self.classifiers], missing=self.missing,
+                           withholding=bool(self.required & set(self.missing)) or not self.classifiers)
 
     def classify(self, images: Sequence[Image.Image], strictness: Strictness = Strictness.STANDARD
                  ) -> list[Verdict]:
