@@ -171,6 +171,13 @@ def test_up_fetches_the_tagger_before_the_workers(labelled: Path, caplog: pytest
     supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
     supervisor.fetch_tagger()
     assert "could not be fetched: the workers start without it" in caplog.text
+    assert "SFW channels get no images until it is there" in caplog.text  # nsfwjs off: the tagger is required
+    caplog.clear()
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS", "true")  # nsfwjs on: it alone is required by default
+    supervisor = Supervisor(load_settings(None), config=None, workers=1)
+    supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
+    supervisor.fetch_tagger()
+    assert "SFW channels get the images the other checks pass" in caplog.text
     caplog.clear()
     monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", str(labelled / "wd"))
     Supervisor(load_settings(None), config=None, workers=1).fetch_tagger()  # no workers planned: nothing run
