@@ -12,7 +12,7 @@ LOCK := requirements/lock.txt
 # in pyproject.toml and keeps the rest.
 UPGRADE ?= --upgrade
 
-.PHONY: install browser run test lint types unit bench lock clean docs screenshots
+.PHONY: install browser run test lint types unit bench lock clean docs screenshots nsfwjs-model
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,13 @@ lock: install
 		--override requirements/torch.txt --no-emit-package torch $(UPGRADE) \
 		--custom-compile-command "make lock" --quiet -o $(LOCK)
 	$(MAKE) test
+
+# nsfwjs's MobileNetV2 as ONNX (worker/models/), converted from the npm package pinned in tools/nsfwjs/;
+# needs node and npm here, never at run time. Commit the .onnx and .json it writes.
+nsfwjs-model: install
+	cd tools/nsfwjs && npm ci --no-audit --no-fund --ignore-scripts
+	$(PY) tools/nsfwjs/convert.py
+	cp tools/nsfwjs/node_modules/nsfwjs/LICENSE worker/models/NSFWJS-LICENSE
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -2,23 +2,31 @@
 
 On a GPU host this runs while the GPU would otherwise wait for the next batch, so it is
 part of images per second. Prints: PNG time and size by zlib level on a cartoon-like
-512x512 render, and a batch of 8 images encoded one after another against side by side
-(the worker's thread pool).
-Run: ``.venv/bin/python bench/postprocess.py``
+512x512 render, a batch of 8 images encoded one after another against side by side
+(the worker's thread pool), and each image check's milliseconds per image at batch 1 and 8
+(nsfwjs and open_nsfw ship with the worker; the tagger only with ``--tagger FOLDER``, a WD
+tagger folder, since none can be downloaded here), on ``--threads`` CPU threads each.
+Run: ``.venv/bin/python bench/postprocess.py [--tagger FOLDER] [--threads N]``
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from common import machine, table  # type: ignore[import-not-found]
 from PIL import Image, ImageDraw, ImageFilter
 
+from ponybot.settings import SafetySettings
+from worker.nsfwjs import NsfwJs
 from worker.png import COMPRESS_LEVEL, encode_png
+from worker.safety import ImageClassifier, OpenNSFW, SafetyCheck, load_tagger
+from worker.tagger import onnx_providers
 
 
 def textured(seed: int, size: int = 512) -> Image.Image:
@@ -52,7 +60,32 @@ def timed(action, repeat: int = 5) -> float:  # type: ignore[no-untyped-def]
     return (time.perf_counter() - started) / repeat
 
 
+def checks(images: list[Image.Image], tagger: Path | None, threads: int) -> str:
+    """Each image check's ms per image at batch 1 and 8, and all of them together as the worker runs them."""
+    settings = SafetySettings(tagger=str(tagger) if tagger else "none")
+    classifiers: list[ImageClassifier] = []
+    if tagger:
+        classifiers.append(load_tagger(settings, tagger, download=False, threads=threads))
+    classifiers += [NsfwJs(settings, threads), OpenNSFW(settings.opennsfw_threshold, threads=threads)]
+    together = SafetyCheck(classifiers)
+    rows = []
+    for name, classify in [*((c.name, c.classify) for c in classifiers), (f"all ({together.name})",
+                                                                         together.classify)]:
+        classify(images[:1])  # warm up: onnxruntime allocates at the first run
+        cells: list[object] = [name]
+        for batch in (1, 8):
+            run = lambda batch=batch, classify=classify: classify(images[:batch])  # type: ignore[misc]  # noqa: E731
+            cells.append(f"{timed(run, 3) * 1000 / batch:.1f}")
+        rows.append(cells)
+    return table(f"image checks on 512x512 images, {threads} CPU thread(s) each, on {onnx_providers()[0]}",
+                 ["check", "ms/image at batch 1", "ms/image at batch 8"], rows)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tagger", type=Path, help="a WD tagger folder (model.onnx, selected_tags.csv) to time too")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads per check (the worker gives 2)")
+    args = parser.parse_args()
     images = [textured(seed) if seed % 2 else render(seed) for seed in range(8)]
     rows = []
     for level in (1, 3, 6, 9):
@@ -71,6 +104,7 @@ def main() -> None:
     print(table(f"8 images (4 flat, 4 textured) at level {COMPRESS_LEVEL}: one after another against side by side",
                 ["one after another ms", f"side by side ms ({min(8, os.cpu_count() or 1)} threads)", "speed-up"],
                 [[f"{serial * 1000:.1f}", f"{parallel * 1000:.1f}", f"{serial / parallel:.2f}x"]]))
+    print(checks(images, args.tagger, args.threads))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ def test_postprocess_bench_prints_its_tables() -> None:
     levels = [line.split()[0] for line in result.stdout.splitlines() if line.split()[:1] in (["1"], ["6"])]
     assert levels == ["1", "6"]
     assert "<- ponybot" in result.stdout and "speed-up" in result.stdout
+    checks = [line.split()[0] for line in result.stdout.split("ms/image at batch 8")[1].splitlines()[2:]]
+    assert checks == ["nsfwjs", "opennsfw", "all"]
 
 
 def test_prompt_filter_bench_prints_before_and_after() -> None:

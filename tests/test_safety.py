@@ -27,7 +27,7 @@ from worker.runner import GenerationWorker
 from worker.runtime import WorkerRuntime
 from worker.safety import SafetyCheck, load_safety
 
-TAGGER_ONLY = {"opennsfw": False}
+TAGGER_ONLY = {"opennsfw": False, "nsfwjs": False}
 
 
 def check_for(folder: Path, **settings: Any) -> SafetyCheck:
@@ -108,14 +108,28 @@ def test_hub_id_resolves_from_the_model_cache_offline(tmp_path: Path, tagger_dir
     assert [v.flagged for v in check.classify([solid(102, 0, 0)])] == [True]
 
 
-def test_missing_tagger_is_reported_not_fatal(tmp_path: Path) -> None:
-    check = load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded"), tmp_path)
-    assert check.state.classifiers == ["opennsfw"]
+@pytest.mark.parametrize(("settings", "verdict"), [
+    ({}, False),  # nsfwjs (required by default) and open_nsfw are here: they decide
+    ({"required": ["tagger"]}, None),  # the tagger is required: the check cannot tell
+    ({"required": ["nsfwjs", "tagger"]}, None),
+    ({"nsfwjs": False}, None),  # no nsfwjs: every configured check is required, as before it shipped
+    ({"nsfwjs_thresholds": {"Drawing": 0.0}}, True),  # a flag from a present check still flags
+])
+def test_missing_tagger_is_reported_not_fatal(tmp_path: Path, settings: dict[str, Any], verdict: bool | None
+                                              ) -> None:
+    check = load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded", **settings), tmp_path)
+    assert "tagger" not in check.state.classifiers and "opennsfw" in check.state.classifiers
     assert "not in the cache" in check.missing["tagger"]
-    (verdict,) = check.classify([solid(0, 0, 0)])
-    assert verdict.flagged is None  # open_nsfw alone does not make the check complete
+    (result,) = check.classify([solid(0, 0, 0)])
+    assert result.flagged is verdict
+    state = check.state  # what `ponybot status` and /status say about this worker
+    assert state.withholding is (verdict is None)
+    told = state.describe()
+    assert told.startswith("IMAGE CHECK INCOMPLETE") and "SmilingWolf/not-downloaded" in told
+    assert ("SFW channels get no images" in told) is state.withholding
+    assert (f"SFW channels get the images {'+'.join(state.classifiers)} pass" in told) is not state.withholding
     with pytest.raises(ConfigError, match="SmilingWolf/not-downloaded is not in the cache"):
-        load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded"), tmp_path, fail_fast=True)
+        load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded", **settings), tmp_path, fail_fast=True)
 
 
 def channel_job(conn: redis.Redis, settings: Settings, *, nsfw: bool, count: int = 2, **fields: Any) -> Job:
@@ -137,7 +151,8 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 
 def test_missing_tagger_fails_closed_in_sfw_posts_in_nsfw_and_shows(
         tmp_path: Path, conn: redis.Redis, settings: Settings, generator: Any) -> None:
-    check = load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded", opennsfw=False), tmp_path)
+    check = load_safety(SafetySettings(tagger="SmilingWolf/not-downloaded", opennsfw=False, required=["tagger"]),
+                        tmp_path)
     registry = CollectorRegistry()
     runtime = WorkerRuntime(settings, conn, generator, "no-tagger", check, registry)
     assert metric(registry, "ponybot_safety_classifier_missing", classifier="tagger") == 1

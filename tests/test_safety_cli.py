@@ -27,6 +27,7 @@ def labelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", str(tmp_path / "wd"))
     monkeypatch.setenv("PONYBOT_SAFETY__OPENNSFW", "false")
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS", "false")
     monkeypatch.setenv("PONYBOT_LOG__LEVEL", "WARNING")
     return tmp_path
 
@@ -170,6 +171,13 @@ def test_up_fetches_the_tagger_before_the_workers(labelled: Path, caplog: pytest
     supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
     supervisor.fetch_tagger()
     assert "could not be fetched: the workers start without it" in caplog.text
+    assert "SFW channels get no images until it is there" in caplog.text  # nsfwjs off: the tagger is required
+    caplog.clear()
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS", "true")  # nsfwjs on: it alone is required by default
+    supervisor = Supervisor(load_settings(None), config=None, workers=1)
+    supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
+    supervisor.fetch_tagger()
+    assert "SFW channels get the images the other checks pass" in caplog.text
     caplog.clear()
     monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", str(labelled / "wd"))
     Supervisor(load_settings(None), config=None, workers=1).fetch_tagger()  # no workers planned: nothing run
@@ -177,3 +185,49 @@ def test_up_fetches_the_tagger_before_the_workers(labelled: Path, caplog: pytest
     supervisor.children = [Child("worker 0 on cpu", ["true"], {})]
     supervisor.fetch_tagger()
     assert "could not be fetched" not in caplog.text
+
+
+@pytest.mark.parametrize(("thresholds", "decision", "code"), [
+    (None, "post", 0),  # the defaults (Hentai, Porn at 0.5): flat colours are no porn
+    ('{"Drawing": 0}', "withhold", 1),  # a threshold of 0 forbids the class outright
+])
+def test_check_a_folder_with_nsfwjs_alone(labelled: Path, capsys: pytest.CaptureFixture[str],
+                                          monkeypatch: pytest.MonkeyPatch, thresholds: str | None, decision: str,
+                                          code: int) -> None:
+    """No tagger, no open_nsfw: nsfwjs (shipped in the package) decides, and each image's five classes show."""
+    monkeypatch.setenv("PONYBOT_SAFETY__TAGGER", "none")
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS", "true")
+    if thresholds:
+        monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS_THRESHOLDS", thresholds)
+    assert main(["safety", "check", "set/safe"]) == code
+    results = json.loads(capsys.readouterr().out)
+    assert [Path(r["image"]).stem for r in results] == sorted(SAFE)
+    for result in results:
+        reading = result["classifiers"]["nsfwjs"]
+        assert set(result["classifiers"]) == {"nsfwjs"} and result["sfw_decision"] == decision
+        assert set(reading["classes"]) == {"Drawing", "Hentai", "Neutral", "Porn", "Sexy"}
+        assert sum(reading["classes"].values()) == pytest.approx(1, abs=1e-3)
+        assert reading["flagged"] is (decision == "withhold")
+        assert reading["watched_class"] == ("Drawing" if thresholds else max(
+            ("Hentai", "Porn"), key=lambda name: reading["classes"][name] - 0.5))
+
+
+def test_eval_covers_nsfwjs_beside_the_tagger(labelled: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS", "true")
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS_THRESHOLDS", '{"Porn": 0.5, "Neutral": 0}')
+    assert main(["safety", "eval", "set", "--suggest"]) == 0
+    out = capsys.readouterr().out
+    at = rows(out.split("Sweep")[0])
+    assert at[("nsfwjs:Neutral", "0.00")] == ["0.500", "1.000", "1.000"]  # a threshold of 0 withholds all
+    assert at[("nsfwjs", "x1.00")] == ["0.500", "1.000", "1.000"]
+    assert at[("combined", "x1.00")] == ["0.500", "1.000", "1.000"]
+    assert at[("tagger", "x1.00")] == ["1.000", "0.750", "0.000"]  # the tagger's own numbers as before
+    assert ("nsfwjs:Porn", "0.50") in at
+    suggested = out.split("Suggested for recall >= 0.99 on nsfw:")[1]
+    assert "nsfwjs:Porn: nsfwjs_thresholds.Porn = " in suggested or "nsfwjs:Porn: no threshold" in suggested
+    assert "nsfwjs: any scale (a threshold of 0 in safety.nsfwjs_thresholds withholds every image)" in suggested
+    monkeypatch.setenv("PONYBOT_SAFETY__NSFWJS_THRESHOLDS", '{"Porn": 0.5, "Neutral": 0.02}')
+    assert main(["safety", "eval", "set", "--suggest"]) == 0
+    suggested = capsys.readouterr().out.split("Suggested for recall >= 0.99 on nsfw:")[1]
+    assert "nsfwjs: every threshold x" in suggested and "nsfwjs_thresholds = { Porn = " in suggested

@@ -115,11 +115,12 @@ def test_worker_caps_torch_and_onnxruntime_threads(tmp_path: Path) -> None:
         "threads = cpu_threads(load_settings(None, worker={'cpu_threads': 1}))\n"
         "limit_cpu_threads(threads)\n"
         "check = load_safety(SafetySettings(tagger='none'), Path('.'), fail_fast=True, threads=threads)\n"
-        "session = check.classifiers[0].model._session\n"
-        "print(threads, torch.get_num_threads(), session.get_session_options().intra_op_num_threads)\n"
+        "assert [c.name for c in check.classifiers] == ['nsfwjs', 'opennsfw']\n"
+        "sessions = [check.classifiers[0].session, check.classifiers[1].model._session]\n"
+        "print(threads, torch.get_num_threads(), *(s.get_session_options().intra_op_num_threads for s in sessions))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
                             timeout=300, check=False)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "1", "1"]
+    assert result.stdout.split() == ["1", "1", "1", "1"]

@@ -61,6 +61,11 @@ def test_discord_token_from_plain_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ('[redis]\nsentinels = ["sentinel-0"]\n', "redis.sentinels", "'sentinel-0' is not host:port"),
         ('[redis]\nsentinels = ["s:99999"]\n', "redis.sentinels", "is not host:port"),
         ("[worker]\ncpu_threads = -1\n", "worker.cpu_threads", "greater than or equal to 0"),
+        ("[safety]\nnsfwjs_thresholds = { Nude = 0.5 }\n", "safety.nsfwjs_thresholds",
+         "the classes: Drawing, Hentai, Neutral, Porn, Sexy"),
+        ("[safety]\nnsfwjs_thresholds = { Porn = 1.5 }\n", "safety.nsfwjs_thresholds", "between 0 and 1"),
+        ('[safety]\nrequired = ["wd14"]\n', "safety", "the checks: tagger, nsfwjs, opennsfw"),
+        ('[safety]\nnsfwjs = false\nrequired = ["nsfwjs"]\n', "safety", "nsfwjs is turned off"),
     ],
 )
 def test_bad_value_names_key_and_what_is_allowed(tmp_path: Path, toml: str, key: str, allowed: str) -> None:

@@ -7,7 +7,9 @@ the classifiers gives the precision, recall and false-withhold rate at any thres
 * ``tagger:rating``: questionable + explicit against ``safety.tagger_threshold``;
 * ``tagger:explicit_tags``: the highest explicit tag's score over its own threshold, against 1
   (a scale: 0.8 means every tag threshold times 0.8);
-* ``tagger``: either of the two above, and ``combined``: any classifier, both as that scale.
+* ``tagger``: either of the two above, and ``combined``: any classifier, both as that scale;
+* ``nsfwjs:<class>``: each watched class's probability against its ``safety.nsfwjs_thresholds`` entry,
+  and ``nsfwjs``: the watched classes together, as a scale of their thresholds.
 
 Positives are the ``nsfw`` images: recall is the share of them withheld, precision the share
 of withheld images that are nsfw, and the false-withhold rate the share of safe images withheld.
@@ -28,6 +30,7 @@ from ponybot.errors import ImageRefusal, PonybotError
 from ponybot.images import ImageLimits, open_image
 from ponybot.policy import Strictness
 from ponybot.settings import SafetySettings
+from worker.nsfwjs import CLASSES, NsfwJs
 from worker.safety import OpenNSFW, SafetyCheck
 from worker.tagger import FLAGGED_RATINGS, WdTagger
 
@@ -101,6 +104,10 @@ def signals(check: SafetyCheck, settings: SafetySettings,
                     explicit = np.maximum(explicit, scores[:, row] / classifier.explicit_thresholds[tag])
                 found.setdefault("tagger:rating", []).extend(rating.tolist())
                 found.setdefault("tagger:explicit_tags", []).extend(explicit.tolist())
+            elif isinstance(classifier, NsfwJs):
+                probabilities = classifier.scores(images)
+                for name in settings.nsfwjs_thresholds:
+                    found.setdefault(f"nsfwjs:{name}", []).extend(probabilities[:, CLASSES.index(name)].tolist())
             elif isinstance(classifier, OpenNSFW):
                 found.setdefault("opennsfw", []).extend(r.score for r in classifier.classify(images))
     result = {name: np.asarray(values, dtype=np.float64) for name, values in found.items()}
@@ -109,6 +116,11 @@ def signals(check: SafetyCheck, settings: SafetySettings,
         result["tagger"] = np.maximum(result["tagger:rating"] / settings.tagger_threshold,
                                       result["tagger:explicit_tags"])
         ratios.append(result["tagger"])
+    watched = [name for name in settings.nsfwjs_thresholds if f"nsfwjs:{name}" in result]
+    if watched:
+        result["nsfwjs"] = np.max(np.stack([ratio(result[f"nsfwjs:{name}"], settings.nsfwjs_thresholds[name])
+                                            for name in watched]), axis=0)
+        ratios.append(result["nsfwjs"])
     if "opennsfw" in result:
         ratios.append(result["opennsfw"] / settings.opennsfw_threshold)
     if ratios:
@@ -116,12 +128,19 @@ def signals(check: SafetyCheck, settings: SafetySettings,
     return result
 
 
+def ratio(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Values as multiples of their threshold; a threshold of 0 flags everything (an infinite ratio)."""
+    return values / threshold if threshold > 0 else np.full_like(values, np.inf)
+
+
 def configured(name: str, settings: SafetySettings) -> float:
+    if name.startswith("nsfwjs:"):
+        return settings.nsfwjs_thresholds[name.split(":", 1)[1]]
     return {"opennsfw": settings.opennsfw_threshold, "tagger:rating": settings.tagger_threshold}.get(name, 1.0)
 
 
 def is_scale(name: str) -> bool:
-    return name not in ("opennsfw", "tagger:rating")
+    return name not in ("opennsfw", "tagger:rating") and not name.startswith("nsfwjs:")
 
 
 @dataclass(frozen=True)
@@ -143,11 +162,14 @@ def score(values: np.ndarray, nsfw: np.ndarray, threshold: float) -> Score:
 
 
 def suggest(values: np.ndarray, nsfw: np.ndarray, recall: float) -> float | None:
-    """The highest threshold (the fewest safe images withheld) whose recall on nsfw reaches ``recall``."""
+    """The highest threshold (the fewest safe images withheld) whose recall on nsfw reaches ``recall``;
+    ``math.inf`` where a threshold of 0 in the settings withholds those images at any scale."""
     positives = np.sort(values[nsfw])[::-1]
     if positives.size == 0:
         return None
     needed = max(1, math.ceil(recall * positives.size - 1e-9))
+    if not math.isfinite(positives[needed - 1]):
+        return math.inf
     threshold = math.floor(float(positives[needed - 1]) * 1000) / 1000
     return threshold if threshold > 0 else None
 

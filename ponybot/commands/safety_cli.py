@@ -1,7 +1,8 @@
 """``ponybot safety``: see what the image check says, calibrate it on your own images, fetch the tagger.
 
-* ``check IMAGE...``: JSON per image (each classifier's reading, the rating, explicit tags found,
-  the SFW decision); exit 1 when any image would be withheld in an SFW channel.
+* ``check IMAGE...``: JSON per image (each classifier's reading: the tagger's rating and explicit tags
+  found, nsfwjs's five class probabilities, open_nsfw's score; the combined SFW decision); exit 1 when
+  any image would be withheld in an SFW channel.
 * ``eval FOLDER``: precision, recall and false-withhold rate per check on labelled images, at the
   configured thresholds and over a sweep; ``--suggest`` prints thresholds reaching a recall target.
 * ``fetch``: put the configured tagger into ``model.cache_dir`` now (what the worker does at start).
@@ -34,7 +35,8 @@ def add_parser(commands: Any) -> None:
     safety = commands.add_parser("safety", help="the image check: try it on images, calibrate it, fetch the tagger")
     actions = safety.add_subparsers(dest="safety_command", required=True, metavar="ACTION")
     check = actions.add_parser("check", help="what the image check says about images (JSON; exit 1 if withheld)")
-    check.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    check.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                       help="image files, or folders (their images, sorted by name)")
     check.add_argument("--strictness", choices=[s.value for s in Strictness], default=Strictness.STANDARD.value,
                        help="as in a channel with /policy set strictness")
     evaluate = actions.add_parser("eval", help="precision/recall of each check on labelled images")
@@ -82,8 +84,11 @@ def refused(path: Path, error: ImageRefusal) -> None:
 
 def check(paths: list[Path], strictness: Strictness, settings: Settings) -> int:
     from ponybot.images import ImageLimits, open_image
+    from worker.calibrate import IMAGE_SUFFIXES
     from worker.safety import load_safety
 
+    paths = [found for path in paths for found in (
+        sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path])]
     limits, opened = ImageLimits.of(settings.uploads), []
     for path in paths:  # every image read before the models load
         try:
@@ -152,6 +157,9 @@ def evaluate(folder: Path, settings: Settings, *, suggest: bool, recall: float) 
             if found is None:
                 say(f"  {name}: no threshold above 0 reaches it")
                 continue
+            if math.isinf(found):
+                say(f"  {name}: any scale (a threshold of 0 in safety.nsfwjs_thresholds withholds every image)")
+                continue
             result = calibrate.score(v, nsfw, found)
             say(f"  {name}: {describe_suggestion(name, found, settings)} (recall {result.recall:.3f}, "
                 f"false withhold {result.false_withhold if result.false_withhold is not None else 0:.3f})")
@@ -169,9 +177,16 @@ def describe_suggestion(name: str, found: float, settings: Settings) -> str:
         return f"opennsfw_threshold = {found:.3f}"
     if name == "tagger:rating":
         return f"tagger_threshold = {found:.3f}"
+    if name.startswith("nsfwjs:"):
+        return f"nsfwjs_thresholds.{name.split(':', 1)[1]} = {found:.3f}"
     scaled = f"every threshold x{found:.3f}"
-    if name in ("tagger", "combined"):
-        scaled += f": tagger_threshold = {floor3(safety.tagger_threshold * found)}"
+    settings_scaled = []
+    if name in ("tagger", "combined") and safety.tagger_enabled:
+        settings_scaled.append(f"tagger_threshold = {floor3(safety.tagger_threshold * found)}")
+    if name in ("nsfwjs", "combined") and safety.nsfwjs:
+        classes = ", ".join(f"{watched} = {floor3(limit * found)}"
+                            for watched, limit in safety.nsfwjs_thresholds.items())
+        settings_scaled.append(f"nsfwjs_thresholds = {{ {classes} }}")
     if name == "combined" and safety.opennsfw:
-        scaled += f", opennsfw_threshold = {floor3(safety.opennsfw_threshold * found)}"
-    return scaled
+        settings_scaled.append(f"opennsfw_threshold = {floor3(safety.opennsfw_threshold * found)}")
+    return scaled + (": " + ", ".join(settings_scaled) if settings_scaled else "")

@@ -212,8 +212,10 @@ class Supervisor:
             return
         fetched = subprocess.run(self.command("safety", "fetch"), check=False)
         if fetched.returncode != 0:
-            log.error("the image tagger %s could not be fetched: the workers start without it, and SFW channels "
-                      "get no images until it is there", self.settings.safety.tagger)
+            withholds = "tagger" in self.settings.safety.required_checks
+            log.error("the image tagger %s could not be fetched: the workers start without it, and SFW channels %s",
+                      self.settings.safety.tagger, "get no images until it is there" if withholds else
+                      "get the images the other checks pass (safety.required does not list the tagger)")
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.signals += 1

@@ -65,6 +65,12 @@ DEFAULT_EXPLICIT_TAGS: dict[str, float] = {
     "areolae": 0.4, "topless": 0.5, "bottomless": 0.5, "censored": 0.5, "mosaic_censoring": 0.4,
 }
 DEFAULT_TAGGER = "SmilingWolf/wd-vit-tagger-v3"
+#: nsfwjs's five classes, in its output order.
+NSFWJS_CLASSES = ("Drawing", "Hentai", "Neutral", "Porn", "Sexy")
+#: The nsfwjs classes that flag an image in an SFW channel, each at the probability at or above which it does.
+DEFAULT_NSFWJS_THRESHOLDS: dict[str, float] = {"Hentai": 0.5, "Porn": 0.5}
+#: The image checks by name, as ``safety.required`` lists them.
+IMAGE_CHECKS = ("tagger", "nsfwjs", "opennsfw")
 
 
 class SafetySettings(Section):
@@ -76,6 +82,10 @@ class SafetySettings(Section):
     strict_factor: float = Field(0.6, gt=0, le=1)
     tags_kept: int = Field(20, ge=0, le=200)
     tag_min_score: float = Field(0.35, ge=0, lt=1)
+    nsfwjs: bool = True
+    nsfwjs_thresholds: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_NSFWJS_THRESHOLDS))
+    #: the checks without which SFW channels get no images; None: nsfwjs when on, else every configured check
+    required: list[str] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -105,9 +115,45 @@ class SafetySettings(Section):
             raise ValueError(f"each threshold must be between 0 and 1, not {', '.join(bad)}")
         return value
 
+    @field_validator("nsfwjs_thresholds")
+    @classmethod
+    def _class_thresholds(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(NSFWJS_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown nsfwjs classes {unknown} (the classes: {', '.join(NSFWJS_CLASSES)})")
+        bad = [f"{name} = {score}" for name, score in value.items() if not 0 <= score <= 1]
+        if bad:
+            raise ValueError(f"each threshold must be between 0 and 1, not {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _required_checks(self) -> SafetySettings:
+        if self.required is None:
+            return self
+        unknown = sorted(set(self.required) - set(IMAGE_CHECKS))
+        if unknown:
+            raise ValueError(f"required: unknown checks {unknown} (the checks: {', '.join(IMAGE_CHECKS)})")
+        off = [name for name in self.required if name not in self.enabled_checks]
+        if off:
+            raise ValueError(f"required: {', '.join(off)} is turned off in [safety]; turn it on or leave it out")
+        return self
+
     @property
     def tagger_enabled(self) -> bool:
         return self.tagger.strip().lower() not in ("", "none")
+
+    @property
+    def enabled_checks(self) -> list[str]:
+        """The checks configured to run, in the order they run."""
+        on = {"tagger": self.tagger_enabled, "nsfwjs": self.nsfwjs, "opennsfw": self.opennsfw}
+        return [name for name in IMAGE_CHECKS if on[name]]
+
+    @property
+    def required_checks(self) -> list[str]:
+        """The checks whose absence withholds every image in SFW channels (fail closed)."""
+        if self.required is not None:
+            return list(self.required)
+        return ["nsfwjs"] if self.nsfwjs else self.enabled_checks
 
 
 #: The shortest ``gallery.session_secret`` accepted: anything shorter can be guessed offline from one cookie.
