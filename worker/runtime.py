@@ -28,6 +28,7 @@ from ponybot.schemas import (
     ImageResult,
     Job,
     JobEvent,
+    JobKind,
     ProgressEvent,
     Speed,
     utcnow,
@@ -35,10 +36,11 @@ from ponybot.schemas import (
 from ponybot.settings import Settings
 from ponybot.status import SafetyState, publish_safety
 from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generator
+from worker.inpaint import Prepared
 from worker.png import encode_png
 from worker.progress import BatchProgress
 from worker.safety import ImageCheck, Verdict
-from worker.sources import starting_point
+from worker.sources import inpaint_point, starting_point
 from worker.speed import ALLOWANCE_S, StepSpeed, describe_limit, measure_speed, time_limit
 
 log = logging.getLogger(__name__)
@@ -270,15 +272,20 @@ class WorkerRuntime:
                                  interval_s=self.settings.discord.progress_edit_interval_s,
                                  preview_from=self.settings.worker.preview_every)
         try:
-            request, init_image = starting_point(self.conn, leader, planned[0][1], self.screen,
-                                                 self.settings.limits.max_upscale_pixels,
-                                                 ImageLimits.of(self.settings.uploads, count_bytes=False))
+            limits = self.settings.limits.max_upscale_pixels, ImageLimits.of(self.settings.uploads, count_bytes=False)
+            init_image: Image.Image | None = None
+            inpaint: Prepared | None = None
+            if leader.kind in (JobKind.INPAINT, JobKind.OUTPAINT):
+                request, inpaint = inpaint_point(self.conn, leader, planned[0][1], self.screen, *limits)
+            else:
+                request, init_image = starting_point(self.conn, leader, planned[0][1], self.screen, *limits)
             generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
-                               if init_image is not None else job.request.count) for job, _p, decision in planned]
+                               if init_image is not None or inpaint is not None else job.request.count)
+                     for job, _p, decision in planned]
             batch.generator = generator
             batch.generated = generator.generate_deferred(request, items, on_step=progress.on_step,
-                                                          init_image=init_image,
+                                                          init_image=init_image, inpaint=inpaint,
                                                           strength=leader.strength,
                                                           loras=parse_loras(leader.request.prompt))
         except GenerationError as error:
