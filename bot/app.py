@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot import messages
 from bot.delivery import Delivery
+from bot.features.edit import EditButton
 from bot.features.results import CancelButton, ResultButton
 from bot.i18n import CatalogTranslator, t
 from bot.replies import describe_error, reply_ephemeral, unwrap
@@ -86,7 +87,7 @@ class PonyBot(commands.Bot):
     async def setup_hook(self) -> None:
         for feature in FEATURES:
             await self.load_extension(feature)
-        self.add_dynamic_items(ResultButton, CancelButton)
+        self.add_dynamic_items(ResultButton, CancelButton, EditButton)
         await self.tree.set_translator(CatalogTranslator())
         await self.sync_commands()
         self.delivery.start()

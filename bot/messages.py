@@ -17,6 +17,8 @@ FAILURE_REASONS = {
     "expired": N_("the images expired before they could be posted. Please generate them again."),
     "unsafe_source": N_("the image it starts from did not pass this channel's image check, so it was not used."),
     "unreadable_source": N_("the image it starts from could not be opened, so it was not used."),
+    "empty_mask": N_("the mask is black all over, so there was nothing to redraw. Paint white where the picture "
+                     "should change."),
     "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
     "policy": N_("this channel's rules changed while it waited."),
     "model": N_("the worker that took it does not hold this model. Please try again."),
