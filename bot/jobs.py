@@ -147,7 +147,7 @@ async def queue_job(
     message_id = callback.message_id if callback is not None else None
     job_id = uuid.uuid4().hex
     if isinstance(upload, PendingUpload):
-        upload = await store_upload(bot, upload, job_id)
+        upload, inpaint = await store_upload(bot, upload, job_id)
     if upload is not None:
         kind = JobKind.INPAINT if inpaint is not None else JobKind.IMG2IMG
     fields: dict[str, Any] = {"id": job_id, "quality_tags": quality, "origin": origin, "kind": kind,
@@ -160,7 +160,7 @@ async def queue_job(
     except Exception:
         if isinstance(upload, UploadedImage) and upload.key == keys.upload(job_id):
             with contextlib.suppress(redis.RedisError):  # stored for this job only, which was not queued
-                await asyncio.to_thread(bot.sync_redis.delete, upload.key)
+                await asyncio.to_thread(bot.sync_redis.delete, upload.key, keys.upload_mask(job_id))
         raise
     eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position, job_model(job))
     log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot.i18n import N_, t, t_reason
-from ponybot.schemas import JobEvent, Speed
+from ponybot.schemas import JobEvent, JobKind, Speed
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,18 @@ def done(event: JobEvent, *, mention: bool) -> str:
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
     seeds = ", ".join(str(image.seed) for image in event.images if not image.withheld)
     prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
+    first = next((image for image in event.images if not image.withheld), None)  # follow-ups change the size
     details = t(locale, "seed {seeds} · {width}x{height} · {steps} steps · {sampler} · CFG {cfg} · {seconds} s",
-                seeds=seeds or event.job.seed, width=request.width, height=request.height, steps=request.steps,
+                seeds=seeds or event.job.seed, width=first.width if first else request.width,
+                height=first.height if first else request.height, steps=request.steps,
                 sampler=request.sampler.label, cfg=format(request.cfg, "g"), seconds=format(event.generation_s, ".1f"))
     if request.speed is Speed.FAST:
         details += " · " + t(locale, "fast")
     lines = [f"{who}**{prompt}**", f"-# {details}"]
-    if event.job.upload is not None:
-        strength = format(event.job.strength, "g")
+    strength = format(event.job.strength, "g")
+    if event.job.kind is JobKind.INPAINT:
+        lines[1] += " · " + t(locale, "from your picture and mask, strength {strength}", strength=strength)
+    elif event.job.upload is not None:
         lines[1] += " · " + t(locale, "from your picture, strength {strength}", strength=strength)
     if event.withheld:
         lines.append(t(locale, "{count} image(s) withheld by this channel's safety policy.", count=event.withheld))
