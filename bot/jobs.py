@@ -148,7 +148,7 @@ async def queue_job(
     job_id = uuid.uuid4().hex
     if isinstance(upload, PendingUpload):
         upload, inpaint = await store_upload(bot, upload, job_id)
-    if upload is not None:
+    if upload is not None and kind is not JobKind.DESCRIBE:
         kind = JobKind.INPAINT if inpaint is not None else JobKind.IMG2IMG
     fields: dict[str, Any] = {"id": job_id, "quality_tags": quality, "origin": origin, "kind": kind,
                               "source": source, "upload": upload, "inpaint": inpaint, "margins": margins,

@@ -19,6 +19,9 @@ FAILURE_REASONS = {
     "unreadable_source": N_("the image it starts from could not be opened, so it was not used."),
     "empty_mask": N_("the mask is black all over, so there was nothing to redraw. Paint white where the picture "
                      "should change."),
+    "no_tagger": N_("this bot has no image tagger loaded, so it cannot read pictures (the operator can set "
+                    "safety.tagger)."),
+    "no_tags": N_("the tagger read no tag it is sure enough of in this picture."),
     "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
     "policy": N_("this channel's rules changed while it waited."),
     "model": N_("the worker that took it does not hold this model. Please try again."),
@@ -72,6 +75,10 @@ def done(event: JobEvent, *, mention: bool) -> str:
     locale = locale_of(event)
     request = event.job.request
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
+    if event.job.kind is JobKind.DESCRIBE:
+        from bot.features.describe import described
+
+        return described(event, locale, who)
     seeds = ", ".join(str(image.seed) for image in event.images if not image.withheld)
     prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
     first = next((image for image in event.images if not image.withheld), None)  # follow-ups change the size

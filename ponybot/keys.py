@@ -131,6 +131,11 @@ def upload_mask(job_id: str) -> str:
     return f"{PREFIX}:upload-mask:{job_id}"
 
 
+def description(job_id: str) -> str:
+    """The prompt a ``/describe`` job read from its picture (text), for its Generate button; expires with results."""
+    return f"{PREFIX}:description:{job_id}"
+
+
 def guild_styles(guild_id: int) -> str:
     """Hash of style name -> style (JSON) for one server."""
     return f"{PREFIX}:styles:{guild_id}"

@@ -240,6 +240,7 @@ class JobKind(StrEnum):
     IMG2IMG = "img2img"  #: img2img from a picture the member uploaded, at the strength they chose
     INPAINT = "inpaint"  #: the member's upload redrawn where their mask is white, at the strength they chose
     OUTPAINT = "outpaint"  #: a posted image on a larger canvas (Zoom Out, Pan), the new area drawn by the model
+    DESCRIBE = "describe"  #: no image: the tagger reads the member's upload into a prompt (the event's ``prompt``)
 
 
 #: img2img strength of each follow-up kind.

@@ -35,6 +35,7 @@ from ponybot.schemas import (
 )
 from ponybot.settings import Settings
 from ponybot.status import SafetyState, publish_safety
+from worker.describe import describe
 from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generator
 from worker.inpaint import Prepared
 from worker.png import encode_png
@@ -230,9 +231,24 @@ class WorkerRuntime:
             else:
                 batch.events[job.id] = self._failed(job, "policy", str(decision.reason), batch.queued[job.id],
                                                     reason=decision.reason)
-        if batch.planned:
+        if batch.planned and batch.planned[0][0].kind is JobKind.DESCRIBE:
+            self._describe(batch)
+        elif batch.planned:
             self._generate(batch)
         return batch
+
+    def _describe(self, batch: Batch) -> None:
+        """A ``/describe`` job: no GPU; the tagger's ready prompt is its event's (and its Generate button's)."""
+        (job, policy, _decision), started = batch.planned[0], time.perf_counter()
+        batch.planned = []
+        try:
+            prompt = describe(self.conn, job, policy, self.screen, self.settings)
+        except GenerationError as error:
+            batch.events[job.id] = self._failed(job, error.code, str(error), batch.queued[job.id])
+            return
+        batch.events[job.id] = JobEvent(kind="done", job=job, prompt=prompt, queued_s=batch.queued[job.id],
+                                        generation_s=time.perf_counter() - started, worker=self.name,
+                                        mode=policy.mode.value if policy is not None else None)
 
     def finish_batch(self, batch: Batch) -> list[JobEvent]:
         """The post stage: images to the host, classifier, PNGs, Redis writes, each job's event, metrics."""

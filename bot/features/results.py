@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.features.describe import describe_view
 from bot.features.edit import add_edit_buttons
 from bot.features.gallery import forget_job, gallery_button
 from bot.i18n import NP_, MemberError, t, tp
@@ -100,6 +101,8 @@ def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.V
         if event.error_code in RETRYABLE:
             view.add_item(ResultButton("retry", job_id, locale=locale))
         return view
+    if event.job.kind is JobKind.DESCRIBE:
+        return describe_view(event)
     for action in ("reroll", "details", "delete"):
         view.add_item(ResultButton(action, job_id, row=0, locale=locale))
     if gallery_url:
