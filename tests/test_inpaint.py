@@ -194,3 +194,14 @@ def test_a_black_mask_fails_with_a_clear_reason(settings: Settings, conn: redis.
     conn.set("test:mask", png(Image.new("L", (64, 64), 0)), ex=600)
     [event] = runtime.run_batch([job])
     assert (event.kind, event.error_code) == ("failed", "empty_mask")
+
+
+def test_an_inpaint_source_without_a_9_channel_unet_is_refused_by_name(model_cache: Path,
+                                                                       inpaint_generators: dict[int, Any]) -> None:
+    from ponybot.errors import ModelLoadError
+    from worker.loading import load_inpaint_unet
+
+    with pytest.raises(ModelLoadError, match="takes 4 channels, an inpainting UNet takes 9"):
+        load_inpaint_unet(str(model_cache / f"tiny-{TINY_REVISION}"), model_cache, inpaint_generators[4].model)
+    with pytest.raises(ModelLoadError, match="diffusers folder"):
+        load_inpaint_unet("/nowhere/inpainting", model_cache, inpaint_generators[4].model)
