@@ -18,6 +18,8 @@ from discord.ext import commands
 from bot import messages
 from bot.client import PonyClient
 from bot.delivery import Delivery
+from bot.features.describe import DescribeButton
+from bot.features.edit import EditButton
 from bot.features.queue import CancelButton
 from bot.features.results import ResultButton
 from bot.i18n import CatalogTranslator, t
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FEATURES = ("bot.features.generate", "bot.features.queue", "bot.features.policy", "bot.features.status",
             "bot.features.info", "bot.features.gallery", "bot.features.styles", "bot.features.member_settings",
-            "bot.features.models")
+            "bot.features.models", "bot.features.describe")
 
 
 def configure_endpoints(settings: Settings) -> None:
@@ -86,7 +88,7 @@ class PonyBot(PonyClient):
     async def setup_hook(self) -> None:
         for feature in FEATURES:
             await self.load_extension(feature)
-        self.add_dynamic_items(ResultButton, CancelButton)
+        self.add_dynamic_items(ResultButton, CancelButton, EditButton, DescribeButton)
         await self.tree.set_translator(CatalogTranslator())
         await self.sync_commands()
         self.delivery.start()

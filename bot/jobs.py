@@ -24,7 +24,17 @@ from ponybot.networks import check_lora_count, parse_loras
 from ponybot.policy import Decision, apply, resolve
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import check_fair_share, enqueue, estimate_wait, job_model
-from ponybot.schemas import GenerationRequest, InteractionRef, Job, JobKind, Origin, SourceImage, UploadedImage
+from ponybot.schemas import (
+    GenerationRequest,
+    InpaintSpec,
+    InteractionRef,
+    Job,
+    JobKind,
+    Margins,
+    Origin,
+    SourceImage,
+    UploadedImage,
+)
 from ponybot.workers import check_networks, model_workers
 
 if TYPE_CHECKING:
@@ -125,6 +135,7 @@ async def queue_job(
     bot: PonyBot, interaction: discord.Interaction[Any], request: GenerationRequest, *, quality: bool,
     kind: JobKind = JobKind.TXT2IMG, source: SourceImage | None = None, seed: int | None = None,
     upload: PendingUpload | UploadedImage | None = None, ephemeral: bool = False,
+    inpaint: InpaintSpec | None = None, margins: Margins | None = None,
 ) -> Job:
     """Check, acknowledge, enqueue, and show the member where the job is.
 
@@ -137,20 +148,20 @@ async def queue_job(
     message_id = callback.message_id if callback is not None else None
     job_id = uuid.uuid4().hex
     if isinstance(upload, PendingUpload):
-        upload = await store_upload(bot, upload, job_id)
-    if upload is not None:
-        kind = JobKind.IMG2IMG
+        upload, inpaint = await store_upload(bot, upload, job_id)
+    if upload is not None and kind is not JobKind.DESCRIBE:
+        kind = JobKind.INPAINT if inpaint is not None else JobKind.IMG2IMG
     fields: dict[str, Any] = {"id": job_id, "quality_tags": quality, "origin": origin, "kind": kind,
-                              "source": source, "upload": upload,
+                              "source": source, "upload": upload, "inpaint": inpaint, "margins": margins,
                               "interaction": interaction_ref(interaction, message_id, ephemeral=ephemeral),
                               "embeddings": admission.embeddings, "loras": parse_loras(request.prompt)}
     job = Job.create(request, **fields) if seed is None else Job(request=request, seed=seed, **fields)
     try:
         position = await submit(bot, job)
     except Exception:
-        if isinstance(upload, UploadedImage) and kind is JobKind.IMG2IMG and upload.key == keys.upload(job_id):
+        if isinstance(upload, UploadedImage) and upload.key == keys.upload(job_id):
             with contextlib.suppress(redis.RedisError):  # stored for this job only, which was not queued
-                await asyncio.to_thread(bot.sync_redis.delete, upload.key)
+                await asyncio.to_thread(bot.sync_redis.delete, upload.key, keys.upload_mask(job_id))
         raise
     eta = await asyncio.to_thread(estimate_wait, bot.sync_redis, position, job_model(job))
     log.info("job=%s %s queued by %s in %s at position %d", job.id, kind.value, interaction.user.id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot.i18n import N_, t, t_reason
-from ponybot.schemas import JobEvent, Speed
+from ponybot.schemas import JobEvent, JobKind, Speed
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +17,11 @@ FAILURE_REASONS = {
     "expired": N_("the images expired before they could be posted. Please generate them again."),
     "unsafe_source": N_("the image it starts from did not pass this channel's image check, so it was not used."),
     "unreadable_source": N_("the image it starts from could not be opened, so it was not used."),
+    "empty_mask": N_("the mask is black all over, so there was nothing to redraw. Paint white where the picture "
+                     "should change."),
+    "no_tagger": N_("this bot has no image tagger loaded, so it cannot read pictures (the operator can set "
+                    "safety.tagger)."),
+    "no_tags": N_("the tagger read no tag it is sure enough of in this picture."),
     "internal": N_("an unexpected error in the GPU worker (the operator can find it in the logs by its job id)."),
     "policy": N_("this channel's rules changed while it waited."),
     "model": N_("the worker that took it does not hold this model. Please try again."),
@@ -70,16 +75,24 @@ def done(event: JobEvent, *, mention: bool) -> str:
     locale = locale_of(event)
     request = event.job.request
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
+    if event.job.kind is JobKind.DESCRIBE:
+        from bot.features.describe import described
+
+        return described(event, locale, who)
     seeds = ", ".join(str(image.seed) for image in event.images if not image.withheld)
     prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
+    first = next((image for image in event.images if not image.withheld), None)  # follow-ups change the size
     details = t(locale, "seed {seeds} · {width}x{height} · {steps} steps · {sampler} · CFG {cfg} · {seconds} s",
-                seeds=seeds or event.job.seed, width=request.width, height=request.height, steps=request.steps,
+                seeds=seeds or event.job.seed, width=first.width if first else request.width,
+                height=first.height if first else request.height, steps=request.steps,
                 sampler=request.sampler.label, cfg=format(request.cfg, "g"), seconds=format(event.generation_s, ".1f"))
     if request.speed is Speed.FAST:
         details += " · " + t(locale, "fast")
     lines = [f"{who}**{prompt}**", f"-# {details}"]
-    if event.job.upload is not None:
-        strength = format(event.job.strength, "g")
+    strength = format(event.job.strength, "g")
+    if event.job.kind is JobKind.INPAINT:
+        lines[1] += " · " + t(locale, "from your picture and mask, strength {strength}", strength=strength)
+    elif event.job.upload is not None:
         lines[1] += " · " + t(locale, "from your picture, strength {strength}", strength=strength)
     if event.withheld:
         lines.append(t(locale, "{count} image(s) withheld by this channel's safety policy.", count=event.withheld))

@@ -141,6 +141,16 @@ def upload(job_id: str) -> str:
     return f"{PREFIX}:upload:{job_id}"
 
 
+def upload_mask(job_id: str) -> str:
+    """A member's uploaded inpaint mask (PNG bytes, white = redraw); expires with the job's record."""
+    return f"{PREFIX}:upload-mask:{job_id}"
+
+
+def description(job_id: str) -> str:
+    """The prompt a ``/describe`` job read from its picture (text), for its Generate button; expires with results."""
+    return f"{PREFIX}:description:{job_id}"
+
+
 def guild_styles(guild_id: int) -> str:
     """Hash of style name -> style (JSON) for one server."""
     return f"{PREFIX}:styles:{guild_id}"

@@ -9,7 +9,20 @@ from typing import Any
 from ponybot.errors import N_, InvalidRequestError, Reason
 from ponybot.member_defaults import MemberDefaults
 from ponybot.networks import check_lora_count, parse_loras
-from ponybot.schemas import MAX_PROMPT_CHARS, GenerationRequest, Sampler, build_request, parse_size, read_size, shorten
+from ponybot.schemas import (
+    MAX_INPAINT_PADDING,
+    MAX_MASK_BLUR,
+    MAX_PROMPT_CHARS,
+    GenerationRequest,
+    InpaintArea,
+    InpaintSpec,
+    ResizeMode,
+    Sampler,
+    build_request,
+    parse_size,
+    read_size,
+    shorten,
+)
 from ponybot.settings import Settings
 from ponybot.styles import Style, apply_style
 
@@ -65,3 +78,39 @@ def make_request(settings: Settings, options: dict[str, Any], personal: MemberDe
         raise
     check_lora_count(parse_loras(request.prompt), settings.model.max_loras)
     return request
+
+
+#: The options that only mean something with a mask.
+MASK_OPTIONS = ("inpaint_area", "mask_blur", "inpaint_padding")
+
+
+def make_edit(settings: Settings, *, image: bool, mask: bool, options: dict[str, Any]
+              ) -> tuple[float, ResizeMode, InpaintSpec | None]:
+    """How a picture given with a request is used, the same on every surface (``/generate image: mask:``,
+    ``ponybot generate --image --mask``): its strength and resize mode, and the inpaint settings when a mask
+    comes with it (its key is filled in once it is stored). InvalidRequestError naming the option at fault.
+
+    ``options``: ``strength``, ``resize_mode`` and :data:`MASK_OPTIONS`, None where not given.
+    """
+    given = {key: value for key, value in options.items() if value is not None}
+    if not image and ({"strength", "resize_mode"} & given.keys()):
+        raise InvalidRequestError("image", N_("strength and resize_mode only apply with an image"))
+    if mask and not image:
+        raise InvalidRequestError("mask", N_("a mask paints over a picture: give the picture as image too"))
+    if not mask and (named := [name for name in MASK_OPTIONS if name in given]):
+        raise InvalidRequestError("mask", N_("{options} only apply with a mask (white where the picture is "
+                                             "redrawn)"), options=", ".join(named))
+    strength = float(given.get("strength", settings.defaults.strength))
+    resize_mode = ResizeMode(given.get("resize_mode", ResizeMode.JUST_RESIZE))
+    if not mask:
+        return strength, resize_mode, None
+    area = given.get("inpaint_area", InpaintArea.WHOLE)
+    if area not in {a.value for a in InpaintArea}:  # a command line's text (a slash command offers choices)
+        raise InvalidRequestError("inpaint_area", N_("must be one of {names}, got {value}"),
+                                  names=", ".join(a.value for a in InpaintArea), value=shorten(area))
+    for name, high in (("mask_blur", MAX_MASK_BLUR), ("inpaint_padding", MAX_INPAINT_PADDING)):
+        if not 0 <= given.get(name, 0) <= high:
+            raise InvalidRequestError(name, N_("must be from {low} to {high}, got {value}"), low=0, high=high,
+                                      value=given[name])
+    return strength, resize_mode, InpaintSpec(area=InpaintArea(area), mask_blur=given.get("mask_blur", 4),
+                                              padding=given.get("inpaint_padding", 32))

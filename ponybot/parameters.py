@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 
-from ponybot.schemas import GenerationRequest, Job, JobKind, Speed
+from ponybot.schemas import GenerationRequest, InpaintArea, InpaintSpec, Job, JobKind, MaskedContent, Speed
 
 #: A1111's pattern for one ``key: value`` pair of the settings line (a value may be a JSON string).
 PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -63,6 +63,14 @@ def format_parameters(job: Job, index: int, prompt: str, negative_prompt: str, m
         fields["Denoising strength"] = job.strength
         if job.source:
             fields["Source"] = f"{job.source.job_id}:{job.source.index}"
+    if job.kind in (JobKind.INPAINT, JobKind.OUTPAINT):
+        spec = job.inpaint or InpaintSpec()
+        fields["Mask blur"] = spec.mask_blur
+        if spec.area is InpaintArea.ONLY_MASKED:  # A1111 writes both only for "Only masked"
+            fields["Inpaint area"] = spec.area.label
+            fields["Masked area padding"] = spec.padding
+        if spec.content is not MaskedContent.ORIGINAL:
+            fields["Masked content"] = spec.content.value
     settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields.items())
     return f"{one_line(prompt, first=True)}\n{NEGATIVE_MARKER} {one_line(negative_prompt)}\n{settings}"
 

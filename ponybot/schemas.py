@@ -249,10 +249,60 @@ class JobKind(StrEnum):
     UPSCALE = "upscale"  #: twice the size: image upscale, then img2img at low strength
     VARY = "vary"  #: img2img from an image at moderate strength, new seed
     IMG2IMG = "img2img"  #: img2img from a picture the member uploaded, at the strength they chose
+    INPAINT = "inpaint"  #: the member's upload redrawn where their mask is white, at the strength they chose
+    OUTPAINT = "outpaint"  #: a posted image on a larger canvas (Zoom Out, Pan), the new area drawn by the model
+    DESCRIBE = "describe"  #: no image: the tagger reads the member's upload into a prompt (the event's ``prompt``)
 
 
 #: img2img strength of each follow-up kind.
-STRENGTH = {JobKind.UPSCALE: 0.35, JobKind.VARY: 0.6}
+#: Outpainting's 0.8 is what A1111's outpainting scripts advise: the filled new area (A1111's "fill", the
+#: default masked content of its Poor man's outpainting) still shows through as colour, the model draws the rest.
+STRENGTH = {JobKind.UPSCALE: 0.35, JobKind.VARY: 0.6, JobKind.OUTPAINT: 0.8}
+
+
+class InpaintArea(StrEnum):
+    """A1111's "Inpaint area"."""
+
+    WHOLE = "whole"  #: the whole picture at the job's size ("Whole picture")
+    ONLY_MASKED = "only_masked"  #: the mask's box plus padding, drawn at the job's size, pasted back ("Only masked")
+
+    @property
+    def label(self) -> str:
+        """What A1111 writes (``Inpaint area`` is only written for "Only masked")."""
+        return {"whole": "Whole picture", "only_masked": "Only masked"}[self.value]
+
+
+class MaskedContent(StrEnum):
+    """What the masked area holds before denoising (A1111's "Masked content")."""
+
+    ORIGINAL = "original"  #: the picture as it is (A1111's inpainting default)
+    FILL = "fill"  #: the unmasked colours blurred into it (A1111's outpainting default)
+
+
+MAX_MASK_BLUR, MAX_INPAINT_PADDING = 64, 256
+
+
+class InpaintSpec(BaseModel):
+    """The mask of an inpaint or outpaint job and how it is used, as A1111's inpaint settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mask_key: str | None = None  #: PNG in Redis (white = redraw); None: the canvas's new area (outpaint)
+    area: InpaintArea = InpaintArea.WHOLE
+    padding: int = Field(32, ge=0, le=MAX_INPAINT_PADDING)  #: A1111's "Only masked padding, pixels"
+    mask_blur: int = Field(4, ge=0, le=MAX_MASK_BLUR)
+    content: MaskedContent = MaskedContent.ORIGINAL
+
+
+class Margins(BaseModel):
+    """How far an outpaint job's canvas reaches past its source image on each side, in source pixels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    left: int = Field(0, ge=0)
+    top: int = Field(0, ge=0)
+    right: int = Field(0, ge=0)
+    bottom: int = Field(0, ge=0)
 
 
 class ResizeMode(StrEnum):
@@ -306,6 +356,8 @@ class Job(Versioned):
     kind: JobKind = JobKind.TXT2IMG
     source: SourceImage | None = None
     upload: UploadedImage | None = None
+    inpaint: InpaintSpec | None = None  #: INPAINT and OUTPAINT: the mask and how it is used
+    margins: Margins | None = None  #: OUTPAINT: the canvas around the source image
     origin: Origin | None = None
     interaction: InteractionRef | None = None
     created_at: datetime = Field(default_factory=utcnow)
@@ -323,7 +375,7 @@ class Job(Versioned):
     @property
     def strength(self) -> float:
         """img2img denoising strength (1.0 for txt2img): the member's for an upload, fixed for follow-ups."""
-        if self.kind is JobKind.IMG2IMG and self.upload is not None:
+        if self.kind in (JobKind.IMG2IMG, JobKind.INPAINT) and self.upload is not None:
             return self.upload.strength
         return STRENGTH.get(self.kind, 1.0)
 

@@ -34,6 +34,11 @@ OPTION_ROWS = [
      [{"Model": "alpha", "Seed": "11", "Steps": "2", "Size": "256x256", "Sampler": "Euler a", "CFG scale": "5",
        "Clip skip": "1", "negative_prompt": "blurry", "prompt": "pony"},
       {"Model": "alpha", "Seed": "12"}]),
+    # inpaint: a picture and its mask (written by the test into the working folder)
+    (["--image", "in.png", "--mask", "mask.png", "--inpaint-area", "only_masked", "--inpaint-padding", "16",
+      "--mask-blur", "2", "--strength", "0.9", "--seed", "3"],
+     [{"Seed": "3", "Size": "320x256", "Inpaint area": "Only masked", "Masked area padding": "16", "Mask blur": "2",
+       "Denoising strength": "0.9"}]),
 ]
 
 
@@ -88,6 +93,10 @@ def test_cli_options_on_every_path(path: str, options: list[str], expected: list
         queue_conn = conn
         redis_lines = f"[redis]\nurl = '{redis_url}'"
     config = write_config(tmp_path, model_cache, redis_lines)
+    Image.new("RGB", (320, 256), (30, 90, 200)).save(tmp_path / "in.png")
+    mask = Image.new("L", (320, 256), 0)
+    mask.paste(255, (100, 80, 160, 140))
+    mask.save(tmp_path / "mask.png")
     worker = None
     if path != "local":
         settings = load_settings(config)

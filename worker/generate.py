@@ -19,6 +19,7 @@ from ponybot.schemas import GenerationRequest, Speed, image_seed
 from worker.adapters import Adapters
 from worker.deepcache import deep_cache
 from worker.encoding import PromptEncoder
+from worker.inpaint import Prepared
 from worker.loading import LoadedModel
 from worker.networks import Catalog
 from worker.schedulers import make_scheduler
@@ -82,6 +83,9 @@ class Generator:
         self.encoder = PromptEncoder(self.pipeline.tokenizer, self.pipeline.text_encoder, self.adapters.embeddings)
         self.base_scheduler_config = self.pipeline.scheduler.config
         self._img2img: Any = None
+        self._inpaint: Any = None
+        #: the 9-channel UNet of the model's ``inpaint_source``; None: the model's own UNet blends latents
+        self.inpaint_unet: Any = None
         self.vae_decode = "auto"  #: worker.vae_decode
         self.fast_interval = 3  #: worker.fast_interval: speed fast runs the full UNet every this many steps
         self.cuda_graphs = False  #: the UNet replays CUDA graphs (compiled in reduce-overhead mode)
@@ -96,6 +100,20 @@ class Generator:
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
+    @property
+    def inpaint(self) -> Any:
+        """Inpainting over the same loaded modules: the inpainting UNet when the model names one, else the
+        model's own UNet with the kept area's latents blended back in at every step."""
+        if self._inpaint is None:
+            from diffusers import StableDiffusionInpaintPipeline
+
+            components = dict(self.pipeline.components)
+            if self.inpaint_unet is not None:
+                components["unet"] = self.inpaint_unet
+            self._inpaint = StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
+
     def generate(
         self,
         request: GenerationRequest,
@@ -106,10 +124,13 @@ class Generator:
         on_step: StepCallback | None = None,
         init_image: Image.Image | None = None,
         strength: float = 1.0,
+        inpaint: Prepared | None = None,
     ) -> GenerationOutput:
-        """Images for ``request`` (txt2img), or from ``init_image`` at ``strength`` (img2img, its size)."""
+        """Images for ``request`` (txt2img), or from ``init_image`` at ``strength`` (img2img, its size), or
+        ``inpaint``'s picture redrawn under its mask at ``strength`` (the request's size)."""
         item = BatchItem(prompt, negative_prompt, seed, request.count)
-        return self.generate_batch(request, [item], on_step=on_step, init_image=init_image, strength=strength)[0]
+        return self.generate_batch(request, [item], on_step=on_step, init_image=init_image, strength=strength,
+                                   inpaint=inpaint)[0]
 
     def generate_batch(self, request: GenerationRequest, items: list[BatchItem], **options: Any
                        ) -> list[GenerationOutput]:
@@ -125,6 +146,7 @@ class Generator:
         init_image: Image.Image | None = None,
         strength: float = 1.0,
         loras: list[LoraRef] | None = None,
+        inpaint: Prepared | None = None,
     ) -> DeferredBatch:
         """Several jobs of the same shape (size, steps, sampler, CFG, CLIP skip, speed, LoRA set) as one batch.
 
@@ -143,7 +165,7 @@ class Generator:
         for name, value in (("width", request.width), ("height", request.height)):
             if value % factor:
                 raise GenerationError("invalid_request", f"{name} must be a multiple of {factor} for this model")
-        if init_image is not None and (not 0 < strength <= 1 or len(items) != 1):
+        if (init_image is not None or inpaint is not None) and (not 0 < strength <= 1 or len(items) != 1):
             raise GenerationError("invalid_request", f"img2img takes one job and a strength in (0, 1], got {strength}")
 
         # 2. The batch's LoRAs active with their weights, the embeddings its prompts name loaded.
@@ -165,7 +187,7 @@ class Generator:
         positive, negative = (t.to(self.model.device, self.model.dtype) for t in (positive, negative))
 
         # 4. A fresh scheduler for the chosen sampler, on the pipeline this batch runs.
-        pipeline = self.pipeline if init_image is None else self.img2img
+        pipeline = self.inpaint if inpaint is not None else self.pipeline if init_image is None else self.img2img
         pipeline.scheduler = make_scheduler(request.sampler, self.base_scheduler_config)
 
         # 5. One CPU generator per image: image i of a job gets (seed + i) mod 2**32, the same on every device.
@@ -185,6 +207,9 @@ class Generator:
             {"width": request.width, "height": request.height} if init_image is None
             else {"image": init_image, "strength": strength}
         )
+        if inpaint is not None:
+            size = {"width": request.width, "height": request.height, "image": inpaint.image,
+                    "mask_image": inpaint.mask, "strength": strength}
         width, height = (request.width, request.height) if init_image is None else init_image.size
         if vae_slicing(self.vae_decode, self.model.device, self.model.dtype, len(generators), width, height):
             pipeline.vae.enable_slicing()
@@ -205,7 +230,9 @@ class Generator:
                 output_type="pt",
                 **size,
             )
-        return DeferredBatch(HostImages(result.images), seeds, started, timer, hashes)
+        batch = DeferredBatch(HostImages(result.images), seeds, started, timer, hashes)
+        batch.finish = inpaint.finish if inpaint is not None else None
+        return batch
 
 
 def vae_slicing(setting: str, device: torch.device, dtype: torch.dtype, images: int, width: int, height: int) -> bool:
@@ -282,6 +309,8 @@ class DeferredBatch:
     timer: GpuTimer
     hashes: dict[str, str | None] = field(default_factory=dict)  #: A1111's ``Model hash`` and ``Lora hashes``
     end: torch.cuda.Event | None = field(default=None, init=False)
+    #: each decoded image's last touch on the host (an inpaint's paste back over the original)
+    finish: Callable[[Image.Image], Image.Image] | None = field(default=None, init=False)
     seconds: float = field(default=0.0, init=False)  #: on the device, start to pixels on the host
 
     def __post_init__(self) -> None:
@@ -293,6 +322,8 @@ class DeferredBatch:
         """Back to one output per job, as PIL images (waits for the GPU to finish this batch);
         a job with NaN/inf pixels fails instead of posting black squares."""
         images = self.images.pil()
+        if self.finish is not None:
+            images = [self.finish(image) for image in images]
         finite = self.images.finite()
         if self.end is not None and self.timer.begin is not None:
             self.end.synchronize()  # recorded just after the copy: nothing more to wait for

@@ -16,7 +16,7 @@ from ponybot.hints import ponybot_command
 from ponybot.keys import DEFAULT_MODEL_NAME
 from ponybot.settings import ModelEntry, ModelSettings, WorkerSettings
 from worker.networks import Architecture, model_hash
-from worker.tiny import TINY_SOURCE, ensure_tiny_pipeline
+from worker.tiny import TINY_INPAINT_SOURCE, TINY_SOURCE, ensure_tiny_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,33 @@ def _load_pipeline(source: str, cache_dir: Path, config_dir: Path | None, dtype:
         return StableDiffusionPipeline.from_pretrained(source, cache_dir=cache_dir, **common)
     except Exception as error:  # offline, not in the cache, no such repository: one plain message
         raise ModelLoadError(cannot_fetch(source, cache_dir, error)) from error
+
+
+def load_inpaint_unet(source: str, cache_dir: Path, model: LoadedModel) -> Any:
+    """The 9-channel UNet of an inpainting checkpoint (``[models.NAME] inpaint_source``), on ``model``'s
+    device and dtype: only the UNet is loaded, the model's text encoder and VAE serve it too."""
+    from diffusers import UNet2DConditionModel
+
+    if source == TINY_INPAINT_SOURCE:
+        source = str(ensure_tiny_pipeline(cache_dir, inpaint=True))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        unet = _guarded(source, lambda: UNet2DConditionModel.from_pretrained(
+            path, subfolder="unet", local_files_only=True, torch_dtype=model.dtype))
+    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelLoadError(f"inpaint_source {source}: give a diffusers folder (with unet/) or a hub id")
+    else:
+        try:
+            unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", cache_dir=cache_dir,
+                                                        torch_dtype=model.dtype)
+        except Exception as error:  # offline, not in the cache, no such repository: one plain message
+            raise ModelLoadError(cannot_fetch(source, cache_dir, error)) from error
+    if unet.config.in_channels != 9:
+        raise ModelLoadError(f"inpaint_source {source}: its UNet takes {unet.config.in_channels} channels, an "
+                             "inpainting UNet takes 9 (latents, mask, masked picture): leave inpaint_source out "
+                             "to inpaint with the model itself")
+    log.info("loaded the inpainting UNet %s for model %s", source, model.key)
+    return unet.to(model.device)
 
 
 def cannot_fetch(source: str, cache_dir: Path, error: Exception) -> str:

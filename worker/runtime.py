@@ -28,17 +28,20 @@ from ponybot.schemas import (
     ImageResult,
     Job,
     JobEvent,
+    JobKind,
     ProgressEvent,
     Speed,
     utcnow,
 )
 from ponybot.settings import Settings
 from ponybot.status import SafetyState, publish_safety
+from worker.describe import describe
 from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generator
+from worker.inpaint import Prepared
 from worker.png import encode_png
 from worker.progress import BatchProgress
 from worker.safety import ImageCheck, Verdict
-from worker.sources import starting_point
+from worker.sources import inpaint_point, starting_point
 from worker.speed import ALLOWANCE_S, StepSpeed, describe_limit, measure_speed, time_limit
 
 log = logging.getLogger(__name__)
@@ -228,9 +231,24 @@ class WorkerRuntime:
             else:
                 batch.events[job.id] = self._failed(job, "policy", str(decision.reason), batch.queued[job.id],
                                                     reason=decision.reason)
-        if batch.planned:
+        if batch.planned and batch.planned[0][0].kind is JobKind.DESCRIBE:
+            self._describe(batch)
+        elif batch.planned:
             self._generate(batch)
         return batch
+
+    def _describe(self, batch: Batch) -> None:
+        """A ``/describe`` job: no GPU; the tagger's ready prompt is its event's (and its Generate button's)."""
+        (job, policy, _decision), started = batch.planned[0], time.perf_counter()
+        batch.planned = []
+        try:
+            prompt = describe(self.conn, job, policy, self.screen, self.settings)
+        except GenerationError as error:
+            batch.events[job.id] = self._failed(job, error.code, str(error), batch.queued[job.id])
+            return
+        batch.events[job.id] = JobEvent(kind="done", job=job, prompt=prompt, queued_s=batch.queued[job.id],
+                                        generation_s=time.perf_counter() - started, worker=self.name,
+                                        mode=policy.mode.value if policy is not None else None)
 
     def finish_batch(self, batch: Batch) -> list[JobEvent]:
         """The post stage: images to the host, classifier, PNGs, Redis writes, each job's event, metrics."""
@@ -270,15 +288,20 @@ class WorkerRuntime:
                                  interval_s=self.settings.discord.progress_edit_interval_s,
                                  preview_from=self.settings.worker.preview_every)
         try:
-            request, init_image = starting_point(self.conn, leader, planned[0][1], self.screen,
-                                                 self.settings.limits.max_upscale_pixels,
-                                                 ImageLimits.of(self.settings.uploads, count_bytes=False))
+            limits = self.settings.limits.max_upscale_pixels, ImageLimits.of(self.settings.uploads, count_bytes=False)
+            init_image: Image.Image | None = None
+            inpaint: Prepared | None = None
+            if leader.kind in (JobKind.INPAINT, JobKind.OUTPAINT):
+                request, inpaint = inpaint_point(self.conn, leader, planned[0][1], self.screen, *limits)
+            else:
+                request, init_image = starting_point(self.conn, leader, planned[0][1], self.screen, *limits)
             generator = self.generator_for(leader)
             items = [BatchItem(decision.prompt, decision.negative_prompt, job.seed, request.count
-                               if init_image is not None else job.request.count) for job, _p, decision in planned]
+                               if init_image is not None or inpaint is not None else job.request.count)
+                     for job, _p, decision in planned]
             batch.generator = generator
             batch.generated = generator.generate_deferred(request, items, on_step=progress.on_step,
-                                                          init_image=init_image,
+                                                          init_image=init_image, inpaint=inpaint,
                                                           strength=leader.strength,
                                                           loras=parse_loras(leader.request.prompt))
         except GenerationError as error:

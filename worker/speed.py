@@ -78,6 +78,9 @@ def job_work(jobs: list[Job]) -> tuple[float, float]:
     for job in jobs:
         request = job.request
         pixels = request.width * request.height * (4 if job.kind is JobKind.UPSCALE else 1)
+        if job.kind is JobKind.OUTPAINT and job.margins is not None:  # the canvas (at most the upscale budget)
+            margins = job.margins
+            pixels = (request.width + margins.left + margins.right) * (request.height + margins.top + margins.bottom)
         images += request.count * pixels / UNIT_PIXELS
         steps += request.steps * request.count * pixels / UNIT_PIXELS
     return steps, images

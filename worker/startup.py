@@ -17,7 +17,7 @@ from ponybot.metrics import serve as serve_metrics
 from ponybot.schemas import GenerationRequest, Job, parse_size
 from ponybot.settings import Settings
 from worker.generate import BatchItem, Generator
-from worker.loading import CUDA_GRAPH_MODES, compile_mode, compile_model, load_model, resolve_device
+from worker.loading import CUDA_GRAPH_MODES, compile_mode, compile_model, load_inpaint_unet, load_model, resolve_device
 from worker.networks import Catalog
 from worker.runtime import WorkerRuntime
 from worker.safety import load_safety
@@ -70,6 +70,8 @@ def build_runtime(settings: Settings, conn: redis.Redis, *, model_source: str | 
         catalog = Catalog(settings.model.lora_dir, settings.model.embeddings_dir, [model.architecture])
         generator = Generator(model, catalog, settings.model.lora_cache)
         generator.vae_decode = settings.worker.vae_decode
+        if entry.inpaint_source:
+            generator.inpaint_unet = load_inpaint_unet(entry.inpaint_source, settings.model.cache_dir, model)
         generator.fast_interval = settings.worker.fast_interval
         generators[key] = generator
         if mode is not None:

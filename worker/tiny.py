@@ -17,6 +17,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TINY_SOURCE = "tiny"
+#: The tiny model's inpainting twin: the same pipeline with a 9-channel UNet (latents, mask, masked picture).
+TINY_INPAINT_SOURCE = "tiny-inpaint"
 TINY_REVISION = "v2"
 #: The model card's scheduler (DDIM on SD1.5's betas); also the tiny model's stored config.
 SD15_SCHEDULER = {
@@ -67,7 +69,7 @@ def write_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
+def build_tiny_pipeline(folder: Path, seed: int = 0, in_channels: int = 4) -> None:
     """Write a tiny SD1.5-shaped pipeline in diffusers layout to ``folder``."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -81,7 +83,7 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=8,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -126,16 +128,16 @@ def build_tiny_pipeline(folder: Path, seed: int = 0) -> None:
     pipeline.save_pretrained(folder, safe_serialization=True)
 
 
-def ensure_tiny_pipeline(cache_dir: Path) -> Path:
-    """The tiny pipeline's folder under ``cache_dir``, built there once."""
-    folder = cache_dir / f"tiny-{TINY_REVISION}"
+def ensure_tiny_pipeline(cache_dir: Path, *, inpaint: bool = False) -> Path:
+    """The tiny pipeline's folder under ``cache_dir``, built there once (``inpaint``: its 9-channel twin)."""
+    folder = cache_dir / f"{TINY_INPAINT_SOURCE if inpaint else TINY_SOURCE}-{TINY_REVISION}"
     if (folder / "model_index.json").is_file():
         return folder
     cache_dir.mkdir(parents=True, exist_ok=True)
     log.info("building the tiny random-weight pipeline in %s", folder)
     scratch = Path(tempfile.mkdtemp(prefix="tiny-", dir=cache_dir))
     try:
-        build_tiny_pipeline(scratch)
+        build_tiny_pipeline(scratch, in_channels=9 if inpaint else 4)
         try:
             scratch.rename(folder)
         except OSError:  # another process built it at the same time

@@ -14,8 +14,8 @@ from bot.i18n import MemberError
 from bot.jobs import queue_job, read_redis
 from bot.uploads import PendingUpload, check_declared
 from ponybot.member_defaults import MemberDefaultsStore
-from ponybot.options import make_request, size_option
-from ponybot.schemas import MAX_SEED, ResizeMode, Sampler, Speed
+from ponybot.options import make_edit, make_request, size_option
+from ponybot.schemas import MAX_INPAINT_PADDING, MAX_MASK_BLUR, MAX_SEED, InpaintArea, ResizeMode, Sampler, Speed
 from ponybot.settings import Settings
 from ponybot.styles import Style, StyleStore
 from ponybot.workers import WorkerRecord, models_online_from, online_workers
@@ -103,6 +103,10 @@ class Generate(commands.Cog):
         image="Start from this picture (PNG, JPEG or WebP): img2img",
         strength="With a picture: how much to change it (0.05 = barely, 1 = completely)",
         resize_mode="With a picture: how to fit it to the size",
+        mask="With a picture: inpaint where this mask is white (PNG, JPEG or WebP)",
+        inpaint_area="With a mask: redraw the whole picture, or only the masked part at full size",
+        mask_blur="With a mask: how many pixels its edge is blurred (default 4)",
+        inpaint_padding="With inpaint_area only_masked: pixels of context around the mask (default 32)",
         style="One of this server's styles (see /style list)",
         speed="fast: quicker, with a little less fine detail (reuses the model's deep features between steps)",
         model="Which model draws it (those with a worker online)",
@@ -126,6 +130,10 @@ class Generate(commands.Cog):
         style: app_commands.Transform[Style, StyleTransformer] | None = None,
         speed: Speed | None = None,
         model: app_commands.Range[str, 1, 40] | None = None,
+        mask: discord.Attachment | None = None,
+        inpaint_area: InpaintArea | None = None,
+        mask_blur: app_commands.Range[int, 0, MAX_MASK_BLUR] | None = None,
+        inpaint_padding: app_commands.Range[int, 0, MAX_INPAINT_PADDING] | None = None,
     ) -> None:
         settings = self.bot.settings
         personal = await read_redis(MemberDefaultsStore(self.bot.sync_redis).get, interaction.guild_id,
@@ -141,13 +149,15 @@ class Generate(commands.Cog):
             "size": size, "count": count, "sampler": sampler, "clip_skip": clip_skip, "speed": speed,
             "model": model,
         }, personal, style)
+        strength, resize_mode, inpaint = make_edit(settings, image=image is not None, mask=mask is not None, options={
+            "strength": strength, "resize_mode": resize_mode, "inpaint_area": inpaint_area, "mask_blur": mask_blur,
+            "inpaint_padding": inpaint_padding})
         upload = None
-        if image is not None:
-            check_declared(image.content_type, image.size, settings.uploads)  # before deferring: a quick refusal
-            upload = PendingUpload(image, settings.defaults.strength if strength is None else strength,
-                                   resize_mode or ResizeMode.JUST_RESIZE)
-        elif strength is not None or resize_mode is not None:
-            raise MemberError("strength and resize_mode only apply with an image", field="image")
+        if image is not None:  # before deferring: a quick refusal
+            check_declared(image.content_type, image.size, settings.uploads)
+            if mask is not None:
+                check_declared(mask.content_type, mask.size, settings.uploads, "mask")
+            upload = PendingUpload(image, strength, resize_mode, mask, inpaint)
         quality_tags = next(value for value in (quality, personal.quality, settings.defaults.quality)
                             if value is not None)
         await queue_job(self.bot, interaction, request, quality=quality_tags, upload=upload,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.buttons import custom_id
+from bot.features.describe import describe_view
+from bot.features.edit import add_edit_buttons
 from bot.features.gallery import forget_job, gallery_button
 from bot.i18n import NP_, MemberError, t, tp
 from bot.jobs import queue_job
@@ -63,7 +65,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button[Any]],
 
 def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.View:
     """Buttons under a result: Re-roll, Details, Delete (and Gallery, a link, when its server has one);
-    Upscale and Vary per posted image; Retry on failure."""
+    Upscale and Vary per posted image; Zoom Out and Pan when one image is posted; Retry on failure."""
     view = discord.ui.View(timeout=None)
     job_id = event.job.id
     locale = event.job.origin.locale if event.job.origin else "en-US"
@@ -71,6 +73,8 @@ def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.V
         if event.error_code in RETRYABLE:
             view.add_item(ResultButton("retry", job_id, locale=locale))
         return view
+    if event.job.kind is JobKind.DESCRIBE:
+        return describe_view(event)
     for action in ("reroll", "details", "delete"):
         view.add_item(ResultButton(action, job_id, row=0, locale=locale))
     if gallery_url:
@@ -79,6 +83,7 @@ def result_view(event: JobEvent, gallery_url: str | None = None) -> discord.ui.V
     for row, action in ((1, "upscale"), (2, "vary")):
         for index in posted[:5]:
             view.add_item(ResultButton(action, job_id, index, row=row, locale=locale))
+    add_edit_buttons(view, event, locale, first_row=3)
     return view
 
 
@@ -103,8 +108,9 @@ def details(job: Job, locale: Any = "en-US") -> str:
                        filename=upload.filename, width=upload.width, height=upload.height, strength=strength,
                        mode=upload.resize_mode.value))
     if job.kind is not JobKind.TXT2IMG and job.source:
-        lines.append(t(locale, "{kind} of image {index} of job `{job}`", kind=tp(locale, "button", ACTIONS[
-            job.kind.value][0]), index=job.source.index + 1, job=job.source.job_id))
+        label = ACTIONS[job.kind.value][0] if job.kind.value in ACTIONS else NP_("button", "Zoom Out / Pan")
+        lines.append(t(locale, "{kind} of image {index} of job `{job}`", kind=tp(locale, "button", label),
+                       index=job.source.index + 1, job=job.source.job_id))
     lines += [t(locale, "Job `{job}`", job=job.id), t(locale, "Reproduce:") + f"\n```\n{command}\n```"]
     return "\n".join(lines)
 
@@ -125,12 +131,15 @@ async def on_result_action(bot: PonyBot, interaction: discord.Interaction[Any], 
         await forget_job(bot, job.id)
         await interaction.response.send_message(t(interaction.locale, "Deleted."), ephemeral=True)
     elif action in ("retry", "reroll"):
-        if job.upload is not None and not await bot.redis.exists(job.upload.key):
+        mask = job.inpaint.mask_key if job.inpaint is not None else None
+        if any([job.upload is not None and not await bot.redis.exists(job.upload.key),
+                mask is not None and not await bot.redis.exists(mask)]):
             raise MemberError("The picture it started from has expired. Use /generate with it again.")
         request = job.request if action == "retry" else job.request.model_copy(update={"seed": None})
         await queue_job(bot, interaction, request, quality=job.quality_tags, kind=job.kind, source=job.source,
                         upload=job.upload, seed=job.seed if action == "retry" else None,
-                        ephemeral=job.interaction is not None and job.interaction.ephemeral)
+                        ephemeral=job.interaction is not None and job.interaction.ephemeral,
+                        inpaint=job.inpaint, margins=job.margins)
     elif action in ("upscale", "vary") and index is not None:
         key = keys.image(job.id, index)
         if not await bot.redis.exists(key):

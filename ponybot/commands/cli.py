@@ -21,7 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from ponybot import __version__
-from ponybot.commands import safety_cli, styles_cli
+from ponybot.commands import pictures_cli, safety_cli, styles_cli
 from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.options import make_request
@@ -35,6 +35,7 @@ from ponybot.queue import (
     job_model,
     last_event_id,
     load_image,
+    record_ttl,
     resolve_redis,
     wait_for_event,
 )
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", help="a model of [models] (default: model.default); with --local also a "
                                           "source for the default model: hub id, diffusers folder, .safetensors "
                                           "file or tiny (default: its source)")
+    pictures_cli.add_arguments(generate)
     generate.add_argument("--out", type=Path, help="output folder, created if missing (default: cli.out_dir, out)")
     generate.add_argument("--local", action="store_true",
                           help="run a worker in this process, with its own private Redis and queue: never "
@@ -192,8 +194,10 @@ def cli_job_id(job: Job, model: str) -> str:
 def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     request, model = request_from_args(args, settings)
     quality = settings.defaults.quality if args.quality is None else args.quality
-    draft = Job.create(request, quality_tags=quality)
-    job = draft.model_copy(update={"id": cli_job_id(draft, model)})
+    fields, pictures = pictures_cli.pictures_from_args(args, settings)
+    draft = Job.create(request, quality_tags=quality, **fields)
+    digest = hashlib.sha256(b"".join(pictures.values())).hexdigest()[:8] if pictures else ""
+    job = pictures_cli.with_keys(draft.model_copy(update={"id": cli_job_id(draft, model) + digest}))
     out_dir = writable_folder(args.out or settings.cli.out_dir, "cli.out_dir (--out)")
     with ExitStack() as stack:
         if args.local:
@@ -205,6 +209,7 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         conn = connect(target)
         after = last_event_id(conn)
         worker = settings.worker
+        pictures_cli.store(conn, job, pictures, record_ttl(worker.result_ttl_s))
         position = enqueue(conn, job, max_queue=settings.limits.max_queue, result_ttl_s=worker.result_ttl_s,
                            max_attempts=worker.max_attempts)
         log.info("job %s queued at position %d (seed %d)", job.id, position, job.seed)

@@ -38,6 +38,9 @@ class ModelEntry(Section):
     source: str
     config_dir: Path | None = None
     name: str | None = None
+    #: an inpainting checkpoint of the same model (a 9-channel UNet: a diffusers folder, a hub id, or
+    #: ``tiny-inpaint``) whose UNet draws inpaint and outpaint jobs; None: the model's own UNet does
+    inpaint_source: str | None = None
     description: str = ""
     clip_skip: Literal[1, 2] | None = None
     negative_prompt: str | None = None
