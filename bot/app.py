@@ -19,6 +19,7 @@ from bot import messages
 from bot.delivery import Delivery
 from bot.features.results import CancelButton, ResultButton
 from bot.i18n import CatalogTranslator, t
+from bot.needs import INTENTS, invite_url
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
 from ponybot.connection import Outage, RedisTarget
@@ -56,12 +57,11 @@ class PonyTree(app_commands.CommandTree["PonyBot"]):
 
 class PonyBot(commands.Bot):
     def __init__(self, settings: Settings, redis_target: RedisTarget | str, **options: Any) -> None:
-        intents = discord.Intents.default()
         if settings.discord.application_id:
             options.setdefault("application_id", settings.discord.application_id)
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=intents,
+            intents=INTENTS,
             tree_cls=PonyTree,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
             help_command=None,
@@ -89,6 +89,8 @@ class PonyBot(commands.Bot):
         self.add_dynamic_items(ResultButton, CancelButton)
         await self.tree.set_translator(CatalogTranslator())
         await self.sync_commands()
+        if self.application_id:
+            log.info("invite link (the permissions this bot uses): %s", invite_url(self.application_id))
         self.delivery.start()
         self.tracker.start()
 
