@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 import discord
 
@@ -61,8 +62,10 @@ def missing(have: discord.Permissions, need: discord.Permissions = PERMISSIONS) 
     return [name for name, value in need if value and not getattr(have, name)]
 
 
-def to_post(thread: bool) -> discord.Permissions:
-    return TO_POST_IN_THREAD if thread else TO_POST
+def lacking_here(interaction: discord.Interaction[Any]) -> list[str]:
+    """What the bot lacks to post a result in the interaction's channel (``app_permissions`` are its own there)."""
+    thread = isinstance(interaction.channel, discord.Thread)
+    return missing(interaction.app_permissions, TO_POST_IN_THREAD if thread else TO_POST)
 
 
 def names(locale: str | discord.Locale | None, permissions: list[str]) -> str:

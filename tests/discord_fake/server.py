@@ -84,9 +84,9 @@ class FakeDiscord(MemberActions, GuildPermissions):
     # -- set-up -----------------------------------------------------------------------------------
     user = staticmethod(user)
 
-    def add_channel(self, name: str, *, nsfw: bool = False, kind: int = 0) -> int:
+    def add_channel(self, name: str, *, nsfw: bool = False) -> int:
         channel_id = snowflake()
-        self.channels[channel_id] = {"id": str(channel_id), "type": kind, "name": name, "position": len(self.channels),
+        self.channels[channel_id] = {"id": str(channel_id), "type": 0, "name": name, "position": len(self.channels),
                                      "nsfw": nsfw, "guild_id": str(self.guild_id), "permission_overwrites": []}
         return channel_id
 
