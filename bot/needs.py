@@ -71,3 +71,22 @@ def lacking_here(interaction: discord.Interaction[Any]) -> list[str]:
 def names(locale: str | discord.Locale | None, permissions: list[str]) -> str:
     """The permissions as Discord's settings call them, in the reader's language, comma-separated."""
     return ", ".join(permission_name(locale, name) for name in permissions)
+
+
+def channel_permissions(guild_id: int, user_id: int, roles: dict[int, int], member_roles: list[int],
+                        overwrites: list[dict[str, Any]]) -> discord.Permissions:
+    """Discord's computation of a member's permissions in a channel, from the REST API's objects: @everyone
+    and the member's roles, then the channel's overwrites for @everyone, the roles, the member."""
+    base = discord.Permissions(roles.get(guild_id, 0))
+    for role in member_roles:
+        base.value |= roles.get(role, 0)
+    if base.administrator:
+        return discord.Permissions.all()
+    for wanted in ({guild_id}, set(member_roles) - {guild_id}, {user_id}):
+        allow = deny = 0
+        for overwrite in overwrites:
+            if int(overwrite["id"]) in wanted:
+                allow |= int(overwrite.get("allow", 0))
+                deny |= int(overwrite.get("deny", 0))
+        base.handle_overwrite(allow, deny)
+    return base if base.view_channel else discord.Permissions.none()

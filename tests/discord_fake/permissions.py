@@ -109,15 +109,17 @@ class GuildPermissions:
 
     # -- routes -----------------------------------------------------------------------------------
     def guild_routes(self) -> list[tuple[tuple[str, str], Callable[..., Any]]]:
-        guild = str(self.guild_id)
         return [
-            (("GET", r"/users/@me/guilds"), lambda *_: ok([{"id": guild, "name": "Ponyville", "icon": None,
-                                                            "owner": False, "permissions": "0", "features": []}])),
+            (("GET", r"/users/@me/guilds"), self._my_guilds),
             (("GET", r"/guilds/(\d+)/channels"), self._guild_channels),
             (("GET", r"/guilds/(\d+)/roles"), self._guild_roles),
             (("GET", r"/guilds/(\d+)/members/(\d+)"), self._guild_member),
             (("POST", r"/users/@me/channels"), self._open_dm),
         ]
+
+    async def _my_guilds(self, *_: Any) -> web.Response:
+        return ok([{"id": str(self.guild_id), "name": "Ponyville", "icon": None, "owner": False, "permissions": "0",
+                    "features": []}])
 
     def everyone_role(self) -> dict[str, Any]:
         return {"id": str(self.guild_id), "name": "@everyone", "permissions": str(self.everyone_permissions),
