@@ -117,3 +117,25 @@ def test_each_problem_is_named_with_its_fix(case: str, doctor: Callable[..., Any
     text = doctor(*(["--min-free-gb", "1e9"] if case == "full disk" else []))  # the change is still in place
     assert text.returncode == 1 and any(line.startswith("[!!]") and " -> " in line
                                         for line in text.stdout.splitlines())
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql", "postgresql-down"])
+def test_gallery_database_check(database: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                settings: Any) -> None:
+    from sqlalchemy import create_engine
+
+    from ponybot.doctor import Options
+    from ponybot.doctor_checks import gallery_database
+
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path}/gallery.db"
+        create_engine(url).connect().close()  # the file ponybot gallery would have made
+    elif database == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    else:
+        url = f"postgresql+psycopg://ponybot@127.0.0.1:{closed_port()}/gallery"
+    gallery = settings.gallery.model_copy(update={"enabled": True, "database_url": url})
+    [found] = gallery_database(settings.model_copy(update={"gallery": gallery}), Options())
+    assert found.ok is (database != "postgresql-down"), found
+    if not found.ok:
+        assert "does not answer" in found.detail and found.fix
