@@ -20,7 +20,7 @@ from types import FrameType
 import redis
 from pydantic import ValidationError
 
-from ponybot import __version__, doctor, invite, safety_cli, styles_cli
+from ponybot import __version__, doctor, init_cli, invite, safety_cli, styles_cli
 from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.options import make_request
@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     safety_cli.add_parser(commands)
     invite.add_parser(commands)
     doctor.add_parser(commands)
+    init_cli.add_parser(commands)
     return parser
 
 
@@ -326,7 +327,7 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
             "status": cmd_status, "gallery": cmd_gallery, "styles": styles_cli.cmd_styles,
             "safety": safety_cli.cmd_safety, "invite": invite.cmd_invite,
-            "doctor": doctor.cmd_doctor}
+            "doctor": doctor.cmd_doctor, "init": init_cli.cmd_init}
 
 
 #: Libraries whose INFO lines describe their own start-up (Alembic lists each plugin it loads).
