@@ -82,11 +82,12 @@ async def check_discord(settings: Settings) -> list[Finding]:
 
 
 def channels_with_policy(settings: Settings, guild_ids: list[int]) -> dict[int, list[int]] | None:
-    """Guild id -> the channels a moderator gave a policy; None when Redis cannot be read."""
+    """Guild id -> the channels a moderator gave a policy (none while no Redis was ever started, as before the
+    first ``ponybot up``); None when the configured Redis cannot be read."""
     try:
         client = resolve_redis(settings).client(socket_timeout=3, socket_connect_timeout=3)
     except RedisUnavailableError:
-        return None
+        return {guild_id: [] for guild_id in guild_ids}
     try:
         return {guild_id: sorted(int(c) for c in client.hkeys(keys.channel_policy(guild_id, 0)))  # type: ignore[union-attr, unused-ignore]
                 for guild_id in guild_ids}

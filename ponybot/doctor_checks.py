@@ -49,8 +49,9 @@ def config(settings: Settings, options: Options) -> list[Finding]:
 def redis_server(settings: Settings, options: Options) -> list[Finding]:
     try:
         target = resolve_redis(settings)
-    except RedisUnavailableError as error:
-        return [finding("redis", False, "no Redis configured or running", str(error).split(": ", 1)[-1])]
+    except RedisUnavailableError:  # nothing configured and no embedded one running yet: `ponybot up` starts it
+        return [finding("redis", True, f"none configured: ponybot up runs an embedded one in "
+                                       f"{settings.redis.embedded_dir} (set redis.url for a shared one)")]
     where = target.describe()
     client = target.client(socket_timeout=3, socket_connect_timeout=3)
     try:
