@@ -57,6 +57,7 @@ def redis_server(settings: Settings, options: Options) -> list[Finding]:
     try:
         info = client.info("server")
         persistence = client.info("persistence")
+        replication = client.info("replication")
     except redis.RedisError as error:
         return [finding("redis", False, f"{where} does not answer ({redis_reason(error)})",
                         "start Redis there, or point redis.url (PONYBOT_REDIS__URL) or redis.sentinels at yours")]
@@ -66,7 +67,8 @@ def redis_server(settings: Settings, options: Options) -> list[Finding]:
               "append-only file off (appendonly yes keeps queued jobs and finished images over a Redis restart)")
     line = f"{where}: Redis {info.get('redis_version', '?')}, {saving}"
     if target.sentinels:
-        line += f", primary {target.master_name!r} found through {len(target.sentinels)} sentinel(s)"
+        line += (f", primary {target.master_name!r} found through {len(target.sentinels)} sentinel(s), "
+                 f"{replication.get('connected_slaves', 0)} replica(s) connected")
     return [finding("redis", True, line)]
 
 

@@ -139,3 +139,22 @@ def test_gallery_database_check(database: str, request: pytest.FixtureRequest, t
     assert found.ok is (database != "postgresql-down"), found
     if not found.ok:
         assert "does not answer" in found.detail and found.fix
+
+
+def test_redis_check_through_sentinels(tmp_path: Path, settings: Any) -> None:
+    from ponybot.doctor import Options
+    from ponybot.doctor_checks import redis_server
+    from tests.test_failover import eventually, sentinel_set
+
+    with sentinel_set(tmp_path) as topology:
+        section = settings.redis.model_copy(update={"sentinels": topology.addresses, "url": None})
+        through = settings.model_copy(update={"redis": section})
+
+        def answered() -> Any:
+            [found] = redis_server(through, Options())
+            return found if found.ok and "1 replica(s)" in found.detail else None
+
+        found = eventually(answered)
+    assert "sentinel(s)" in found.detail and "append-only file on" in found.detail
+    [gone] = redis_server(through, Options())  # the sentinels stopped with the set
+    assert not gone.ok and "does not answer" in gone.detail and gone.fix
