@@ -23,6 +23,7 @@ from bot.features.edit import EditButton
 from bot.features.queue import CancelButton
 from bot.features.results import ResultButton
 from bot.i18n import CatalogTranslator, t
+from bot.needs import INTENTS, invite_url
 from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
 from ponybot.connection import RedisTarget
@@ -62,12 +63,11 @@ class PonyBot(PonyClient):
     tracker: Tracker
 
     def __init__(self, settings: Settings, redis_target: RedisTarget | str, **options: Any) -> None:
-        intents = discord.Intents.default()
         if settings.discord.application_id:
             options.setdefault("application_id", settings.discord.application_id)
         super().__init__(
             command_prefix=commands.when_mentioned,
-            intents=intents,
+            intents=INTENTS,
             tree_cls=PonyTree,
             allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
             help_command=None,
@@ -91,6 +91,8 @@ class PonyBot(PonyClient):
         self.add_dynamic_items(ResultButton, CancelButton, EditButton, DescribeButton)
         await self.tree.set_translator(CatalogTranslator())
         await self.sync_commands()
+        if self.application_id:
+            log.info("invite link (the permissions this bot uses): %s", invite_url(self.application_id))
         self.delivery.start()
         self.tracker.start()
 

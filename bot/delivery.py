@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,10 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError, ResponseError
 
 from bot import messages
+from bot.attachments import file_batches
 from bot.features.gallery import gallery_link, gallery_on, hand_over
 from bot.features.results import result_view
+from bot.undelivered import undelivered
 from ponybot import keys
 from ponybot.connection import REDIS_AWAY
 from ponybot.errors import SchemaVersionError
@@ -179,8 +180,7 @@ class Delivery:
                 return
             await self.send(event, files, groups, skipped, expired, webhook=False, gallery_url=gallery_url)
         except (discord.NotFound, discord.Forbidden) as error:
-            log.error("job=%s cannot be posted in channel %s, dropped: %s", event.job.id,
-                      event.job.origin and event.job.origin.channel_id, error)
+            await undelivered(self.bot, event, files, groups, error)
         except (discord.DiscordServerError, discord.RateLimited, OSError, TimeoutError) as error:
             self.bot.metrics.delivery_errors.inc()
             raise RetryLater(f"job={event.job.id}: {error}") from error
@@ -198,7 +198,7 @@ class Delivery:
             if skipped:
                 content += "\n" + messages.too_large(messages.locale_of(event), len(skipped))
         view = result_view(event, gallery_url) if not expired else discord.ui.View()
-        batches = [[discord.File(io.BytesIO(files[i][1]), filename=files[i][0]) for i in group] for group in groups]
+        batches = file_batches(files, groups)
         first = batches[0] if batches else []
         origin = event.job.origin
         assert origin is not None

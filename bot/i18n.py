@@ -92,6 +92,8 @@ PERMISSIONS = {
     "send_messages": NP_("permission", "Send Messages"),
     "embed_links": NP_("permission", "Embed Links"),
     "attach_files": NP_("permission", "Attach Files"),
+    "view_channel": NP_("permission", "View Channel"),
+    "send_messages_in_threads": NP_("permission", "Send Messages in Threads"),
 }
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import discord
 import redis
 
-from bot import messages
+from bot import messages, needs
 from bot.features.queue import queued_view
 from bot.i18n import t, t_reason
 from bot.uploads import PendingUpload, store_upload
@@ -171,4 +171,20 @@ async def queue_job(
     await interaction.edit_original_response(content=content,
                                              view=queued_view(job.id, origin.locale))
     bot.tracker.track(job)
+    if not ephemeral:
+        await warn_cannot_post(interaction, origin.locale)
     return job
+
+
+async def warn_cannot_post(interaction: discord.Interaction[Any], locale: str) -> None:
+    """Tell the member at once when the bot could not post the result in this channel after the token ends
+    (the interaction's ``app_permissions`` are the bot's permissions there)."""
+    lacking = needs.lacking_here(interaction)
+    if not lacking:
+        return
+    log.info("channel %s: the bot lacks %s", interaction.channel_id, ", ".join(lacking))
+    try:
+        await interaction.followup.send(messages.cannot_post_later(locale, needs.names(locale, lacking)),
+                                        ephemeral=True)
+    except discord.HTTPException as failure:
+        log.warning("could not warn the member about missing permissions: %s", failure)

@@ -127,3 +127,30 @@ def attempts_note(locale: str, attempts: int) -> str:
 def too_large(locale: str, skipped: int) -> str:
     return t(locale, "{count} image(s) were larger than this server's upload limit and were not posted.",
              count=skipped)
+
+
+def cannot_post_later(locale: str, permissions: str) -> str:
+    """At /generate: the bot could not post the result here once the member's 15 minutes are over."""
+    return t(locale, "Heads-up: I lack the {permissions} permission in this channel, so if your images take longer "
+             "than 15 minutes I cannot post them here. A moderator can grant it in the channel's settings "
+             "(Permissions). Your job still runs; if it comes to that, I send the images to you by direct "
+             "message.", permissions=permissions)
+
+
+def undelivered_dm(event: JobEvent, channel_id: int) -> str:
+    """The DM a member gets when their result could not be posted in the channel."""
+    return t(locale_of(event), "I could not post your images in <#{channel}>: I lack a permission there (a "
+             "moderator can grant it). Here they are.", channel=channel_id)
+
+
+def undelivered_count(locale: str, channel_id: int, count: int) -> str:
+    return t(locale, "<#{channel}>: {count} result(s) could not be posted in the last 7 days (the bot lacks a "
+             "permission there: see /policy show).", channel=channel_id, count=count)
+
+
+def missing_in_channel(locale: str, permissions: str) -> str:
+    """/policy show: what the bot lacks in this channel."""
+    if not permissions:
+        return t(locale, "The bot has every permission it needs here.")
+    return t(locale, "The bot lacks in this channel: {permissions}. A moderator can grant it in the channel's "
+             "settings (Permissions).", permissions=permissions)

@@ -162,3 +162,12 @@ def member_defaults(guild_id: int | None, user_id: int) -> str:
 def worker_safety(worker: str) -> str:
     """A worker's image check as it loaded it (JSON: classifiers loaded, those missing and why)."""
     return f"{PREFIX}:worker-safety:{worker}"
+
+
+def undelivered(guild_id: int | None) -> str:
+    """Hash of channel id -> results the bot could not post there (it lacks a permission); the hash expires
+    :data:`UNDELIVERED_TTL_S` after its latest count."""
+    return f"{PREFIX}:undelivered:{guild_id or 0}"
+
+
+UNDELIVERED_TTL_S = 7 * 24 * 3600

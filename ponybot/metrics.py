@@ -66,6 +66,9 @@ class BotMetrics:
                                   registry=registry)
         self.delivery_errors = Counter("ponybot_delivery_errors_total", "Posts Discord refused or failed",
                                        registry=registry)
+        self.undelivered = Counter("ponybot_undelivered_total",
+                                   "Results the bot could not post in their channel (it lacks a permission there)",
+                                   ["guild", "channel"], registry=registry)
 
 
 def serve(port: int, conn: redis.Redis, models: list[str] | None = None) -> CollectorRegistry:

@@ -16,9 +16,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import needs
 from bot.features.generate import SizeTransformer
 from bot.i18n import N_, t, t_reason
 from bot.jobs import origin_of
+from bot.messages import missing_in_channel
 from ponybot.errors import InvalidRequestError
 from ponybot.options import make_request
 from ponybot.policy import AuditEntry, EffectivePolicy, FlaggedAction, Mode, PolicyRules, Strictness, apply, resolve
@@ -217,9 +219,11 @@ class Policy(commands.GroupCog, group_name="policy", group_description="Channel 
     @app_commands.guild_only()
     async def show(self, interaction: discord.Interaction[PonyBot]) -> None:
         policy = await self.effective(interaction)
+        lacking = needs.lacking_here(interaction)
         await self.answer(interaction, t(interaction.locale, "Policy in #{channel}",
                                          channel=getattr(interaction.channel, "name", "?")),
-                          describe(policy, self.bot.settings.policy, interaction.locale))
+                          describe(policy, self.bot.settings.policy, interaction.locale) + "\n" +
+                          missing_in_channel(str(interaction.locale), needs.names(interaction.locale, lacking)))
 
     @app_commands.command(name="set", description="Change this channel's rules (Manage Channels)")
     @app_commands.describe(**RULE_OPTIONS, gallery="off: keep images made here out of the gallery")

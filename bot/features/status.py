@@ -11,7 +11,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.i18n import t
+from bot.jobs import read_redis
+from bot.messages import undelivered_count
 from ponybot.status import collect_status, describe_status
+from ponybot.undelivered import undelivered_counts
 
 if TYPE_CHECKING:
     from bot.client import PonyClient as PonyBot
@@ -25,6 +28,10 @@ class Status(commands.Cog):
     async def status(self, interaction: discord.Interaction[PonyBot]) -> None:
         status = await asyncio.to_thread(collect_status, self.bot.sync_redis, list(self.bot.settings.models))
         text = describe_status(status, functools.partial(t, interaction.locale))
+        if interaction.guild_id is not None:
+            counts = await read_redis(undelivered_counts, self.bot.sync_redis, interaction.guild_id)
+            lines = [undelivered_count(str(interaction.locale), channel, count) for channel, count in counts.items()]
+            text = "\n".join([text, *lines])
         embed = discord.Embed(title=t(interaction.locale, "ponybot status"), description=text, colour=0xE39BD9)
         await interaction.response.send_message(embed=embed, ephemeral=True)
 

@@ -21,7 +21,7 @@ import redis
 from pydantic import ValidationError
 
 from ponybot import __version__
-from ponybot.commands import pictures_cli, safety_cli, styles_cli
+from ponybot.commands import doctor, init_cli, invite, pictures_cli, safety_cli, styles_cli
 from ponybot.connection import RedisTarget
 from ponybot.errors import ConfigError, InvalidRequestError, ModelLoadError, NoWorkerError, PonybotError
 from ponybot.options import make_request
@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an SFW channel's strictness: strict refuses the term lists' strict entries too")
     styles_cli.add_parser(commands)
     safety_cli.add_parser(commands)
+    invite.add_parser(commands)
+    doctor.add_parser(commands)
+    init_cli.add_parser(commands)
     return parser
 
 
@@ -335,7 +338,8 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 COMMANDS = {"generate": cmd_generate, "worker": cmd_worker, "bot": cmd_bot, "policy": cmd_policy, "up": cmd_up,
             "status": cmd_status, "gallery": cmd_gallery, "styles": styles_cli.cmd_styles,
-            "safety": safety_cli.cmd_safety}
+            "safety": safety_cli.cmd_safety, "invite": invite.cmd_invite,
+            "doctor": doctor.cmd_doctor, "init": init_cli.cmd_init}
 
 
 #: Libraries whose INFO lines describe their own start-up (Alembic lists each plugin it loads).

@@ -29,7 +29,7 @@ class MemberActions:
             "channel_id": str(channel_id), "channel": self.channels[channel_id],
             "member": {"user": user, "roles": [], "flags": 0, "permissions": str(permissions), "joined_at": iso(),
                        "deaf": False, "mute": False},
-            "app_permissions": str(MEMBER_PERMISSIONS), "locale": locale, "guild_locale": "en-US",
+            "app_permissions": str(self.bot_permissions(channel_id)), "locale": locale, "guild_locale": "en-US",
             "entitlements": [], "context": 0, "authorizing_integration_owners": {"0": str(self.guild_id)},
             "data": data,
         }

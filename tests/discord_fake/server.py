@@ -35,6 +35,9 @@ from tests.discord_fake.model import (
     user,
 )
 from tests.discord_fake.openapi import OpenAPIValidator
+from tests.discord_fake.permissions import GuildPermissions
+from tests.discord_fake.permissions import error as _error
+from tests.discord_fake.permissions import ok as _json
 
 #: Importable from here too, as tests always have.
 __all__ = ["MANAGE_CHANNELS", "MANAGE_GUILD", "MEMBER", "MEMBER_PERMISSIONS", "MODERATOR", "OTHER_MEMBER",
@@ -54,7 +57,7 @@ class Request:
     at: float = field(default_factory=time.monotonic)
 
 
-class FakeDiscord(MemberActions):
+class FakeDiscord(MemberActions, GuildPermissions):
     def __init__(self, *, attachment_limit: int = 10 * 1024 * 1024) -> None:
         self.validator = OpenAPIValidator()
         self.app_id = snowflake()
@@ -75,6 +78,7 @@ class FakeDiscord(MemberActions):
         self.changed = asyncio.Event()
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self._init_permissions()
         self.add_channel("general")
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -149,11 +153,13 @@ class FakeDiscord(MemberActions):
     def guild_payload(self) -> dict[str, Any]:
         everyone = {"id": str(self.guild_id), "name": "@everyone", "permissions": str(MEMBER_PERMISSIONS),
                     "position": 0, "color": 0, "hoist": False, "managed": False, "mentionable": False, "flags": 0}
+        # the bot's own permissions come from its role (and channel overwrites), not from the members' @everyone
         return {
-            "id": str(self.guild_id), "name": "Ponyville", "icon": None, "owner_id": "1", "roles": [everyone],
+            "id": str(self.guild_id), "name": "Ponyville", "icon": None, "owner_id": "1",
+            "roles": [everyone, *self.bot_roles()],
             "emojis": [], "stickers": [], "features": [], "channels": list(self.channels.values()),
-            "members": [{"user": self.bot_user, "roles": [], "flags": 0, "joined_at": iso(), "deaf": False,
-                         "mute": False}],
+            "members": [{"user": self.bot_user, "roles": [str(self.bot_role_id)], "flags": 0, "joined_at": iso(),
+                         "deaf": False, "mute": False}],
             "member_count": 2, "large": False, "threads": [], "voice_states": [], "presences": [],
             "stage_instances": [], "guild_scheduled_events": [], "premium_tier": 0, "preferred_locale": "en-US",
             "nsfw_level": 0, "mfa_level": 0, "verification_level": 0, "explicit_content_filter": 0,
@@ -176,6 +182,9 @@ class FakeDiscord(MemberActions):
             if problem := self.validator.validate(request.method, path, body, content_type):
                 self.rejected.append(problem)
                 return _error(400, 50035, f"Invalid Form Body: {problem}")
+        if refusal := self.unauthorized(request) or self.forbidden(request.method, path, body, files):
+            self.requests[-1].status = refusal.status
+            return refusal
         for limit in self.rate_limits:
             if limit[0] == request.method and re.search(limit[1], path) and limit[2] > 0:
                 limit[2] -= 1
@@ -215,6 +224,7 @@ class FakeDiscord(MemberActions):
             (("POST", r"/channels/(\d+)/messages"), self._channel_message),
             (("PATCH", r"/channels/\d+/messages/(\d+)"), self._edit_message),
             (("DELETE", r"/channels/\d+/messages/(\d+)"), self._delete_message),
+            *self.guild_routes(),
         ]
 
     async def _body(self, request: web.Request) -> tuple[Any, list[tuple[str, bytes]]]:
@@ -311,8 +321,10 @@ class FakeDiscord(MemberActions):
 
     async def _channel_message(self, request: web.Request, body: dict[str, Any], files: list[tuple[str, bytes]],
                                channel_id: str) -> web.Response:
-        if int(channel_id) not in self.channels:
+        if int(channel_id) not in self.channels and int(channel_id) not in self.dms:
             return _error(404, 10003, "Unknown Channel")
+        if refused := self.dm_refused(int(channel_id)):
+            return refused
         return _json(self.public(self._store(int(channel_id), body, files)))
 
     async def _edit_message(self, request: web.Request, body: dict[str, Any], files: list[tuple[str, bytes]],
@@ -396,16 +408,3 @@ class FakeDiscord(MemberActions):
                 await asyncio.wait_for(self.changed.wait(), min(remaining, 0.25))
             except TimeoutError:
                 pass
-
-
-
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    # exactly "application/json": discord.py breaks on "; charset=utf-8"
-    return web.Response(body=json.dumps(data).encode(), status=status,
-                        headers={"Content-Type": "application/json", **(headers or {})})
-
-
-def _error(status: int, code: int, message: str) -> web.Response:
-    return _json({"code": code, "message": message}, status)

@@ -22,6 +22,7 @@ ROUTES = {
     "/channels/{channel_id}/messages/{message_id}": ["patch", "delete"],
     "/applications/{application_id}/commands": ["put"],
     "/applications/{application_id}/guilds/{guild_id}/commands": ["put"],
+    "/users/@me/channels": ["post"],
 }
 
 
