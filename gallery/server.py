@@ -104,7 +104,7 @@ def run_gallery(settings: Settings, redis_target: RedisTarget | str) -> None:
     log.info("gallery on http://%s:%d (public address %s)", settings.gallery.host, settings.gallery.port,
              settings.gallery.public_url)
     server = _Server(uvicorn.Config(app, host=settings.gallery.host, port=settings.gallery.port, log_level="warning",
-                                    proxy_headers=True))
+                                    proxy_headers=False))  # X-Forwarded-For: gallery.proxies, trusted_proxies
     try:
         server.run()
     finally:

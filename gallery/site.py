@@ -33,9 +33,20 @@ from gallery.cache import PageCache
 from gallery.db import images, users
 from gallery.limits import RateLimiter
 from gallery.params import parse_filters, path_id, path_text
-from gallery.queries import BadInput, Order, Viewer, first_of_job, get_image, is_moderator, list_images
-from gallery.security import HEADERS, SecurityHeaders
+from gallery.queries import (
+    BadInput,
+    Order,
+    Viewer,
+    first_of_job,
+    get_image,
+    is_moderator,
+    list_images,
+    visible,
+)
+from gallery.proxies import ClientAddress, TrustedProxies
+from gallery.security import HEADERS, PRIVATE, SecurityHeaders, SlashRedirect
 from gallery.store import ImageStore, file_names
+from ponybot.errors import SearchTooSlow
 from ponybot.settings import GallerySettings
 
 log = logging.getLogger(__name__)
@@ -107,7 +118,7 @@ async def image_list(request: Request, order: Order, title: str | Callable[[Conn
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
             page = list_images(db, viewer, order, filters, cursor, gallery.settings.page_size,
-                               gallery.settings.max_search_chars)
+                               gallery.settings.max_search_chars, gallery.settings.search_timeout_s)
             return page, title if isinstance(title, str) else title(db)
 
     page, heading = await run_in_threadpool(load)
@@ -130,6 +141,10 @@ async def member(request: Request) -> Response:
     user_id = path_id(request, "user_id", users.c.id, "No such member.")
 
     def title(db: Connection) -> str:
+        # an account with no public image is not shown to exist (its id, its name): the 404 of an unknown id
+        made_public = select(images.c.id).where(images.c.user_id == user_id, visible(Viewer())).limit(1)
+        if db.scalar(made_public) is None:
+            raise HTTPException(404, "No such member.")
         name = db.scalar(select(users.c.name).where(users.c.id == user_id))
         return f"Images by {name or f'member {user_id}'}"
 
@@ -181,18 +196,21 @@ async def image_file(request: Request) -> Response:
     if kind not in ("png", "webp"):
         raise HTTPException(404, "No such file.")
 
-    def load() -> bytes | None:
+    def load() -> tuple[bytes, bool] | None:
         with gallery.engine.connect() as db:
             row = get_image(db, viewer_of(request), image_id)
         if row is None:
             return None
         png, thumb = file_names(row.job_id, row.idx)
-        return gallery.store.get(png if kind == "png" else thumb)
+        return gallery.store.get(png if kind == "png" else thumb), bool(row.public)
 
-    data = await run_in_threadpool(load)
-    if data is None:
+    found = await run_in_threadpool(load)
+    if found is None:
         raise HTTPException(404, NO_IMAGE)
-    return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "private, max-age=3600"})
+    data, public = found
+    # anyone may see a public SFW file: any cache may keep it; any other (NSFW, flagged) stays on no disk
+    caching = "public, max-age=3600" if public else PRIVATE
+    return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": caching})
 
 
 async def health(request: Request) -> Response:
@@ -201,6 +219,10 @@ async def health(request: Request) -> Response:
 
 async def on_bad_input(request: Request, error: Exception) -> Response:
     return render(request, "error.html", status=400, status_code=400, message=str(error))
+
+
+async def on_slow_search(request: Request, error: Exception) -> Response:
+    return render(request, "error.html", status=503, status_code=503, message=str(error))
 
 
 async def on_http_error(request: Request, error: Exception) -> Response:
@@ -224,16 +246,19 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    # outermost first: every answer gets the security headers; a body too large is refused before its cookie
-    # is even read
-    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
+    # outermost first: every answer gets the security headers; the client's address is read past trusted proxies
+    # before any limit counts it; a body too large is refused before its cookie is even read
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(ClientAddress, proxies=TrustedProxies(gallery.settings.trusted_proxies)),
+                  Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
     if session_secret is not None:
         secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
         middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
                                   max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
                        Middleware(SessionCheck, engine=gallery.engine)]
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
-                                                                  Exception: on_unexpected})
+                    exception_handlers={BadInput: on_bad_input, SearchTooSlow: on_slow_search,
+                                        HTTPException: on_http_error, Exception: on_unexpected})
+    app.router.default = SlashRedirect(app.router, gallery.settings.public_url)
     app.state.gallery = gallery
     return app
