@@ -5,6 +5,7 @@ concurrent first sign-ins (issue 28)."""
 from __future__ import annotations
 
 import re
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,21 @@ import httpx
 import pytest
 import redis
 import sqlalchemy
+import uvicorn
 from sqlalchemy import func, select
 from starlette.routing import Mount, Route
 from starlette.testclient import TestClient
 
 from gallery.db import images, memberships, users
 from gallery.proxies import TrustedProxies, limit_key
-from gallery.server import build_app, ingest_for
+from gallery.server import build_app, ingest_for, server_config
+from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import gallery_settings, hand_over, sign_in
 from tests.test_gallery_attack import GUILD, add_image, app, database_url  # noqa: F401 (fixtures)
 
 PROXY = "10.0.0.5"
+SIMULTANEOUS = 8  #: under the 10 sign-ins a minute one address gets
 
 
 @pytest.mark.parametrize("peer, forwarded, client", [
@@ -84,6 +88,34 @@ def test_all_sign_ins_together_have_a_limit_no_one_client_reaches(proxied: Any) 
     for visitor in ("203.0.113.1", "203.0.113.2"):
         assert [login_status(proxied, PROXY, visitor) for _ in range(5)] == [303] * 3 + [429] * 2
     assert [login_status(proxied, PROXY, "203.0.113.3") for _ in range(2)] == [303, 429]
+
+
+@pytest.mark.parametrize("trusted, forwarded, statuses", [
+    ([], "203.0.113.{n}", [303] * 3 + [429] * 2),  # a forged header from loopback changes nothing
+    (["127.0.0.1"], "203.0.113.{n}", [303] * 5),  # a trusted local proxy: five visitors, one attempt each
+    (["127.0.0.1"], "198.51.100.{n}, 203.0.113.7", [303] * 3 + [429] * 2),  # one visitor forging the rest
+])
+def test_the_served_site_reads_the_client_as_configured(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake,
+                                                       trusted: list[str], forwarded: str,
+                                                       statuses: list[int]) -> None:
+    """Through the uvicorn configuration ``ponybot gallery`` runs, on loopback."""
+    app = build_app(gallery_settings(tmp_path, oauth=oauth_fake, trusted_proxies=trusted, logins_per_minute=3),
+                    conn=conn)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, what="uvicorn started")
+    try:
+        seen = [httpx.get(f"http://127.0.0.1:{port}/login", headers={"X-Forwarded-For": forwarded.format(n=n)},
+                          timeout=60).status_code for n in range(5)]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        app.state.gallery.engine.dispose()
+    assert seen == statuses
 
 
 def route_paths(app: Any, values: dict[str, Any]) -> list[tuple[str, str]]:
@@ -194,7 +226,7 @@ def test_a_search_past_its_time_limit_is_a_clear_page(tmp_path: Path, conn: redi
 
 def test_simultaneous_first_sign_ins_of_one_member_all_succeed(app: Any, oauth_fake: OAuthFake) -> None:
     clients, callbacks = [], []
-    for _ in range(6):
+    for _ in range(SIMULTANEOUS):
         client = TestClient(app)
         oauth_fake.sign_in_as(1800, "twin", {GUILD: True, 2: False})
         login = client.get("/login", follow_redirects=False)
@@ -212,7 +244,7 @@ def test_simultaneous_first_sign_ins_of_one_member_all_succeed(app: Any, oauth_f
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert [answer.status_code for answer in results] == [303] * 6, [answer.text for answer in results]
+    assert [answer.status_code for answer in results] == [303] * SIMULTANEOUS, [answer.text for answer in results]
     assert not any(re.search(r"SQL|INSERT|UniqueViolation|IntegrityError", answer.text) for answer in results)
     with app.state.gallery.engine.connect() as db:
         assert db.scalar(select(func.count()).select_from(users).where(users.c.id == 1800)) == 1
