@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import ROOT, machine, table  # type: ignore[import-not-found]
+from common import ROOT, free_port, machine, table, wait_for_port  # type: ignore[import-not-found]
 
 # bench/gallery.py is named like the gallery package: look for packages in the repository first
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -148,21 +148,11 @@ def run_mode(mode: str, size: int, clients: int) -> list[object]:
     with tempfile.TemporaryDirectory(prefix="gallery-flood-") as folder:
         temp = Path(folder, "tmp")
         temp.mkdir()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(temp), "PONYBOT_LOG__LEVEL": "WARNING"}
         server = subprocess.Popen([sys.executable, __file__, "--serve", mode, folder, str(port)], env=env)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or server.poll() is not None:
-                        raise SystemExit("the gallery server did not start") from None
-                    time.sleep(0.2)
+            wait_for_port(port, server, "the gallery server")
             start_rss = proc_kib(server.pid, "VmRSS")
             free_before = shutil.disk_usage(temp).free
             lowest = [free_before]

@@ -36,7 +36,6 @@ from sqlalchemy import (
     true,
     tuple_,
 )
-
 from sqlalchemy.exc import OperationalError
 
 from gallery.db import guilds, images, memberships

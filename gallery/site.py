@@ -33,6 +33,7 @@ from gallery.cache import PageCache
 from gallery.db import images, users
 from gallery.limits import RateLimiter
 from gallery.params import parse_filters, path_id, path_text
+from gallery.proxies import ClientAddress, TrustedProxies
 from gallery.queries import (
     BadInput,
     Order,
@@ -43,7 +44,6 @@ from gallery.queries import (
     list_images,
     visible,
 )
-from gallery.proxies import ClientAddress, TrustedProxies
 from gallery.security import HEADERS, PRIVATE, SecurityHeaders, SlashRedirect
 from gallery.store import ImageStore, file_names
 from ponybot.errors import SearchTooSlow
@@ -202,7 +202,8 @@ async def image_file(request: Request) -> Response:
         if row is None:
             return None
         png, thumb = file_names(row.job_id, row.idx)
-        return gallery.store.get(png if kind == "png" else thumb), bool(row.public)
+        data = gallery.store.get(png if kind == "png" else thumb)
+        return None if data is None else (data, bool(row.public))
 
     found = await run_in_threadpool(load)
     if found is None:

@@ -25,7 +25,9 @@ from gallery.server import build_app, ingest_for, server_config
 from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import gallery_settings, hand_over, sign_in
-from tests.test_gallery_attack import GUILD, add_image, app, database_url  # noqa: F401 (fixtures)
+from tests.test_gallery_attack import GUILD
+from tests.test_gallery_attack import app as app  # the fixtures: a site on SQLite and on PostgreSQL
+from tests.test_gallery_attack import database_url as database_url
 
 PROXY = "10.0.0.5"
 SIMULTANEOUS = 8  #: under the 10 sign-ins a minute one address gets
@@ -54,8 +56,8 @@ def test_limits_count_an_ipv6_client_by_its_64(host: str, key: str) -> None:
     assert limit_key(host) == key
 
 
-def login_status(app: Any, peer: str, forwarded: str | None = None) -> int:
-    client = TestClient(app, client=(peer, 40000))
+def login_status(site: Any, peer: str, forwarded: str | None = None) -> int:
+    client = TestClient(site, client=(peer, 40000))
     headers = {"X-Forwarded-For": forwarded} if forwarded else {}
     return client.get("/login", headers=headers, follow_redirects=False).status_code
 
@@ -99,12 +101,12 @@ def test_the_served_site_reads_the_client_as_configured(tmp_path: Path, conn: re
                                                        trusted: list[str], forwarded: str,
                                                        statuses: list[int]) -> None:
     """Through the uvicorn configuration ``ponybot gallery`` runs, on loopback."""
-    app = build_app(gallery_settings(tmp_path, oauth=oauth_fake, trusted_proxies=trusted, logins_per_minute=3),
-                    conn=conn)
+    site = build_app(gallery_settings(tmp_path, oauth=oauth_fake, trusted_proxies=trusted, logins_per_minute=3),
+                     conn=conn)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
+    server = uvicorn.Server(server_config(site, "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, what="uvicorn started")
@@ -114,14 +116,14 @@ def test_the_served_site_reads_the_client_as_configured(tmp_path: Path, conn: re
     finally:
         server.should_exit = True
         thread.join(timeout=60)
-        app.state.gallery.engine.dispose()
+        site.state.gallery.engine.dispose()
     assert seen == statuses
 
 
-def route_paths(app: Any, values: dict[str, Any]) -> list[tuple[str, str]]:
+def route_paths(site: Any, values: dict[str, Any]) -> list[tuple[str, str]]:
     """(method, concrete path) for every route of the site: a new route is walked without editing this test."""
     walked = []
-    for route in app.routes:
+    for route in site.routes:
         if isinstance(route, Mount):
             walked.append(("GET", route.path + "/site.css"))
             continue
@@ -191,22 +193,22 @@ def test_a_member_page_shows_only_accounts_with_a_public_image(app: Any, conn: r
 @pytest.mark.parametrize("path, target", [("/top/", "/top"), ("/u/100/?q=pony", "/u/100?q=pony"),
                                           ("/i/5/like/", "/i/5/like")])
 def test_redirects_never_come_from_the_host_header(tmp_path: Path, path: str, target: str) -> None:
-    app = build_app(gallery_settings(tmp_path, public_url="https://gallery.example"))
-    answer = TestClient(app, base_url="http://evil.example").get(path, follow_redirects=False)
+    site = build_app(gallery_settings(tmp_path, public_url="https://gallery.example"))
+    answer = TestClient(site, base_url="http://evil.example").get(path, follow_redirects=False)
     assert answer.status_code == 307 and answer.headers["location"] == "https://gallery.example" + target
-    app.state.gallery.engine.dispose()
+    site.state.gallery.engine.dispose()
 
 
 def test_a_search_past_its_time_limit_is_a_clear_page(tmp_path: Path, conn: redis.Redis, database_url: str) -> None:
     """SQLite: a limit no query meets (1 ns; the clock is read every 100 steps). PostgreSQL: a search held by
     a lock it cannot get, so it would never end without its limit."""
     postgres = database_url.startswith("postgresql")
-    app = build_app(gallery_settings(tmp_path, database_url=database_url,
-                                     search_timeout_s=0.5 if postgres else 1e-9), conn=conn)
+    site = build_app(gallery_settings(tmp_path, database_url=database_url,
+                                      search_timeout_s=0.5 if postgres else 1e-9), conn=conn)
     for n in range(12):
         hand_over(conn, f"sleepy pony number {n}", guild=GUILD)
-    ingest_for(app.state.gallery, conn).drain()
-    client = TestClient(app)
+    ingest_for(site.state.gallery, conn).drain()
+    client = TestClient(site)
     holder = sqlalchemy.create_engine(database_url)
     with holder.connect() as lock:
         if postgres:
@@ -221,7 +223,7 @@ def test_a_search_past_its_time_limit_is_a_clear_page(tmp_path: Path, conn: redi
     assert result[0].status_code == 503 and "This search took too long" in result[0].text
     assert client.get("/").status_code == 200  # other pages, and the connection it used, are fine
     holder.dispose()
-    app.state.gallery.engine.dispose()
+    site.state.gallery.engine.dispose()
 
 
 def test_simultaneous_first_sign_ins_of_one_member_all_succeed(app: Any, oauth_fake: OAuthFake) -> None:
