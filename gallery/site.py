@@ -235,7 +235,7 @@ async def on_http_error(request: Request, error: Exception) -> Response:
 async def on_unexpected(request: Request, error: Exception) -> Response:
     """The last resort: a plain 500, no exception text for the visitor (the log has the traceback)."""
     return PlainTextResponse("500: something went wrong on our side. Try again later.", status_code=500,
-                             headers=HEADERS)
+                             headers={**HEADERS, "Cache-Control": PRIVATE})  # outside SecurityHeaders
 
 
 def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:

@@ -22,6 +22,7 @@ from starlette.testclient import TestClient
 from gallery.db import images, memberships, users
 from gallery.proxies import TrustedProxies, limit_key
 from gallery.server import build_app, ingest_for, server_config
+from ponybot.errors import ConfigError
 from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import gallery_settings, hand_over, sign_in
@@ -54,6 +55,12 @@ def test_the_client_is_read_right_to_left_past_trusted_proxies(peer: str, forwar
                                                                                         "203.0.113.7")])
 def test_limits_count_an_ipv6_client_by_its_64(host: str, key: str) -> None:
     assert limit_key(host) == key
+
+
+@pytest.mark.parametrize("entry", ["nope", "10.0.0.0/33", "2001:db8::/129", ""])
+def test_a_trusted_proxy_that_is_no_address_stops_the_start(tmp_path: Path, entry: str) -> None:
+    with pytest.raises(ConfigError, match=r"gallery\.trusted_proxies: .* is not an IP address or CIDR network"):
+        gallery_settings(tmp_path, trusted_proxies=["10.0.0.0/8", entry])
 
 
 def login_status(site: Any, peer: str, forwarded: str | None = None) -> int:
