@@ -8,7 +8,7 @@ goes through :func:`gallery.queries.visible`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,12 +218,13 @@ async def health(request: Request) -> Response:
     return Response("ok", media_type="text/plain")
 
 
-async def on_bad_input(request: Request, error: Exception) -> Response:
-    return render(request, "error.html", status=400, status_code=400, message=str(error))
+def refusal(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """An exception handler answering the error page with ``status`` and the exception's own message."""
 
+    async def answer(request: Request, error: Exception) -> Response:
+        return render(request, "error.html", status=status, status_code=status, message=str(error))
 
-async def on_slow_search(request: Request, error: Exception) -> Response:
-    return render(request, "error.html", status=503, status_code=503, message=str(error))
+    return answer
 
 
 async def on_http_error(request: Request, error: Exception) -> Response:
@@ -258,7 +259,7 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
                                   max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
                        Middleware(SessionCheck, engine=gallery.engine)]
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={BadInput: on_bad_input, SearchTooSlow: on_slow_search,
+                    exception_handlers={BadInput: refusal(400), SearchTooSlow: refusal(503),
                                         HTTPException: on_http_error, Exception: on_unexpected})
     app.router.default = SlashRedirect(app.router, gallery.settings.public_url)
     app.state.gallery = gallery
