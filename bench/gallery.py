@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from common import ROOT, machine, percentile, table  # type: ignore[import-not-found]
+from common import ROOT, free_port, machine, percentile, table, wait_for_port  # type: ignore[import-not-found]
 
 # this file is named like the gallery package: look for packages in the repository first
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -159,23 +158,12 @@ def main() -> None:
 
 def measure(url: str, rows: int, store: str, cache_s: float, requests: int) -> dict[int, dict[str, list[float]]]:
     """Start ``ponybot gallery``'s app in its own process with this cache setting and load it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PONYBOT_LOG__LEVEL": "WARNING"}
     server = subprocess.Popen([sys.executable, __file__, "--serve", url, str(port), store, str(cache_s)], env=env)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise SystemExit("the gallery server did not start") from None
-                time.sleep(0.2)
+        wait_for_port(port, server, "the gallery server")
         return {clients: asyncio.run(load(base, rows, clients, requests)) for clients in CLIENTS}
     finally:
         server.terminate()

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from gallery.auth import checked_form, end_sessions, remember_member, session_epoch, signed_in
 from gallery.db import images, likes, memberships, reports, users
 from gallery.params import bounded_text, path_id
+from gallery.proxies import limit_key
 from gallery.queries import Viewer, get_image, is_moderator
 from gallery.site import NO_IMAGE, gallery_of, render, viewer_of
 from gallery.store import file_names
@@ -152,8 +153,10 @@ async def login(request: Request) -> Response:
     gallery = gallery_of(request)
     if gallery.oauth is None:
         raise HTTPException(404, "This gallery is public-only: signing in is not offered.")
-    address = request.client.host if request.client else "?"
+    # one client's attempts (its address past trusted proxies) first: refused ones do not spend everyone's
+    address = limit_key(request.client.host) if request.client else "?"
     await gallery.limiter.check(f"login:{address}", gallery.settings.logins_per_minute, MINUTE, "sign-in attempts")
+    await gallery.limiter.check("login-all", gallery.settings.logins_per_minute_all, MINUTE, "sign-in attempts")
     state = secrets.token_urlsafe(24)
     request.session["oauth_state"] = state
     return RedirectResponse(gallery.oauth.authorize_url(state), status_code=303)

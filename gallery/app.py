@@ -6,6 +6,7 @@ The routes stand in one direction: this module imports both; the forms reuse the
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
@@ -20,13 +21,20 @@ from starlette.staticfiles import StaticFiles
 from gallery.actions import ROUTES as ACTION_ROUTES
 from gallery.auth import SessionCheck
 from gallery.bodies import BodyLimit
+from gallery.proxies import ClientAddress, TrustedProxies
 from gallery.queries import BadInput
-from gallery.security import HEADERS, SecurityHeaders
+from gallery.security import HEADERS, PRIVATE, SecurityHeaders, SlashRedirect
 from gallery.site import PAGE_ROUTES, STATIC, Gallery, render
+from ponybot.errors import SearchTooSlow
 
 
-async def on_bad_input(request: Request, error: Exception) -> Response:
-    return render(request, "error.html", status=400, status_code=400, message=str(error))
+def refusal(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """An exception handler answering the error page with ``status`` and the exception's own message."""
+
+    async def answer(request: Request, error: Exception) -> Response:
+        return render(request, "error.html", status=status, status_code=status, message=str(error))
+
+    return answer
 
 
 async def on_http_error(request: Request, error: Exception) -> Response:
@@ -38,21 +46,24 @@ async def on_http_error(request: Request, error: Exception) -> Response:
 async def on_unexpected(request: Request, error: Exception) -> Response:
     """The last resort: a plain 500, no exception text for the visitor (the log has the traceback)."""
     return PlainTextResponse("500: something went wrong on our side. Try again later.", status_code=500,
-                             headers=HEADERS)
+                             headers={**HEADERS, "Cache-Control": PRIVATE})  # outside SecurityHeaders
 
 
 def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
     routes = [*PAGE_ROUTES, *ACTION_ROUTES, Mount("/static", StaticFiles(directory=STATIC), name="static")]
-    # outermost first: every answer gets the security headers; a body too large is refused before its cookie
-    # is even read
-    middleware = [Middleware(SecurityHeaders), Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
+    # outermost first: every answer gets the security headers; the client's address is read past trusted proxies
+    # before any limit counts it; a body too large is refused before its cookie is even read
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(ClientAddress, proxies=TrustedProxies(gallery.settings.trusted_proxies)),
+                  Middleware(BodyLimit, form_bytes=gallery.settings.max_form_bytes)]
     if session_secret is not None:
         secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
         middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
                                   max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
                        Middleware(SessionCheck, engine=gallery.engine)]
     app = Starlette(routes=routes, middleware=middleware,
-                    exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
-                                                                  Exception: on_unexpected})
+                    exception_handlers={BadInput: refusal(400), SearchTooSlow: refusal(503),
+                                        HTTPException: on_http_error, Exception: on_unexpected})
+    app.router.default = SlashRedirect(app.router, gallery.settings.public_url)
     app.state.gallery = gallery
     return app

@@ -5,13 +5,18 @@ Visibility, in one place for every list, search, image page and file:
 - signed out (or not opted in): only images from SFW-effective channels that no classifier flagged;
 - signed in and opted in: also the NSFW-channel images of servers the member belongs to.
 Pages are keyset-paginated (``id`` for newest, ``(likes, id)`` for top) with opaque cursors.
+A page with a search is time-limited (PostgreSQL's ``statement_timeout``, SQLite's progress handler): past
+the limit the visitor gets :class:`SearchTooSlow`, asking for a narrower search, and the database goes on.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -31,12 +36,18 @@ from sqlalchemy import (
     true,
     tuple_,
 )
+from sqlalchemy.exc import OperationalError
 
 from gallery.db import guilds, images, memberships
+from ponybot.errors import SearchTooSlow
 
 Order = Literal["new", "top"]
 PERIODS = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30), "all": None}
 MAX_TERMS = 16
+#: SQLite virtual-machine steps between two looks at a search's clock (a few microseconds).
+SQLITE_STEPS = 100
+PG_QUERY_CANCELED = "57014"
+TOO_SLOW = "This search took too long: try fewer or more specific words."
 FTS = table("images_fts", column("rowid"))
 
 
@@ -110,6 +121,35 @@ def search_clause(db: Connection, terms: list[str]) -> ColumnElement[bool]:
     return text("images_fts MATCH :match").bindparams(match=match)  # type: ignore[return-value, unused-ignore]
 
 
+@contextlib.contextmanager
+def time_limited(db: Connection, seconds: float | None) -> Iterator[None]:
+    """The statements run inside stop after ``seconds`` (None: no limit) with :class:`SearchTooSlow`."""
+    if seconds is None:
+        yield
+        return
+    if db.dialect.name == "postgresql":
+        # SET LOCAL: this transaction only; the pooled connection gets its default back when it ends
+        db.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}")
+        try:
+            yield
+        except OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) == PG_QUERY_CANCELED:
+                raise SearchTooSlow(TOO_SLOW) from None
+            raise
+        return
+    raw: Any = db.connection.dbapi_connection
+    deadline = time.monotonic() + seconds
+    raw.set_progress_handler(lambda: int(time.monotonic() > deadline), SQLITE_STEPS)
+    try:
+        yield
+    except OperationalError as error:
+        if "interrupted" in str(error.orig):
+            raise SearchTooSlow(TOO_SLOW) from None
+        raise
+    finally:
+        raw.set_progress_handler(None, SQLITE_STEPS)
+
+
 def filter_clauses(db: Connection, filters: Filters, max_search: int) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
     terms = search_terms(filters.q, max_search)
@@ -139,11 +179,13 @@ LIST_COLUMNS = (images.c.id, images.c.job_id, images.c.idx, images.c.user_id, im
 
 
 def list_images(db: Connection, viewer: Viewer, order: Order, filters: Filters, cursor: str | None, limit: int,
-                max_search: int = 200) -> Page:
+                max_search: int = 200, search_timeout_s: float | None = None) -> Page:
+    """A page of images; with a search, time-limited to ``search_timeout_s``."""
     clauses = [visible(viewer), *filter_clauses(db, filters, max_search)]
     query = select(*LIST_COLUMNS)
     newest: ColumnElement[int] = images.c.id
-    if search_terms(filters.q, max_search) and db.dialect.name == "sqlite":
+    searching = bool(search_terms(filters.q, max_search))
+    if searching and db.dialect.name == "sqlite":
         # FTS5 as the outer loop, newest match first: a page stops after its rows, however common the words
         query = query.select_from(FTS.join(images, images.c.id == FTS.c.rowid))
         newest = FTS.c.rowid
@@ -162,7 +204,8 @@ def list_images(db: Connection, viewer: Viewer, order: Order, filters: Filters, 
             (last,) = decode_cursor(cursor, 1)
             clauses.append(newest < last)
         query = query.order_by(newest.desc())
-    rows = list(db.execute(query.where(*clauses).limit(limit + 1)).all())
+    with time_limited(db, search_timeout_s if searching else None):
+        rows = list(db.execute(query.where(*clauses).limit(limit + 1)).all())
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = None

@@ -79,6 +79,13 @@ def ingest_for(gallery: Gallery, conn: redis.Redis, outage_patience_s: float = O
                   outage_patience_s=outage_patience_s, where=where)
 
 
+def server_config(app: Starlette, host: str, port: int) -> uvicorn.Config:
+    """uvicorn for the site: it never rewrites the client's address itself (by default it believes
+    X-Forwarded-For from 127.0.0.1, which let one client dodge its limits); :mod:`gallery.proxies` does, past
+    ``gallery.trusted_proxies`` only."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=False)
+
+
 class _Server(uvicorn.Server):
     """uvicorn, stopping on SIGTERM/SIGINT without re-raising them: the ingest loop then stops in turn."""
 
@@ -104,8 +111,7 @@ def run_gallery(settings: Settings, redis_target: RedisTarget | str) -> None:
     ingest.start()
     log.info("gallery on http://%s:%d (public address %s)", settings.gallery.host, settings.gallery.port,
              settings.gallery.public_url)
-    server = _Server(uvicorn.Config(app, host=settings.gallery.host, port=settings.gallery.port, log_level="warning",
-                                    proxy_headers=True))
+    server = _Server(server_config(app, settings.gallery.host, settings.gallery.port))
     try:
         server.run()
     finally:

@@ -27,7 +27,8 @@ from gallery.cache import PageCache
 from gallery.db import images, users
 from gallery.limits import RateLimiter
 from gallery.params import parse_filters, path_id, path_text
-from gallery.queries import Order, Viewer, first_of_job, get_image, is_moderator, list_images
+from gallery.queries import Order, Viewer, first_of_job, get_image, is_moderator, list_images, visible
+from gallery.security import PRIVATE
 from gallery.store import ImageStore, file_names
 from ponybot.settings import GallerySettings
 
@@ -100,7 +101,7 @@ async def image_list(request: Request, order: Order, title: str | Callable[[Conn
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
             page = list_images(db, viewer, order, filters, cursor, gallery.settings.page_size,
-                               gallery.settings.max_search_chars)
+                               gallery.settings.max_search_chars, gallery.settings.search_timeout_s)
             return page, title if isinstance(title, str) else title(db)
 
     page, heading = await run_in_threadpool(load)
@@ -123,6 +124,10 @@ async def member(request: Request) -> Response:
     user_id = path_id(request, "user_id", users.c.id, "No such member.")
 
     def title(db: Connection) -> str:
+        # an account with no public image is not shown to exist (its id, its name): the 404 of an unknown id
+        made_public = select(images.c.id).where(images.c.user_id == user_id, visible(Viewer())).limit(1)
+        if db.scalar(made_public) is None:
+            raise HTTPException(404, "No such member.")
         name = db.scalar(select(users.c.name).where(users.c.id == user_id))
         return f"Images by {name or f'member {user_id}'}"
 
@@ -174,18 +179,22 @@ async def image_file(request: Request) -> Response:
     if kind not in ("png", "webp"):
         raise HTTPException(404, "No such file.")
 
-    def load() -> bytes | None:
+    def load() -> tuple[bytes, bool] | None:
         with gallery.engine.connect() as db:
             row = get_image(db, viewer_of(request), image_id)
         if row is None:
             return None
         png, thumb = file_names(row.job_id, row.idx)
-        return gallery.store.get(png if kind == "png" else thumb)
+        data = gallery.store.get(png if kind == "png" else thumb)
+        return None if data is None else (data, bool(row.public))
 
-    data = await run_in_threadpool(load)
-    if data is None:
+    found = await run_in_threadpool(load)
+    if found is None:
         raise HTTPException(404, NO_IMAGE)
-    return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": "private, max-age=3600"})
+    data, public = found
+    # anyone may see a public SFW file: any cache may keep it; any other (NSFW, flagged) stays on no disk
+    caching = "public, max-age=3600" if public else PRIVATE
+    return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": caching})
 
 
 async def health(request: Request) -> Response:

@@ -112,3 +112,7 @@ class ImageRefusal(PonybotError):
     def __init__(self, reason: str, message: str, /, *, setting: str | None = None, **params: Any) -> None:
         super().__init__(message.format(**params) if params else message)
         self.reason, self.template, self.params, self.setting = reason, message, params, setting
+
+
+class SearchTooSlow(PonybotError):
+    """A gallery search ran past ``gallery.search_timeout_s``: the visitor is asked for a narrower one."""

@@ -119,3 +119,22 @@ def test_scale_bench_prints_every_table() -> None:
     per_job = table_rows(out, "Redis per job end to end (5 jobs")
     assert len(per_job) == 1 and float(per_job[0][0]) > 0
     assert "Redis memory per queued job" in out and "Redis memory per finished job" in out
+
+
+def test_gallery_flood_bench_prints_both_modes() -> None:
+    """Small (2 MiB bodies): both rows come out; the limited site refuses the flooded POSTs with 413 and the same
+    app without BodyLimit never does (it reads the bodies)."""
+    result = subprocess.run([sys.executable, "bench/gallery_flood.py", "--bytes", str(2 << 20), "--clients", "8"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "8 clients x 6 POST routes" in result.stdout
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+            if line.startswith(("unlimited ", "limited "))}
+    assert set(rows) == {"unlimited", "limited"}
+    answers = {mode: dict(part.split("x") for part in row[2:-7]) for mode, row in rows.items()}
+    # limited: refused from the headers or the first bytes (413; a multipart file part may be refused first, 400)
+    assert set(answers["limited"]) <= {"413", "400"} and int(answers["limited"]["413"]) >= 40, answers
+    assert "413" not in answers["unlimited"], answers
+    for row in rows.values():
+        assert row[1] == "48" and sum(map(int, answers[row[0]].values())) == 48, row
+        assert all(float(cell.replace(",", "")) > 0 for cell in row[-6:]), "RSS and free disk are read"

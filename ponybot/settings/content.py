@@ -3,6 +3,7 @@ check (``[safety]``) and the community gallery (``[gallery]``)."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -184,8 +185,24 @@ class GallerySettings(Section):
     likes_per_minute: int = Field(30, ge=1)
     reports_per_hour: int = Field(10, ge=1)
     logins_per_minute: int = Field(10, ge=1)
+    #: sign-in attempts per minute from every address together: far above one client's, so one cannot spend it
+    logins_per_minute_all: int = Field(600, ge=1)
+    #: proxies whose X-Forwarded-For is believed (IPs or CIDRs); none: the connecting address is the client's
+    trusted_proxies: list[str] = Field(default_factory=list)
+    #: seconds one list query with a search may take before the visitor is asked for a narrower one
+    search_timeout_s: float = Field(2.0, gt=0, le=60)
     #: the largest form body accepted (a report's 500 characters, url-encoded, fit); every other request takes none
     max_form_bytes: int = Field(16384, ge=1024, le=1048576)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network (e.g. 10.0.0.0/8)") from None
+        return [entry.strip() for entry in value]
 
     def public_url_warning(self) -> str | None:
         """Why members' Gallery links would not open for them (a loopback address), or None."""
