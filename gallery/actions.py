@@ -21,10 +21,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from gallery.auth import checked_form, end_sessions, remember_member, session_epoch, signed_in
-from gallery.db import images, likes, memberships, reports, users
+from gallery.db import images, likes, reports, users
+from gallery.moderation import hide_image
 from gallery.params import bounded_text, path_id
-from gallery.queries import Viewer, get_image, is_moderator
-from gallery.site import NO_IMAGE, gallery_of, render, viewer_of
+from gallery.queries import get_image, is_moderator, moderated
+from gallery.site import NO_IMAGE, gallery_of, render, viewer_in, viewer_of
 from gallery.store import file_names
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ async def act(request: Request, action: str) -> Response:
 
     def apply() -> str | None:
         with gallery.engine.begin() as db:
-            viewer = Viewer(user_id, bool(db.scalar(select(users.c.nsfw_opt_in).where(users.c.id == user_id))))
+            viewer = viewer_in(db, gallery, user_id)
             row = get_image(db, viewer, image_id)
             if row is None:
                 raise HTTPException(404, NO_IMAGE)
@@ -72,9 +73,10 @@ async def act(request: Request, action: str) -> Response:
                 db.execute(insert(reports).values(image_id=image_id, user_id=user_id, reason=reason,
                                                   created_at=datetime.now(UTC)))
             elif action == "hide":
-                if not is_moderator(db, user_id, row.guild_id):
-                    raise HTTPException(403, "Only moderators of the image's server can hide it.")
-                db.execute(update(images).where(images.c.id == image_id).values(hidden=True))
+                if not is_moderator(db, viewer, row.guild_id):
+                    raise HTTPException(403, "Only moderators of the image's server can hide it (as Discord "
+                                             "confirmed within the last few minutes: try again shortly).")
+                hide_image(db, image_id, user_id)
             elif action == "delete":
                 if row.user_id != user_id:
                     raise HTTPException(403, "Only the member who made this image can delete it.")
@@ -137,11 +139,10 @@ async def reports_page(request: Request) -> Response:
         raise HTTPException(401, "Sign in to see reports.")
 
     def load() -> list[Any]:
-        moderated = select(memberships.c.guild_id).where(memberships.c.user_id == user_id,
-                                                         memberships.c.moderator.is_(True))
+        mine = moderated(user_id, gallery.access.since())
         query = (select(reports.c.id, reports.c.reason, reports.c.created_at, reports.c.user_id, images.c.id.label(
             "image_id"), images.c.hidden, images.c.prompt).join(images, images.c.id == reports.c.image_id)
-            .where(images.c.guild_id.in_(moderated)).order_by(reports.c.id.desc()).limit(200))
+            .where(images.c.guild_id.in_(mine)).order_by(reports.c.id.desc()).limit(200))
         with gallery.engine.connect() as db:
             return list(db.execute(query).all())
 

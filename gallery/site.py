@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from gallery.access import Access, MemberRefresh
 from gallery.auth import DiscordOAuth, SessionCheck, csrf_token, opted_in, signed_in
 from gallery.bodies import BodyLimit
 from gallery.cache import PageCache
@@ -53,6 +54,7 @@ class Gallery:
     limiter: RateLimiter
     templates: Jinja2Templates
     pages: PageCache  #: list pages as signed-out visitors see them
+    access: Access  #: what Discord says members may see and do
 
 
 def templates() -> Jinja2Templates:
@@ -66,12 +68,20 @@ def gallery_of(request: Request) -> Gallery:
     return found
 
 
+def viewer_in(db: Connection, gallery: Gallery, user_id: int | None) -> Viewer:
+    """Who looks: signed out, or a member with their opt-in and the age their permissions may have."""
+    if user_id is None:
+        return Viewer()
+    return Viewer(user_id, opted_in(db, user_id), gallery.access.since())
+
+
 def viewer_of(request: Request) -> Viewer:
     user_id = signed_in(request)
     if user_id is None:
         return Viewer()
-    with gallery_of(request).engine.connect() as db:
-        return Viewer(user_id, opted_in(db, user_id))
+    gallery = gallery_of(request)
+    with gallery.engine.connect() as db:
+        return viewer_in(db, gallery, user_id)
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
@@ -149,7 +159,7 @@ async def image_page(request: Request) -> Response:
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
             row = get_image(db, viewer, image_id)
-            moderator = row is not None and is_moderator(db, viewer.user_id, row.guild_id)
+            moderator = row is not None and is_moderator(db, viewer, row.guild_id)
             name = db.scalar(select(users.c.name).where(users.c.id == row.user_id)) if row else None
         return row, moderator, name
 
@@ -217,11 +227,13 @@ async def on_unexpected(request: Request, error: Exception) -> Response:
 
 def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
     from gallery.actions import ROUTES as ACTION_ROUTES
+    from gallery.moderation import ROUTES as MODERATION_ROUTES
 
     routes = [
         Route("/", newest), Route("/top", top), Route("/u/{user_id:int}", member), Route("/g/{guild_id:int}", server),
         Route("/i/{image_id:int}", image_page), Route("/j/{job_id:str}", job_redirect),
         Route("/file/{image_id:int}.{kind:str}", image_file), Route("/healthz", health), *ACTION_ROUTES,
+        *MODERATION_ROUTES,
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     # outermost first: every answer gets the security headers; a body too large is refused before its cookie
@@ -231,7 +243,8 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
         middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
                                   max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
-                       Middleware(SessionCheck, engine=gallery.engine)]
+                       Middleware(MemberRefresh, access=gallery.access),  # before the check: a member who
+                       Middleware(SessionCheck, engine=gallery.engine)]   # left a server is signed out at once
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={BadInput: on_bad_input, HTTPException: on_http_error,
                                                                   Exception: on_unexpected})

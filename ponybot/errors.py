@@ -112,3 +112,8 @@ class ImageRefusal(PonybotError):
     def __init__(self, reason: str, message: str, /, *, setting: str | None = None, **params: Any) -> None:
         super().__init__(message.format(**params) if params else message)
         self.reason, self.template, self.params, self.setting = reason, message, params, setting
+
+
+class DiscordUnreachableError(PonybotError):
+    """Discord's REST API did not answer, or answered something other than what was asked (the gallery's
+    permission refresh then fails closed)."""

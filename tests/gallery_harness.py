@@ -22,7 +22,7 @@ from ponybot.gallery_messages import GalleryControl, GalleryImage, GalleryMessag
 from ponybot.parameters import format_parameters
 from ponybot.schemas import GenerationRequest, Job, Origin, Sampler
 from ponybot.settings import Settings, load_settings
-from tests.discord_fake.oauth import OAuthFake
+from tests.discord_fake.oauth import BOT_TOKEN, OAuthFake
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 #: Signs the test sites' cookies (gallery.session_secret takes 32 bytes or more).
@@ -59,7 +59,7 @@ def gallery_settings(tmp_path: Path, *, oauth: OAuthFake | None = None, database
     if oauth is not None:
         section.update(client_id=oauth.client_id, client_secret=oauth.client_secret,
                        session_secret=SESSION_SECRET, authorize_url=oauth.authorize_url)
-        sections["discord"] = {"api_base": oauth.api_base}
+        sections["discord"] = {"api_base": oauth.api_base, "token": BOT_TOKEN}
     return load_settings(None, **sections)
 
 
