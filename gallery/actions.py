@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gallery.auth import checked_form, end_sessions, remember_member, session_epoch, signed_in
+from gallery.auth import checked_form, end_sessions, remember_member, session_epoch
 from gallery.db import images, likes, reports, users
-from gallery.moderation import hide_image
+from gallery.moderation import hide_image, moderator_page
 from gallery.params import bounded_text, path_id
 from gallery.queries import get_image, is_moderator, moderated
 from gallery.site import NO_IMAGE, gallery_of, render, viewer_in, viewer_of
@@ -132,21 +132,16 @@ async def settings_page(request: Request) -> Response:
     return render(request, "settings.html", nsfw_opt_in=viewer.nsfw_opt_in)
 
 
+def reports_in(db: Connection, user_id: int, fresh_since: datetime) -> list[Any]:
+    """The reports on images of the servers this member moderates (as Discord confirmed), newest first."""
+    query = (select(reports.c.id, reports.c.reason, reports.c.created_at, reports.c.user_id, images.c.id.label(
+        "image_id"), images.c.hidden, images.c.prompt).join(images, images.c.id == reports.c.image_id)
+        .where(images.c.guild_id.in_(moderated(user_id, fresh_since))).order_by(reports.c.id.desc()).limit(200))
+    return list(db.execute(query).all())
+
+
 async def reports_page(request: Request) -> Response:
-    gallery = gallery_of(request)
-    user_id = signed_in(request)
-    if user_id is None:
-        raise HTTPException(401, "Sign in to see reports.")
-
-    def load() -> list[Any]:
-        mine = moderated(user_id, gallery.access.since())
-        query = (select(reports.c.id, reports.c.reason, reports.c.created_at, reports.c.user_id, images.c.id.label(
-            "image_id"), images.c.hidden, images.c.prompt).join(images, images.c.id == reports.c.image_id)
-            .where(images.c.guild_id.in_(mine)).order_by(reports.c.id.desc()).limit(200))
-        with gallery.engine.connect() as db:
-            return list(db.execute(query).all())
-
-    return render(request, "reports.html", reports=await run_in_threadpool(load))
+    return await moderator_page(request, "reports.html", "reports", reports_in)
 
 
 async def login(request: Request) -> Response:

@@ -7,6 +7,7 @@ Moderator rights are those Discord confirmed within ``gallery.permissions_max_ag
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,17 +55,24 @@ def hidden_in(db: Connection, user_id: int, fresh_since: datetime, limit: int = 
     return list(db.execute(query).all())
 
 
-async def hidden_page(request: Request) -> Response:
+async def moderator_page(request: Request, template: str, what: str,
+                         rows: Callable[[Connection, int, datetime], list[Any]]) -> Response:
+    """A signed-in member's page of ``what`` in the servers they moderate: ``rows(db, member, fresh_since)`` in
+    ``template`` as ``rows``."""
     gallery = gallery_of(request)
     user_id = signed_in(request)
     if user_id is None:
-        raise HTTPException(401, "Sign in to see the hidden images of servers you moderate.")
+        raise HTTPException(401, f"Sign in to see the {what} of servers you moderate.")
 
     def load() -> list[Any]:
         with gallery.engine.connect() as db:
-            return hidden_in(db, user_id, gallery.access.since())
+            return rows(db, user_id, gallery.access.since())
 
-    return render(request, "hidden.html", hidden=await run_in_threadpool(load))
+    return render(request, template, rows=await run_in_threadpool(load))
+
+
+async def hidden_page(request: Request) -> Response:
+    return await moderator_page(request, "hidden.html", "hidden images", hidden_in)
 
 
 async def unhide(request: Request) -> Response:

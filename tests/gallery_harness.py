@@ -51,6 +51,16 @@ def postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test twice: on an SQLite file and on a fresh PostgreSQL database (skipped with a reason when none)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gallery.db"
+        return
+    with postgres_database() as url:
+        yield url
+
+
 def gallery_settings(tmp_path: Path, *, oauth: OAuthFake | None = None, database_url: str | None = None,
                      redis_url: str | None = None, **gallery: Any) -> Settings:
     section: dict[str, Any] = {"enabled": True, "database_url": database_url or f"sqlite:///{tmp_path}/gallery.db",

@@ -66,7 +66,10 @@ class FakeGuilds:
         return self.guilds[guild_id]
 
     def join(self, guild_id: int, user_id: int, moderator: bool) -> None:
-        self.guild(guild_id).members[user_id] = [moderator_role(guild_id)] if moderator else []
+        """The member is in the server (roles given before are kept), with the moderator role when asked."""
+        held = self.guild(guild_id).members.setdefault(user_id, [])
+        if moderator and moderator_role(guild_id) not in held:
+            held.append(moderator_role(guild_id))
 
     def leave(self, guild_id: int, user_id: int) -> None:
         self.guild(guild_id).members.pop(user_id, None)
