@@ -31,6 +31,9 @@ from gallery.permissions import Overwrite, can_view, is_moderator
 from ponybot.errors import DiscordUnreachableError
 
 log = logging.getLogger(__name__)
+#: Announcement and public threads: whoever can open their channel can open them. A private thread's
+#: images stay hidden (who was added to it is not asked).
+PUBLIC_THREADS = (10, 11)
 
 
 def parse_roles(raw: list[dict[str, Any]]) -> dict[int, int]:
@@ -65,25 +68,32 @@ class Access:
         assert self.api is not None
         found = self.api.guild(guild_id)
         listed = self.api.channels(guild_id)
+        with self.engine.connect() as db:
+            before = set(db.scalars(select(channels.c.id).where(channels.c.guild_id == guild_id)))
         try:
             owner = int(found["owner_id"])
             roles = parse_roles(found["roles"])
-            rows = []
+            rows = {}
             for channel in listed:
                 overwrites = [Overwrite.of(raw) for raw in channel.get("permission_overwrites") or []]
-                rows.append({"guild_id": guild_id, "id": int(channel["id"]), "nsfw": bool(channel.get("nsfw")),
-                             "everyone_view": can_view(guild_id, owner, None, [], roles, overwrites),
-                             "overwrites": json.dumps([raw.__dict__ for raw in overwrites])})
+                rows[int(channel["id"])] = {
+                    "guild_id": guild_id, "id": int(channel["id"]), "nsfw": bool(channel.get("nsfw")),
+                    "everyone_view": can_view(guild_id, owner, None, [], roles, overwrites),
+                    "overwrites": json.dumps([raw.__dict__ for raw in overwrites])}
+            for thread_id in sorted(before - set(rows)):  # not in the list: a thread, or a channel gone
+                thread = self.api.channel(thread_id)
+                parent = rows.get(int(thread.get("parent_id") or 0)) if thread else None
+                if thread is not None and parent is not None and int(thread["type"]) in PUBLIC_THREADS:
+                    rows[thread_id] = {**parent, "id": thread_id}  # a public thread: as its channel
         except (KeyError, TypeError, ValueError) as error:
             raise DiscordUnreachableError(f"server {guild_id}: Discord's answer could not be read ({error})") from None
         with self._lock("guild", guild_id), self.engine.begin() as db:
-            before = set(db.scalars(select(channels.c.id).where(channels.c.guild_id == guild_id)))
             db.execute(update(guilds).where(guilds.c.id == guild_id).values(
                 owner_id=owner, roles=json.dumps(roles), refreshed_at=datetime.now(UTC)))
             db.execute(delete(channels).where(channels.c.guild_id == guild_id))
             if rows:
-                db.execute(insert(channels), rows)
-            if before != {row["id"] for row in rows}:  # a new channel: members' access is asked again
+                db.execute(insert(channels), list(rows.values()))
+            if before != set(rows):  # a new channel: members' access is asked again
                 db.execute(update(memberships).where(memberships.c.guild_id == guild_id).values(refreshed_at=None))
         log.info("server %s: %d channel(s) refreshed from Discord", guild_id, len(rows))
 

@@ -1,6 +1,6 @@
-"""The three Discord REST calls the gallery makes with the bot's token: a server (owner and roles), its
-channels (overwrites and the age-restricted flag) and one member (roles). Synchronous: called from worker
-threads (requests) and the refresh thread."""
+"""The Discord REST calls the gallery makes with the bot's token: a server (owner and roles), its channels
+(overwrites and the age-restricted flag), one channel (a thread: its parent) and one member (roles).
+Synchronous: called from worker threads (requests), the ingest thread and the refresh thread."""
 
 from __future__ import annotations
 
@@ -44,6 +44,17 @@ class BotAPI:
     def channels(self, guild_id: int) -> list[dict[str, Any]]:
         """``GET /guilds/{id}/channels``: each with ``id``, ``nsfw`` and ``permission_overwrites``."""
         found: list[dict[str, Any]] = self._json(f"/guilds/{guild_id}/channels")
+        return found
+
+    def channel(self, channel_id: int) -> dict[str, Any] | None:
+        """``GET /channels/{id}``: a thread's ``type`` and ``parent_id``; None when the channel is gone."""
+        path = f"/channels/{channel_id}"
+        answer = self._get(path)
+        if answer.status_code == 404:
+            return None
+        if answer.status_code != 200:
+            raise DiscordUnreachableError(f"GET {path}: HTTP {answer.status_code}")
+        found: dict[str, Any] = answer.json()
         return found
 
     def member(self, guild_id: int, user_id: int) -> dict[str, Any] | None:

@@ -148,6 +148,7 @@ def test_a_hide_is_logged_and_undone_by_another_moderator(app: Any, conn: redis.
 
 
 PRIVATE, AGE_RESTRICTED, SECRET_ROLE = 20, 30, 77
+PUBLIC_THREAD, PRIVATE_CHANNEL_THREAD, PRIVATE_THREAD = 110, 120, 130
 
 
 def test_images_are_seen_by_who_can_open_their_channel(app: Any, conn: redis.Redis, oauth_fake: OAuthFake) -> None:
@@ -155,26 +156,32 @@ def test_images_are_seen_by_who_can_open_their_channel(app: Any, conn: redis.Red
     guild.roles[SECRET_ROLE] = 0
     guild.add_channel(PRIVATE, private_to=[SECRET_ROLE])
     guild.add_channel(AGE_RESTRICTED, nsfw=True)
+    guild.add_thread(PUBLIC_THREAD, 10)
+    guild.add_thread(PRIVATE_CHANNEL_THREAD, PRIVATE)
+    guild.add_thread(PRIVATE_THREAD, 10, private=True)
     public = add(app, conn, "open meadow")
     private = add(app, conn, "secret meadow", channel=PRIVATE)
     kept_sfw = add(app, conn, "tame meadow", channel=AGE_RESTRICTED)  # a moderator kept the channel SFW
     restricted = add(app, conn, "wild meadow", channel=AGE_RESTRICTED, mode="nsfw")
+    in_thread = add(app, conn, "threaded meadow", channel=PUBLIC_THREAD)
+    in_private_channel_thread = add(app, conn, "threaded secret", channel=PRIVATE_CHANNEL_THREAD)
+    in_private_thread = add(app, conn, "whispered meadow", channel=PRIVATE_THREAD)
     outsider = member(app, oauth_fake, 2200, nsfw=True)
     oauth_fake.bot.set_roles(G, 2201, [SECRET_ROLE])
     insider = member(app, oauth_fake, 2201)
     adult = member(app, oauth_fake, 2202, nsfw=True)
-    cases = {  # who: the images they see of the four
-        "signed out": (TestClient(app), {public}),
-        "member without the role (opted in)": (outsider, {public, kept_sfw, restricted}),
-        "member with the role": (insider, {public, private}),
-        "member opted in": (adult, {public, kept_sfw, restricted}),
+    everyone = {public, in_thread}  # a public thread is open to whoever can open its channel
+    cases = {  # who: the images they see of them all (a private thread's: nobody's, its members are not asked)
+        "signed out": (TestClient(app), everyone),
+        "member without the role (opted in)": (outsider, everyone | {kept_sfw, restricted}),
+        "member with the role": (insider, everyone | {private, in_private_channel_thread}),
+        "member opted in": (adult, everyone | {kept_sfw, restricted}),
     }
+    shown = (public, private, kept_sfw, restricted, in_thread, in_private_channel_thread, in_private_thread)
     for who, (client, expected) in cases.items():
-        seen = {image for image in (public, private, kept_sfw, restricted)
-                if client.get(f"/i/{image}").status_code == 200}
+        seen = {image for image in shown if client.get(f"/i/{image}").status_code == 200}
         assert seen == expected, who
-        files = {image for image in (public, private, kept_sfw, restricted)
-                 if client.get(f"/file/{image}.webp").status_code == 200}
+        files = {image for image in shown if client.get(f"/file/{image}.webp").status_code == 200}
         assert files == expected, f"{who}: files"
     listed = TestClient(app).get("/").text
     assert f'href="/i/{public}"' in listed and f'href="/i/{private}"' not in listed

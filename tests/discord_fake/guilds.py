@@ -1,6 +1,7 @@
 """Servers as the bot's token sees them over REST, for the gallery's permission refresh: ``GET
-/guilds/{id}`` (owner, roles), ``GET /guilds/{id}/channels`` (overwrites, nsfw) and ``GET
-/guilds/{id}/members/{user}`` (roles; 404 with code 10007 once the member left), shaped as in Discord's
+/guilds/{id}`` (owner, roles), ``GET /guilds/{id}/channels`` (overwrites, nsfw), ``GET /channels/{id}``
+(a thread: its parent) and ``GET /guilds/{id}/members/{user}`` (roles; 404 with code 10007 once the member
+left), shaped as in Discord's
 OpenAPI description. A server is made on first use with @everyone (view channels), a moderator role
 (Manage Server) and one public text channel, ``DEFAULT_CHANNEL``, the channel tests hand images from."""
 
@@ -16,7 +17,7 @@ VIEW_CHANNEL = 1 << 10
 DEFAULT_CHANNEL = 10
 OWNER = 1  #: the fake servers' owner: nobody who signs in in tests
 UNKNOWN_MEMBER = {"message": "Unknown Member", "code": 10007}
-UNKNOWN_GUILD = {"message": "Unknown Guild", "code": 10004}
+UNKNOWN_CHANNEL = {"message": "Unknown Channel", "code": 10003}
 
 
 def moderator_role(guild_id: int) -> int:
@@ -29,6 +30,7 @@ class FakeGuild:
     roles: dict[int, int] = field(default_factory=dict)  #: role id -> permissions
     channels: dict[int, dict[str, Any]] = field(default_factory=dict)
     members: dict[int, list[int]] = field(default_factory=dict)  #: user id -> role ids
+    threads: dict[int, dict[str, Any]] = field(default_factory=dict)  #: never in the channel list, as in Discord
 
     @classmethod
     def made(cls, guild_id: int) -> FakeGuild:
@@ -46,6 +48,11 @@ class FakeGuild:
         self.channels[channel_id] = {"id": str(channel_id), "type": 0, "guild_id": str(self.id),
                                      "name": f"channel-{channel_id}", "position": len(self.channels),
                                      "nsfw": nsfw, "permission_overwrites": overwrites}
+
+    def add_thread(self, thread_id: int, parent_id: int, *, private: bool = False) -> None:
+        self.threads[thread_id] = {"id": str(thread_id), "type": 12 if private else 11, "guild_id": str(self.id),
+                                   "parent_id": str(parent_id), "name": f"thread-{thread_id}",
+                                   "thread_metadata": {"archived": False, "locked": False}}
 
     def answer(self) -> dict[str, Any]:
         return {"id": str(self.id), "name": f"server {self.id}", "icon": None, "owner_id": str(OWNER),
@@ -80,12 +87,20 @@ class FakeGuilds:
     def route(self, path: str, authorization: str) -> tuple[int, Any] | None:
         """(status, body) for a bot route, or None when ``path`` is none of them."""
         found = re.fullmatch(r"/api/v10/guilds/(\d+)(/channels|/members/(\d+))?", path)
-        if found is None:
+        one = re.fullmatch(r"/api/v10/channels/(\d+)", path)
+        if found is None and one is None:
             return None
         if authorization != f"Bot {self.token}":
             return 401, {"message": "401: Unauthorized", "code": 0}
         if self.down:
             return 503, {"message": "upstream connect error", "code": 0}
+        if one is not None:
+            channel_id = int(one.group(1))
+            for each in self.guilds.values():
+                if channel_id in each.channels or channel_id in each.threads:
+                    return 200, each.channels.get(channel_id) or each.threads[channel_id]
+            return 404, UNKNOWN_CHANNEL
+        assert found is not None
         guild = self.guild(int(found.group(1)))
         if found.group(2) is None:
             return 200, guild.answer()
