@@ -19,14 +19,14 @@ from types import FrameType
 
 import redis
 import uvicorn
-from sqlalchemy import Engine, make_url, update
+from sqlalchemy import Engine, case, func, insert, make_url, select, update
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from starlette.applications import Starlette
 
 from gallery.access import Access
 from gallery.auth import DiscordOAuth
 from gallery.cache import PageCache
-from gallery.db import channels, make_engine, optimize_search, upgrade
+from gallery.db import channels, images, make_engine, optimize_search, upgrade
 from gallery.discord_api import BotAPI
 from gallery.ingest import Ingest
 from gallery.limits import RateLimiter
@@ -78,23 +78,31 @@ def build_app(settings: Settings, store: ImageStore | None = None, conn: redis.R
     if oauth is None:
         log.warning("gallery.client_id is not set: the gallery is public-only (SFW images, no sign-in)")
     api = BotAPI(settings.discord.api_base, token) if token else None
-    if api is None:
-        trust_channels(engine)
+    adopt_channels(engine, trusted=api is None)
     access = Access(engine, api, section.permissions_max_age_s)
     gallery = Gallery(section, engine, store, oauth, RateLimiter(conn), templates(), PageCache(section.public_cache_s),
                       access)
     return create_app(gallery, session_secret)
 
 
-def trust_channels(engine: Engine) -> None:
-    """Without the bot's token nothing can say who may open a channel: every channel whose facts were never
-    learned is taken as open to @everyone (what the gallery did before it asked Discord), with a warning."""
+def adopt_channels(engine: Engine, trusted: bool) -> None:
+    """Every channel images came from gets its row (images written by other means than ingest: a restore, the
+    bench), unknown until Discord says who may open it. Without the bot's token nothing can say so: every channel
+    not yet learned is taken as open to @everyone (what the gallery did before it asked Discord), with a warning."""
+    seen = select(images.c.guild_id, images.c.channel_id, func.max(case((images.c.mode == "nsfw", 1), else_=0)))
+    known = select(channels.c.id).where(channels.c.guild_id == images.c.guild_id, channels.c.id == images.c.channel_id)
     with engine.begin() as db:
-        trusted = db.execute(update(channels).where(channels.c.everyone_view.is_(None))
-                             .values(everyone_view=True)).rowcount
+        missing = db.execute(seen.where(~known.exists()).group_by(images.c.guild_id, images.c.channel_id)).all()
+        if missing:
+            db.execute(insert(channels), [{"guild_id": guild_id, "id": channel_id, "nsfw": bool(nsfw),
+                                           "everyone_view": None} for guild_id, channel_id, nsfw in missing])
+        if not trusted:
+            return
+        count = db.execute(update(channels).where(channels.c.everyone_view.is_(None))
+                           .values(everyone_view=True)).rowcount
     log.warning("discord.token is not set: the gallery cannot ask Discord who may open a channel, so the SFW "
                 "images of every channel the bot posted in are public (%d channel(s) taken as public now); give "
-                "the gallery the bot's token to hide private channels", trusted)
+                "the gallery the bot's token to hide private channels", count)
 
 
 def ingest_for(gallery: Gallery, conn: redis.Redis, outage_patience_s: float = OUTAGE_PATIENCE_S,

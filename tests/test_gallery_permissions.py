@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis
+from pydantic import SecretStr
 from sqlalchemy import insert, select
 from starlette.testclient import TestClient
 
@@ -29,7 +30,7 @@ from gallery.permissions import (
 from gallery.server import build_app, ingest_for
 from ponybot.errors import ConfigError
 from tests.conftest import wait_until
-from tests.discord_fake.oauth import OAuthFake
+from tests.discord_fake.oauth import BOT_TOKEN, OAuthFake
 from tests.gallery_harness import database_url, gallery_settings, hand_over, sign_in
 
 __all__ = ["database_url"]  # the fixture, used by name
@@ -228,3 +229,23 @@ def test_existing_images_get_their_channels(database_url: str) -> None:
         found = {(r.id, r.nsfw, r.everyone_view) for r in db.execute(select(channels).where(channels.c.guild_id == G))}
     engine.dispose()
     assert found == {(10, False, None), (30, True, None), (40, False, None)}
+
+
+@pytest.mark.parametrize("token", [False, True])
+def test_a_public_only_gallery_and_the_bot_token(tmp_path: Path, conn: redis.Redis, oauth_fake: OAuthFake,
+                                                 database_url: str, token: bool) -> None:
+    """Public-only: without the token every channel is taken as public (and a warning says so); with it, a
+    private channel's image stays hidden, a public one's is shown."""
+    oauth_fake.bot.guild(G).add_channel(PRIVATE, private_to=[SECRET_ROLE])
+    settings = gallery_settings(tmp_path, database_url=database_url)
+    if token:
+        settings.discord.api_base = oauth_fake.api_base
+        settings.discord.token = SecretStr(BOT_TOKEN)
+    made = build_app(settings, conn=conn)
+    try:
+        public, private = add(made, conn, "open field"), add(made, conn, "hidden field", channel=PRIVATE)
+        client = TestClient(made)
+        assert client.get(f"/i/{public}").status_code == 200
+        assert client.get(f"/i/{private}").status_code == (404 if token else 200)
+    finally:
+        made.state.gallery.engine.dispose()
