@@ -90,12 +90,24 @@ class Access:
         with self._lock("guild", guild_id), self.engine.begin() as db:
             db.execute(update(guilds).where(guilds.c.id == guild_id).values(
                 owner_id=owner, roles=json.dumps(roles), refreshed_at=datetime.now(UTC)))
-            db.execute(delete(channels).where(channels.c.guild_id == guild_id))
+            # only what this refresh read or learned: a channel ingest added meanwhile keeps its row for the next
+            db.execute(delete(channels).where(channels.c.guild_id == guild_id, channels.c.id.in_(before | set(rows))))
             if rows:
                 db.execute(insert(channels), list(rows.values()))
             if before != set(rows):  # a new channel: members' access is asked again
                 db.execute(update(memberships).where(memberships.c.guild_id == guild_id).values(refreshed_at=None))
         log.info("server %s: %d channel(s) refreshed from Discord", guild_id, len(rows))
+
+    def refresh_guild_logged(self, guild_id: int, meanwhile: str) -> bool:
+        """:meth:`refresh_guild`, a failure logged with what it means ``meanwhile``; returns whether it worked."""
+        try:
+            self.refresh_guild(guild_id)
+            return True
+        except IntegrityError:
+            log.info("server %s: refreshed by another process at the same time", guild_id)
+        except DiscordUnreachableError as error:
+            log.warning("server %s: Discord did not answer (%s); %s", guild_id, error, meanwhile)
+        return False
 
     def refresh_guilds(self) -> int:
         """Every server whose facts are older than the setting (or never asked); returns how many answered."""
@@ -104,27 +116,13 @@ class Access:
         with self.engine.connect() as db:
             stale = list(db.scalars(select(guilds.c.id).where(guilds.c.enabled.is_(True), or_(
                 guilds.c.refreshed_at.is_(None), guilds.c.refreshed_at < self.since()))))
-        done = 0
-        for guild_id in stale:
-            try:
-                self.refresh_guild(guild_id)
-                done += 1
-            except IntegrityError:
-                log.info("server %s: refreshed by another process at the same time", guild_id)
-            except DiscordUnreachableError as error:
-                log.warning("server %s: Discord did not answer (%s); its private channels stay hidden and its "
-                            "public ones as they were", guild_id, error)
-        return done
+        return sum(self.refresh_guild_logged(guild_id, "its channels stay as they were, unknown ones hidden")
+                   for guild_id in stale)
 
     def new_channel(self, guild_id: int) -> None:
         """Ingest met a channel it had no facts for: ask Discord now (a failure waits for the next refresh)."""
-        if self.api is None:
-            return
-        try:
-            self.refresh_guild(guild_id)
-        except DiscordUnreachableError as error:
-            log.warning("server %s: Discord did not answer (%s); the new channel's images stay hidden until it "
-                        "does", guild_id, error)
+        if self.api is not None:
+            self.refresh_guild_logged(guild_id, "the new channel's images stay hidden until it does")
 
     # -- members ------------------------------------------------------------------------------------------
     def stale_guilds(self, db: Connection, user_id: int) -> list[int]:
