@@ -77,7 +77,7 @@ def visible(viewer: Viewer) -> ColumnElement[bool]:
     enabled = select(guilds.c.id).where(guilds.c.enabled == true())
     # "+ 0": the planner walks the index of the page's order (id, or likes and id) instead of one by server
     base = and_(images.c.hidden == false(), (images.c.guild_id + 0).in_(enabled))
-    where = tuple_(images.c.guild_id, images.c.channel_id)
+    where = tuple_(images.c.guild_id + 0, images.c.channel_id)  # "+ 0": as above
     open_to_all = select(channels.c.guild_id, channels.c.id).where(channels.c.everyone_view == true(),
                                                                    channels.c.nsfw == false())
     everyone = and_(images.c.public == true(), where.in_(open_to_all))
