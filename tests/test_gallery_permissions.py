@@ -139,6 +139,8 @@ def test_a_hide_is_logged_and_undone_by_another_moderator(app: Any, conn: redis.
     assert f'id="hidden-{image}"' in listed and "member2100 (2100)" in listed, listed
     assert f'id="hidden-{image}"' not in plain.get("/hidden").text
     assert form(plain, f"/i/{image}/unhide") == 403
+    forged = second.post(f"/i/{image}/unhide", data={"csrf": "forged"}, follow_redirects=False)
+    assert forged.status_code == 403 and TestClient(app).get(f"/i/{image}").status_code == 404
     assert form(second, f"/i/{image}/unhide") == 303
     assert TestClient(app).get(f"/i/{image}").status_code == 200
     assert form(second, f"/i/{image}/unhide") == 409, "undoing twice"
@@ -189,7 +191,8 @@ def test_images_are_seen_by_who_can_open_their_channel(app: Any, conn: redis.Red
     assert f'href="/i/{kept_sfw}"' not in listed, "an age-restricted channel's image listed signed out"
 
 
-def test_discord_out_of_reach_fails_closed(app: Any, conn: redis.Redis, oauth_fake: OAuthFake) -> None:
+def test_discord_out_of_reach_fails_closed(app: Any, conn: redis.Redis, oauth_fake: OAuthFake,
+                                          caplog: pytest.LogCaptureFixture) -> None:
     nsfw = add(app, conn, "stormy tower", mode="nsfw")
     sfw = add(app, conn, "calm field")
     client = member(app, oauth_fake, 2300, moderator=True, nsfw=True)
@@ -199,6 +202,8 @@ def test_discord_out_of_reach_fails_closed(app: Any, conn: redis.Redis, oauth_fa
     assert form(client, f"/i/{sfw}/hide") == 403
     assert client.get(f"/i/{sfw}").status_code == 200 and TestClient(app).get(f"/i/{sfw}").status_code == 200
     assert client.get("/settings").status_code == 200, "an outage is not a lost membership"
+    assert any("Discord did not answer" in record.getMessage() and record.levelname == "WARNING"
+               for record in caplog.records), "the outage was not logged"
     oauth_fake.bot.down = False
     wait_until(lambda: client.get(f"/i/{nsfw}").status_code == 200, what="the NSFW image back")
 
