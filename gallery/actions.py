@@ -20,12 +20,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from gallery.auth import checked_form, end_sessions, remember_member, session_epoch, signed_in
-from gallery.db import images, likes, memberships, reports, users
+from gallery.auth import checked_form, end_sessions, remember_member, session_epoch
+from gallery.db import images, likes, reports, users
+from gallery.moderation import hide_image, moderator_page
 from gallery.params import bounded_text, path_id
 from gallery.proxies import limit_key
-from gallery.queries import Viewer, get_image, is_moderator
-from gallery.site import NO_IMAGE, gallery_of, render, viewer_of
+from gallery.queries import get_image, is_moderator, moderated
+from gallery.site import NO_IMAGE, gallery_of, render, viewer_in, viewer_of
 from gallery.store import file_names
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ async def act(request: Request, action: str) -> Response:
 
     def apply() -> str | None:
         with gallery.engine.begin() as db:
-            viewer = Viewer(user_id, bool(db.scalar(select(users.c.nsfw_opt_in).where(users.c.id == user_id))))
+            viewer = viewer_in(db, gallery, user_id)
             row = get_image(db, viewer, image_id)
             if row is None:
                 raise HTTPException(404, NO_IMAGE)
@@ -73,9 +74,10 @@ async def act(request: Request, action: str) -> Response:
                 db.execute(insert(reports).values(image_id=image_id, user_id=user_id, reason=reason,
                                                   created_at=datetime.now(UTC)))
             elif action == "hide":
-                if not is_moderator(db, user_id, row.guild_id):
-                    raise HTTPException(403, "Only moderators of the image's server can hide it.")
-                db.execute(update(images).where(images.c.id == image_id).values(hidden=True))
+                if not is_moderator(db, viewer, row.guild_id):
+                    raise HTTPException(403, "Only moderators of the image's server can hide it (as Discord "
+                                             "confirmed within the last few minutes: try again shortly).")
+                hide_image(db, image_id, user_id)
             elif action == "delete":
                 if row.user_id != user_id:
                     raise HTTPException(403, "Only the member who made this image can delete it.")
@@ -131,22 +133,16 @@ async def settings_page(request: Request) -> Response:
     return render(request, "settings.html", nsfw_opt_in=viewer.nsfw_opt_in)
 
 
+def reports_in(db: Connection, user_id: int, fresh_since: datetime) -> list[Any]:
+    """The reports on images of the servers this member moderates (as Discord confirmed), newest first."""
+    query = (select(reports.c.id, reports.c.reason, reports.c.created_at, reports.c.user_id, images.c.id.label(
+        "image_id"), images.c.hidden, images.c.prompt).join(images, images.c.id == reports.c.image_id)
+        .where(images.c.guild_id.in_(moderated(user_id, fresh_since))).order_by(reports.c.id.desc()).limit(200))
+    return list(db.execute(query).all())
+
+
 async def reports_page(request: Request) -> Response:
-    gallery = gallery_of(request)
-    user_id = signed_in(request)
-    if user_id is None:
-        raise HTTPException(401, "Sign in to see reports.")
-
-    def load() -> list[Any]:
-        moderated = select(memberships.c.guild_id).where(memberships.c.user_id == user_id,
-                                                         memberships.c.moderator.is_(True))
-        query = (select(reports.c.id, reports.c.reason, reports.c.created_at, reports.c.user_id, images.c.id.label(
-            "image_id"), images.c.hidden, images.c.prompt).join(images, images.c.id == reports.c.image_id)
-            .where(images.c.guild_id.in_(moderated)).order_by(reports.c.id.desc()).limit(200))
-        with gallery.engine.connect() as db:
-            return list(db.execute(query).all())
-
-    return render(request, "reports.html", reports=await run_in_threadpool(load))
+    return await moderator_page(request, "reports.html", "reports", reports_in)
 
 
 async def login(request: Request) -> Response:

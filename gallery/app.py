@@ -18,9 +18,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from gallery.access import MemberRefresh
 from gallery.actions import ROUTES as ACTION_ROUTES
 from gallery.auth import SessionCheck
 from gallery.bodies import BodyLimit
+from gallery.moderation import ROUTES as MODERATION_ROUTES
 from gallery.proxies import ClientAddress, TrustedProxies
 from gallery.queries import BadInput
 from gallery.security import HEADERS, PRIVATE, SecurityHeaders, SlashRedirect
@@ -50,7 +52,8 @@ async def on_unexpected(request: Request, error: Exception) -> Response:
 
 
 def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
-    routes = [*PAGE_ROUTES, *ACTION_ROUTES, Mount("/static", StaticFiles(directory=STATIC), name="static")]
+    routes = [*PAGE_ROUTES, *ACTION_ROUTES, *MODERATION_ROUTES,
+              Mount("/static", StaticFiles(directory=STATIC), name="static")]
     # outermost first: every answer gets the security headers; the client's address is read past trusted proxies
     # before any limit counts it; a body too large is refused before its cookie is even read
     middleware = [Middleware(SecurityHeaders),
@@ -60,7 +63,8 @@ def create_app(gallery: Gallery, session_secret: str | None) -> Starlette:
         secure = urlsplit(gallery.settings.public_url).scheme.lower() == "https"
         middleware += [Middleware(SessionMiddleware, secret_key=session_secret, session_cookie="ponybot_gallery",
                                   max_age=gallery.settings.session_max_age_s, same_site="lax", https_only=secure),
-                       Middleware(SessionCheck, engine=gallery.engine)]
+                       Middleware(MemberRefresh, access=gallery.access),  # before the check: a member who
+                       Middleware(SessionCheck, engine=gallery.engine)]   # left a server is signed out at once
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={BadInput: refusal(400), SearchTooSlow: refusal(503),
                                         HTTPException: on_http_error, Exception: on_unexpected})

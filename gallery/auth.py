@@ -3,7 +3,7 @@
 Sessions live in a signed cookie (Starlette's SessionMiddleware: HttpOnly, SameSite=Lax,
 Secure when the public URL is HTTPS, expiring after ``gallery.session_max_age_s``) and
 hold only the member's id, name, CSRF token and session epoch; the member's servers are kept
-in the ``memberships`` table, refreshed at each sign-in.
+in the ``memberships`` table, replaced at each sign-in and confirmed with Discord by :mod:`gallery.access`.
 
 The server can end a member's sessions: each request's cookie must carry the epoch the
 member's row holds (:class:`SessionCheck`). Signing out moves the epoch on, which ends every
@@ -27,11 +27,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gallery.db import memberships, users
+from gallery.permissions import MODERATOR_BITS
 from ponybot.settings import GallerySettings
 
 SCOPES = "identify guilds"
-#: Discord permission bits that make a member a moderator of a server here: Administrator, Manage Server.
-MODERATOR_BITS = 0x8 | 0x20
 
 
 def csrf_token(request: Request) -> str:
@@ -142,7 +141,10 @@ class DiscordOAuth:
 
 
 def remember_member(db: Connection, me: dict[str, Any], guilds: list[dict[str, Any]]) -> tuple[int, str]:
-    """Save the member's name and servers (moderator where Manage Server or owner); returns (id, name)."""
+    """Save the member's name and servers (moderator where Manage Server or owner); returns (id, name).
+
+    The memberships are not yet confirmed (``refreshed_at`` None): they count once Discord confirms them with
+    the member's roles (:class:`gallery.access.MemberRefresh`, at the next request)."""
     user_id = int(me["id"])
     name = str(me.get("global_name") or me.get("username") or user_id)[:100]
     now = datetime.now(UTC)

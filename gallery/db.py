@@ -40,6 +40,20 @@ guilds = Table(
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("enabled", Boolean, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    #: the server's facts as Discord last told the bot token (gallery.access): owner, roles' permissions as JSON
+    Column("owner_id", BigInteger, nullable=True),
+    Column("roles", Text, nullable=True),
+    Column("refreshed_at", DateTime(timezone=True), nullable=True),  #: None: never asked
+)
+
+#: A server's channels as Discord last told the bot token: who may open them is computed from these.
+channels = Table(
+    "channels", metadata,
+    Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", BigInteger, primary_key=True, autoincrement=False),
+    Column("nsfw", Boolean, nullable=False),  #: age-restricted
+    Column("everyone_view", Boolean, nullable=True),  #: @everyone can open it; None: not known yet (hidden)
+    Column("overwrites", Text, nullable=False, default="[]", server_default="[]"),  #: Discord's JSON
 )
 
 images = Table(
@@ -90,6 +104,29 @@ memberships = Table(
     Column("user_id", BigInteger, primary_key=True, autoincrement=False),
     Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
     Column("moderator", Boolean, nullable=False),
+    #: when Discord last confirmed the membership, the roles and channel_access; None or older than
+    #: gallery.permissions_max_age_s: nothing but public images and no moderator action (fail closed)
+    Column("refreshed_at", DateTime(timezone=True), nullable=True),
+)
+
+#: The channels a member can open (VIEW_CHANNEL after overwrites), as of memberships.refreshed_at.
+channel_access = Table(
+    "channel_access", metadata,
+    Column("user_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("guild_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("channel_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("nsfw", Boolean, nullable=False),  #: age-restricted: its images only for members who opted in
+)
+
+#: Every hide, who did it and when, and who undid it.
+hides = Table(
+    "hides", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_id", Integer, ForeignKey("images.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("moderator_id", BigInteger, nullable=False),
+    Column("hidden_at", DateTime(timezone=True), nullable=False),
+    Column("undone_by", BigInteger, nullable=True),
+    Column("undone_at", DateTime(timezone=True), nullable=True),
 )
 
 likes = Table(

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from gallery.db import guilds, images, likes, memberships, reports, users
+from gallery.db import channel_access, channels, guilds, images, likes, memberships, reports, users
 from gallery.store import ImageStore, file_names, read_result
 from ponybot import keys
 from ponybot.connection import OUTAGE_PATIENCE_S, REDIS_AWAY, Outage
@@ -49,9 +49,12 @@ def set_guild(db: Connection, guild_id: int, enabled: bool) -> None:
 class Ingest:
     def __init__(self, engine: Engine, store: ImageStore, conn: redis.Redis, consumer: str = "gallery",
                  changed: Callable[[], None] | None = None, *, outage_patience_s: float = OUTAGE_PATIENCE_S,
-                 where: str = "") -> None:
+                 where: str = "", new_channel: Callable[[int], None] | None = None) -> None:
         self.engine, self.store, self.conn, self.consumer = engine, store, conn, consumer
         self.changed = changed  #: called after rows changed (the site's cached pages are then stale)
+        #: asks Discord about a channel met for the first time (given its server); None: no bot token, so the
+        #: bot's word is taken (the channel is open to @everyone, age-restricted as the job's origin says)
+        self.new_channel = new_channel
         self.outage = Outage("the gallery's ingest", outage_patience_s, where=where)
 
     def run(self, stopping: threading.Event) -> None:
@@ -151,6 +154,14 @@ class Ingest:
             fresh = [row for row in rows if row["idx"] not in known]
             if fresh:
                 db.execute(insert(images), fresh)
+            met = db.execute(select(channels.c.id).where(channels.c.guild_id == origin.guild_id,
+                                                         channels.c.id == origin.channel_id)).first() is None
+            if met:
+                db.execute(insert(channels).values(guild_id=origin.guild_id, id=origin.channel_id,
+                                                   nsfw=origin.channel_nsfw,
+                                                   everyone_view=None if self.new_channel else True))
+        if met and self.new_channel is not None:
+            self.new_channel(origin.guild_id)
         log.info("job=%s %d image(s) kept in the gallery", job.id, len(rows))
         return [image.key for image in post.images]
 
@@ -166,7 +177,7 @@ class Ingest:
                 where = images.c.user_id == control.user_id
                 liked = select(likes.c.image_id).where(likes.c.user_id == control.user_id)
                 db.execute(update(images).where(images.c.id.in_(liked)).values(likes=images.c.likes - 1))
-                for table in (likes, reports, memberships):
+                for table in (likes, reports, memberships, channel_access):
                     db.execute(delete(table).where(table.c.user_id == control.user_id))
                 db.execute(delete(users).where(users.c.id == control.user_id))
             else:

@@ -2,8 +2,9 @@
 
 Visibility, in one place for every list, search, image page and file:
 - only servers whose moderators turned the gallery on, never a hidden image;
-- signed out (or not opted in): only images from SFW-effective channels that no classifier flagged;
-- signed in and opted in: also the NSFW-channel images of servers the member belongs to.
+- everyone: SFW images no classifier flagged from channels @everyone can open that are not age-restricted;
+- a signed-in member: also those of the channels they can open (``channel_access``, confirmed by Discord within
+  ``gallery.permissions_max_age_s``); age-restricted channels and NSFW images only when they opted in.
 Pages are keyset-paginated (``id`` for newest, ``(likes, id)`` for top) with opaque cursors.
 A page with a search is time-limited (PostgreSQL's ``statement_timeout``, SQLite's progress handler): past
 the limit the visitor gets :class:`SearchTooSlow`, asking for a narrower search, and the database goes on.
@@ -38,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import OperationalError
 
-from gallery.db import guilds, images, memberships
+from gallery.db import channel_access, channels, guilds, images, memberships
 from ponybot.errors import SearchTooSlow
 
 Order = Literal["new", "top"]
@@ -59,6 +60,8 @@ class BadInput(ValueError):
 class Viewer:
     user_id: int | None = None
     nsfw_opt_in: bool = False
+    #: memberships Discord confirmed before this count for nothing (gallery.access.Access.since)
+    fresh_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,21 @@ def visible(viewer: Viewer) -> ColumnElement[bool]:
     enabled = select(guilds.c.id).where(guilds.c.enabled == true())
     # "+ 0": the planner walks the index of the page's order (id, or likes and id) instead of one by server
     base = and_(images.c.hidden == false(), (images.c.guild_id + 0).in_(enabled))
-    if viewer.user_id is None or not viewer.nsfw_opt_in:
-        return and_(base, images.c.public == true())
-    mine = select(memberships.c.guild_id).where(memberships.c.user_id == viewer.user_id)
-    return and_(base, or_(images.c.public == true(), and_(images.c.mode == "nsfw", images.c.guild_id.in_(mine))))
+    where = tuple_(images.c.guild_id + 0, images.c.channel_id)  # "+ 0": as above
+    open_to_all = select(channels.c.guild_id, channels.c.id).where(channels.c.everyone_view == true(),
+                                                                   channels.c.nsfw == false())
+    everyone = and_(images.c.public == true(), where.in_(open_to_all))
+    if viewer.user_id is None or viewer.fresh_since is None:
+        return and_(base, everyone)
+    opened = (select(channel_access.c.guild_id, channel_access.c.channel_id)
+              .join(memberships, and_(memberships.c.user_id == channel_access.c.user_id,
+                                      memberships.c.guild_id == channel_access.c.guild_id))
+              .where(channel_access.c.user_id == viewer.user_id, memberships.c.refreshed_at >= viewer.fresh_since))
+    if not viewer.nsfw_opt_in:
+        member = and_(images.c.public == true(), where.in_(opened.where(channel_access.c.nsfw == false())))
+    else:
+        member = and_(or_(images.c.public == true(), images.c.mode == "nsfw"), where.in_(opened))
+    return and_(base, or_(everyone, member))
 
 
 def encode_cursor(*values: int) -> str:
@@ -226,10 +240,16 @@ def first_of_job(db: Connection, viewer: Viewer, job_id: str) -> int | None:
     return row.id if row else None
 
 
-def is_moderator(db: Connection, user_id: int | None, guild_id: int) -> bool:
-    if user_id is None:
+def moderated(user_id: int, fresh_since: datetime) -> Any:
+    """The servers this member moderates, as Discord confirmed within the setting (a subquery of ids)."""
+    return select(memberships.c.guild_id).where(memberships.c.user_id == user_id, memberships.c.moderator.is_(True),
+                                                memberships.c.refreshed_at >= fresh_since)
+
+
+def is_moderator(db: Connection, viewer: Viewer, guild_id: int) -> bool:
+    """A moderator of this server whose rights Discord confirmed within the setting (fail closed otherwise)."""
+    if viewer.user_id is None or viewer.fresh_since is None:
         return False
-    row = db.execute(select(memberships.c.moderator).where(memberships.c.user_id == user_id,
-                                                           memberships.c.guild_id == guild_id)).first()
-    return bool(row and row.moderator)
+    found = db.scalar(moderated(viewer.user_id, viewer.fresh_since).where(memberships.c.guild_id == guild_id))
+    return found is not None
 

@@ -22,6 +22,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from gallery.access import Access
 from gallery.auth import DiscordOAuth, csrf_token, opted_in, signed_in
 from gallery.cache import PageCache
 from gallery.db import images, users
@@ -47,6 +48,7 @@ class Gallery:
     limiter: RateLimiter
     templates: Jinja2Templates
     pages: PageCache  #: list pages as signed-out visitors see them
+    access: Access  #: what Discord says members may see and do
 
 
 def templates() -> Jinja2Templates:
@@ -60,12 +62,20 @@ def gallery_of(request: Request) -> Gallery:
     return found
 
 
+def viewer_in(db: Connection, gallery: Gallery, user_id: int | None) -> Viewer:
+    """Who looks: signed out, or a member with their opt-in and the age their permissions may have."""
+    if user_id is None:
+        return Viewer()
+    return Viewer(user_id, opted_in(db, user_id), gallery.access.since())
+
+
 def viewer_of(request: Request) -> Viewer:
     user_id = signed_in(request)
     if user_id is None:
         return Viewer()
-    with gallery_of(request).engine.connect() as db:
-        return Viewer(user_id, opted_in(db, user_id))
+    gallery = gallery_of(request)
+    with gallery.engine.connect() as db:
+        return viewer_in(db, gallery, user_id)
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> Response:
@@ -147,7 +157,7 @@ async def image_page(request: Request) -> Response:
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
             row = get_image(db, viewer, image_id)
-            moderator = row is not None and is_moderator(db, viewer.user_id, row.guild_id)
+            moderator = row is not None and is_moderator(db, viewer, row.guild_id)
             name = db.scalar(select(users.c.name).where(users.c.id == row.user_id)) if row else None
         return row, moderator, name
 

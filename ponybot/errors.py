@@ -116,3 +116,8 @@ class ImageRefusal(PonybotError):
 
 class SearchTooSlow(PonybotError):
     """A gallery search ran past ``gallery.search_timeout_s``: the visitor is asked for a narrower one."""
+
+
+class DiscordUnreachableError(PonybotError):
+    """Discord's REST API did not answer, or answered something other than what was asked (the gallery's
+    permission refresh then fails closed)."""

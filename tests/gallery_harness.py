@@ -22,7 +22,7 @@ from ponybot.gallery_messages import GalleryControl, GalleryImage, GalleryMessag
 from ponybot.parameters import format_parameters
 from ponybot.schemas import GenerationRequest, Job, Origin, Sampler
 from ponybot.settings import Settings, load_settings
-from tests.discord_fake.oauth import OAuthFake
+from tests.discord_fake.oauth import BOT_TOKEN, OAuthFake
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
 #: Signs the test sites' cookies (gallery.session_secret takes 32 bytes or more).
@@ -51,6 +51,16 @@ def postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test twice: on an SQLite file and on a fresh PostgreSQL database (skipped with a reason when none)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/gallery.db"
+        return
+    with postgres_database() as url:
+        yield url
+
+
 def gallery_settings(tmp_path: Path, *, oauth: OAuthFake | None = None, database_url: str | None = None,
                      redis_url: str | None = None, **gallery: Any) -> Settings:
     section: dict[str, Any] = {"enabled": True, "database_url": database_url or f"sqlite:///{tmp_path}/gallery.db",
@@ -59,7 +69,7 @@ def gallery_settings(tmp_path: Path, *, oauth: OAuthFake | None = None, database
     if oauth is not None:
         section.update(client_id=oauth.client_id, client_secret=oauth.client_secret,
                        session_secret=SESSION_SECRET, authorize_url=oauth.authorize_url)
-        sections["discord"] = {"api_base": oauth.api_base}
+        sections["discord"] = {"api_base": oauth.api_base, "token": BOT_TOKEN}
     return load_settings(None, **sections)
 
 

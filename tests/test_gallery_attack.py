@@ -21,19 +21,12 @@ from gallery.server import build_app, ingest_for
 from ponybot.errors import ConfigError
 from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
-from tests.gallery_harness import control, gallery_settings, hand_over, postgres_database, sign_in
+from tests.gallery_harness import control, database_url, gallery_settings, hand_over, sign_in
+
+__all__ = ["database_url"]  # the fixture, used by name
 
 GUILD = 1
 FORM_BYTES = 16384
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/gallery.db"
-        return
-    with postgres_database() as url:
-        yield url
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from gallery.store import FolderStore, S3Store, file_names
 from ponybot import keys
 from tests.gallery_harness import control, hand_over
 
-TABLES = {"guilds", "images", "users", "memberships", "likes", "reports", "alembic_version"}
+TABLES = {"guilds", "images", "users", "memberships", "likes", "reports", "alembic_version", "channels",
+          "channel_access", "hides"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,7 +46,7 @@ def test_migrations_from_empty(engine: Engine) -> None:
     upgrade(engine)
     assert TABLES <= set(inspect(engine).get_table_names())
     with engine.connect() as db:
-        assert db.scalar(text("SELECT version_num FROM alembic_version")) == "0002"  # the newest: session epochs
+        assert db.scalar(text("SELECT version_num FROM alembic_version")) == "0003"  # the newest: permissions
     upgrade(engine)  # at start every time: nothing to do the second time
     downgrade(engine)
     assert not set(inspect(engine).get_table_names()) - {"alembic_version"}

@@ -322,7 +322,8 @@ def test_gallery_component_renders_valid_and_fits(tmp_path: Path, monkeypatch: p
         if "value" in item:
             monkeypatch.setenv(item["name"], item["value"])
         else:
-            assert item["valueFrom"]["secretKeyRef"]["name"] in {"ponybot-redis", "ponybot-gallery"}
+            # the bot's token too: the gallery asks Discord who may see and do what (gallery.access)
+            assert item["valueFrom"]["secretKeyRef"]["name"] in {"ponybot-redis", "ponybot-gallery", "ponybot-discord"}
     [settings_file] = [c for c in find(objects, "ConfigMap") if c["metadata"]["name"].startswith("ponybot-file")]
     path = tmp_path / "ponybot.toml"
     path.write_text(settings_file["data"]["ponybot.toml"])

@@ -193,6 +193,9 @@ class GallerySettings(Section):
     search_timeout_s: float = Field(2.0, gt=0, le=60)
     #: the largest form body accepted (a report's 500 characters, url-encoded, fit); every other request takes none
     max_form_bytes: int = Field(16384, ge=1024, le=1048576)
+    #: the oldest a member's roles, moderator rights and channel access may be before Discord is asked again
+    #: (with discord.token); older and not confirmed: public images only, no moderator action
+    permissions_max_age_s: int = Field(300, ge=1, le=86400)
 
     @field_validator("trusted_proxies")
     @classmethod

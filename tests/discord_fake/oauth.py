@@ -1,4 +1,5 @@
-"""Discord's OAuth2 on loopback: authorize, token, ``users/@me`` and ``users/@me/guilds``.
+"""Discord's OAuth2 on loopback: authorize, token, ``users/@me`` and ``users/@me/guilds``, and the bot
+token's server routes (:mod:`tests.discord_fake.guilds`).
 
 A threaded HTTP server, so both a browser and the gallery's own HTTP client can use it
 from synchronous tests. ``user`` and ``guilds`` say who signs in next; the authorize page
@@ -18,7 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse
 
-MANAGE_GUILD = 1 << 5
+from tests.discord_fake.guilds import FakeGuilds
+from tests.discord_fake.model import MANAGE_GUILD
+
+BOT_TOKEN = "fake-bot-token"
 
 
 @dataclass
@@ -31,6 +35,8 @@ class OAuthFake:
     tokens: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
+    #: the servers as the bot's token sees them (the gallery's permission refresh)
+    bot: FakeGuilds = field(default_factory=lambda: FakeGuilds(BOT_TOKEN))
 
     @property
     def base(self) -> str:
@@ -46,12 +52,15 @@ class OAuthFake:
         return self.base + "/oauth2/authorize"
 
     def sign_in_as(self, user_id: int, name: str, guilds: dict[int, bool]) -> None:
-        """The next sign-in is this member, in these servers (True: with Manage Server)."""
+        """The next sign-in is this member, in these servers (True: with Manage Server); the bot's view of those
+        servers gets the member, with the moderator role where True."""
         self.user = {"id": str(user_id), "username": name, "global_name": name, "discriminator": "0",
                      "avatar": None}
         self.guilds = [{"id": str(guild), "name": f"server {guild}", "icon": None, "owner": False,
                         "permissions": str(MANAGE_GUILD if moderator else 1024), "features": []}
                        for guild, moderator in guilds.items()]
+        for guild, moderator in guilds.items():
+            self.bot.join(guild, user_id, moderator)
 
     def start(self) -> OAuthFake:
         fake = self
@@ -84,6 +93,9 @@ class OAuthFake:
                     fake.codes[code] = (query["redirect_uri"], dict(fake.user), list(fake.guilds))
                     target = query["redirect_uri"] + "?" + urlencode({"code": code, "state": query.get("state", "")})
                     return self.reply(302, location=target)
+                bot = fake.bot.route(url.path, self.headers.get("Authorization", ""))
+                if bot is not None:
+                    return self.reply(*bot)
                 token = self.headers.get("Authorization", "").removeprefix("Bearer ")
                 if token not in fake.tokens:
                     return self.reply(401, {"message": "401: Unauthorized", "code": 0})
