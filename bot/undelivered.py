@@ -14,7 +14,7 @@ from ponybot.schemas import JobEvent
 from ponybot.undelivered import count_undelivered
 
 if TYPE_CHECKING:
-    from bot.app import PonyBot
+    from bot.client import PonyClient as PonyBot
 
 log = logging.getLogger(__name__)
 
