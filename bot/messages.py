@@ -75,10 +75,9 @@ def done(event: JobEvent, *, mention: bool) -> str:
     locale = locale_of(event)
     request = event.job.request
     who = f"<@{event.job.origin.user_id}> " if mention and event.job.origin else ""
-    if event.job.kind is JobKind.DESCRIBE:
-        from bot.features.describe import described
-
-        return described(event, locale, who)
+    if event.job.kind is JobKind.DESCRIBE:  # the prompt read from a picture, ready to copy
+        return who + t(locale, "**Prompt read from your picture** (the tags it shows, surest first):") + (
+            f"\n```\n{event.prompt}\n```")
     seeds = ", ".join(str(image.seed) for image in event.images if not image.withheld)
     prompt = request.prompt if len(request.prompt) <= 300 else request.prompt[:297] + "..."
     first = next((image for image in event.images if not image.withheld), None)  # follow-ups change the size

@@ -14,7 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.i18n import MemberError, t, tp
+from bot.i18n import MemberError, tp
 from bot.jobs import queue_job, read_redis
 from bot.replies import guarded
 from bot.uploads import PendingUpload, check_declared
@@ -52,12 +52,6 @@ def describe_view(event: JobEvent) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     view.add_item(DescribeButton(event.job.id, event.job.origin.locale if event.job.origin else "en-US"))
     return view
-
-
-def described(event: JobEvent, locale: str, who: str) -> str:
-    """What the member reads: the prompt, ready to copy."""
-    return who + t(locale, "**Prompt read from your picture** (the tags it shows, surest first):") + (
-        f"\n```\n{event.prompt}\n```")
 
 
 async def generate_described(bot: PonyBot, interaction: discord.Interaction[Any], job_id: str) -> None:

@@ -79,7 +79,7 @@ async def on_edit(bot: PonyBot, interaction: discord.Interaction[Any], action: s
     if not header:
         raise MemberError("That image has expired, so it cannot be used any more. Use /generate again.")
     width, height = image_size(job, header if isinstance(header, bytes) else b"")
-    direction: Direction = arg  # type: ignore[assignment]  # checked against PAN_DIRECTIONS by the template
+    direction: Direction = arg  # type: ignore[assignment,unused-ignore]  # checked against PAN_DIRECTIONS by the template
     margins = zoom_margins(width, height, float(arg)) if action == "zoom" else pan_margins(width, height, direction)
     # the request keeps the original's prompt and settings at the image's own size; the worker draws the canvas
     request = job.request.model_copy(update={"count": 1, "seed": None})

@@ -14,9 +14,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
+from ponybot.commands.findings import DEFAULT_MIN_FREE_GB, Finding, Options
 from ponybot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,27 +25,6 @@ log = logging.getLogger(__name__)
 #: Seconds each check may take (the torch import can take long on a busy host).
 CHECK_LIMIT_S = 20.0
 TORCH_LIMIT_S = 120.0
-DEFAULT_MIN_FREE_GB = 2.0
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One line: what was checked, whether it is fine, what was seen, and (for a problem) what to do."""
-
-    name: str
-    ok: bool
-    detail: str
-    fix: str | None = None
-
-    def line(self) -> str:
-        mark = "[ok]" if self.ok else "[!!]"
-        text = f"{mark} {self.name}: {self.detail}"
-        return f"{text} -> {self.fix}" if self.fix and not self.ok else text
-
-
-@dataclass(frozen=True)
-class Options:
-    min_free_gb: float = DEFAULT_MIN_FREE_GB
 
 
 Check = Callable[[Settings, Options], list[Finding]]

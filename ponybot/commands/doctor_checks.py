@@ -6,27 +6,18 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import redis
 
+from ponybot.commands.findings import Finding, Options, finding
 from ponybot.errors import ConfigError, RedisUnavailableError
 from ponybot.queue import redis_reason, resolve_redis
 from ponybot.settings import Settings
-
-if TYPE_CHECKING:
-    from ponybot.commands.doctor import Finding, Options
 
 GIB = 1024 ** 3
 #: What a worker needs in VRAM for an SD 1.5 model at its dtype: the weights plus a 512x512 batch's work.
 VRAM_NEED = {"float16": 3.5 * GIB, "float32": 6.5 * GIB}
 TINY_SOURCE = "tiny"
-
-
-def finding(name: str, ok: bool, detail: str, fix: str | None = None) -> Finding:
-    from ponybot.commands.doctor import Finding
-
-    return Finding(name, ok, detail, fix)
 
 
 def config(settings: Settings, options: Options) -> list[Finding]:

@@ -5,7 +5,7 @@ as Discord does, naming each missing one in Discord's words. Read-only REST call
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import redis
@@ -13,12 +13,10 @@ import redis
 from bot.i18n import permission_name
 from bot.needs import TO_POST, TO_POST_IN_THREAD, channel_permissions, missing
 from ponybot import keys
+from ponybot.commands.findings import Finding, Options, finding
 from ponybot.errors import RedisUnavailableError
 from ponybot.queue import resolve_redis
 from ponybot.settings import Settings
-
-if TYPE_CHECKING:
-    from ponybot.commands.doctor import Finding, Options
 
 THREAD_TYPES = (10, 11, 12)
 NEW_TOKEN = ("open the developer portal, Applications > your bot > Bot > Reset Token, and put the new token in "
@@ -29,12 +27,6 @@ class Refused(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(f"HTTP {status}: {text[:200]}")
         self.status = status
-
-
-def finding(name: str, ok: bool, detail: str, fix: str | None = None) -> Finding:
-    from ponybot.commands.doctor import Finding
-
-    return Finding(name, ok, detail, fix)
 
 
 def discord_checks(settings: Settings, options: Options) -> list[Finding]:
