@@ -57,6 +57,10 @@ def test_gallery_bench_prints_both_settings() -> None:
         for clients in (1, 32):
             assert f"gallery.public_cache_s = {cache_s}: {clients} concurrent client(s), 160 requests" in result.stdout
         assert f"public_cache_s = {cache_s}: list pages p99 under 32 clients" in result.stdout
+    # the fill is one visitors may see (SFW channels open to @everyone): about 7 in 10 image pages are shown
+    shown = [tuple(map(int, line.split(": ")[1].split(" of "))) for line in result.stdout.splitlines()
+             if line.startswith("image pages shown signed out: ")]
+    assert len(shown) == 4 and all(total > 0 and found > total // 4 for found, total in shown), shown
 
 
 def test_postprocess_bench_prints_its_tables() -> None:
