@@ -28,8 +28,7 @@ from bot.replies import describe_error, reply_ephemeral, unwrap
 from bot.tracker import Tracker
 from ponybot.connection import RedisTarget
 from ponybot.errors import RedisUnavailableError
-from ponybot.metrics import BotMetrics
-from ponybot.metrics import serve as serve_metrics
+from ponybot.metrics import BotMetrics, serve as serve_metrics
 from ponybot.queue import resolve_redis
 from ponybot.redis_server import EmbeddedRedis
 from ponybot.settings import Settings

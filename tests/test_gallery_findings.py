@@ -26,9 +26,11 @@ from ponybot.errors import ConfigError
 from tests.conftest import wait_until
 from tests.discord_fake.oauth import OAuthFake
 from tests.gallery_harness import gallery_settings, hand_over, sign_in
-from tests.test_gallery_attack import GUILD
-from tests.test_gallery_attack import app as app  # the fixtures: a site on SQLite and on PostgreSQL
-from tests.test_gallery_attack import database_url as database_url
+from tests.test_gallery_attack import (
+    GUILD,
+    app as app,  # the fixtures: a site on SQLite and on PostgreSQL
+    database_url as database_url,
+)
 
 PROXY = "10.0.0.5"
 SIMULTANEOUS = 8  #: under the 10 sign-ins a minute one address gets

@@ -16,8 +16,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.testclient import TestClient
 

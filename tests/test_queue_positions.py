@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from rq.job import Job as RQJob
-from rq.job import JobStatus
+from rq.job import Job as RQJob, JobStatus
 
 from ponybot import keys
 from ponybot.queue import cancel_job, enqueue, generation_queue, queue_snapshot

@@ -36,8 +36,9 @@ from worker.announce import Announcer
 from worker.batching import UNREADABLE, BatchClaimer
 from worker.commands import CommandChannel
 from worker.heartbeats import Heartbeats, RedisWatch
+from worker.retry import with_redis_retry
 from worker.rq_job import ATTEMPTS_FIELD, SafeJob, attempts_of
-from worker.runtime import Batch, WorkerRuntime, with_redis_retry
+from worker.runtime import Batch, WorkerRuntime
 from worker.speed import ALLOWANCE_S
 from worker.stage import PostStage
 

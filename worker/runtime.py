@@ -40,6 +40,7 @@ from worker.generate import BatchItem, DeferredBatch, GenerationOutput, Generato
 from worker.inpaint import Prepared
 from worker.png import encode_png
 from worker.progress import BatchProgress
+from worker.retry import with_redis_retry
 from worker.safety import ImageCheck, Verdict
 from worker.sources import inpaint_point, starting_point
 from worker.speed import ALLOWANCE_S, StepSpeed, describe_limit, measure_speed, time_limit
@@ -392,22 +393,3 @@ class WorkerRuntime:
         log.error("job=%s failed (%s): %s", job.id, code, message)
         return JobEvent(kind="failed", job=job, error_code=code, error_message=message, reason=reason,
                         queued_s=queued_s, worker=self.name)
-
-
-def with_redis_retry(job_id: str, action: Callable[[], T], give_up_s: float = 120.0) -> T:
-    """Run a Redis write, retrying with backoff while Redis restarts, so a finished job is not lost.
-
-    ``action`` must do the whole write each time it is called (a pipeline built inside it, not
-    one built outside: redis-py empties a pipeline whose ``execute()`` failed).
-    """
-    delay, waited = 0.5, 0.0
-    while True:
-        try:
-            return action()
-        except (redis.ConnectionError, redis.TimeoutError) as error:
-            if waited >= give_up_s:
-                raise
-            log.warning("job=%s Redis unavailable (%s): retrying in %.1f s", job_id, error, delay)
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 10)

@@ -35,9 +35,7 @@ from tests.discord_fake.model import (
     user,
 )
 from tests.discord_fake.openapi import OpenAPIValidator
-from tests.discord_fake.permissions import GuildPermissions
-from tests.discord_fake.permissions import error as _error
-from tests.discord_fake.permissions import ok as _json
+from tests.discord_fake.permissions import GuildPermissions, error as _error, ok as _json
 
 #: Importable from here too, as tests always have.
 __all__ = ["MANAGE_CHANNELS", "MANAGE_GUILD", "MEMBER", "MEMBER_PERMISSIONS", "MODERATOR", "OTHER_MEMBER",
