@@ -53,7 +53,8 @@ def serve(mode: str, folder: str, port: int) -> None:
     from gallery.server import build_app, server_config
     from ponybot.settings import load_settings
 
-    settings = load_settings(None, gallery={
+    # sign-in needs the bot's token (the gallery asks Discord for permissions): a closed local port answers at once
+    settings = load_settings(None, discord={"token": "flood", "api_base": "http://127.0.0.1:9/api/v10"}, gallery={
         "database_url": f"sqlite:///{folder}/gallery.db", "store_dir": f"{folder}/images", "port": port,
         "public_url": f"http://127.0.0.1:{port}", "client_id": 1, "client_secret": "flood", "session_secret": SECRET})
     app = build_app(settings)
