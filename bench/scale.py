@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +177,8 @@ class Clock:
 
 def gated(worker_class: Any, clock: Clock, before: tuple[float, ...], ready: Any, go: Any) -> Any:
     """``worker_class`` whose first dequeue reports the process's start-up to ``ready`` and waits for ``go``:
-    the timed window starts with every worker at its first dequeue, ``work()``'s own start-up done."""
+    the timed window starts with every worker at its first dequeue, ``work()``'s own start-up done. As it stops
+    it reports the CPU it spent since (every thread; its exit, a fixed cost per worker, left out)."""
 
     class Gated(worker_class):  # type: ignore[misc, valid-type]
         waited = False
@@ -187,7 +188,15 @@ def gated(worker_class: Any, clock: Clock, before: tuple[float, ...], ready: Any
                 self.waited = True
                 ready.put(Started(*before, *clock.lap()))
                 go.wait()
+                clock.lap()
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+        def teardown(self) -> None:
+            stage = getattr(self, "stage", None)  # ponybot's post stage: the batches it finishes count
+            if stage is not None:
+                stage.close()
+            ready.put(clock.lap()[1])
+            super().teardown()
 
     return Gated
 
@@ -220,10 +229,10 @@ def run_plain_worker(url: str, name: str, ready: Any, go: Any) -> None:
 
 @contextmanager
 def started(url: str, target: Any, count: int, extra: tuple[Any, ...], patience_s: float = 600
-            ) -> Iterator[tuple[float, list[Started]]]:
+            ) -> Iterator[tuple[float, list[Started], Callable[[], float]]]:
     """``count`` worker processes, each stopped at its first dequeue until all are there; yields the seconds
-    from the first fork until the last was ready and each one's start-up, then lets them all go at once.
-    Those still running on exit are killed."""
+    from the first fork until the last was ready, each one's start-up, and a call that waits for them to stop
+    and sums the CPU they spent since; then lets them all go at once. Those still running on exit are killed."""
     context = multiprocessing.get_context("fork")
     go, ready = context.Event(), context.Queue()
     forked = time.monotonic()
@@ -235,7 +244,7 @@ def started(url: str, target: Any, count: int, extra: tuple[Any, ...], patience_
         startups = [ready.get(timeout=patience_s) for _ in procs]
         startup_s = time.monotonic() - forked
         go.set()
-        yield startup_s, startups
+        yield startup_s, startups, lambda: sum(ready.get(timeout=patience_s) for _ in procs)
     finally:
         go.set()
         for proc in procs:
@@ -249,16 +258,17 @@ class Drained:
     startup_s: float  #: from the first fork until every worker was at its first dequeue
     startups: list[Started]
     steady_s: float  #: from then until every job finished
+    cpu_s: float  #: CPU the workers spent from their first dequeue until they stopped (every thread)
 
 
 def drain(url: str, target: Any, count: int, extra: tuple[Any, ...], done: Any) -> Drained:
     """``count`` worker processes started, then timed from when all are ready until ``done()`` (every job
     finished), not until they exit."""
-    with started(url, target, count, extra) as (startup_s, startups):
+    with started(url, target, count, extra) as (startup_s, startups, cpu_s):
         begun = time.perf_counter()
         while not done():
             time.sleep(0.005)
-        return Drained(startup_s, startups, time.perf_counter() - begun)
+        return Drained(startup_s, startups, time.perf_counter() - begun, cpu_s())
 
 
 def worker_costs(conn: Redis, url: str, settings: Settings, args: argparse.Namespace) -> list[str]:
@@ -280,12 +290,14 @@ def worker_costs(conn: Redis, url: str, settings: Settings, args: argparse.Names
             baseline.enqueue("scale.noop", "{}", result_ttl=3600)
         plain = drain(url, run_plain_worker, count, (), lambda q=baseline: q.finished_job_registry.count >= args.jobs)
         rows.append([count, args.jobs, f"{args.jobs / ours.steady_s:.0f}", f"{args.jobs / plain.steady_s:.0f}",
-                     f"{plain.steady_s / ours.steady_s:.2f}"])
+                     f"{plain.steady_s / ours.steady_s:.2f}", f"{ours.cpu_s / args.jobs * 1000:.1f}",
+                     f"{plain.cpu_s / args.jobs * 1000:.1f}"])
         startup_rows += [[count, name, f"{run.startup_s:.1f}", *phases(run.startups)]
                          for name, run in (("ponybot", ours), ("plain RQ", plain))]
     return [table(f"jobs/s through stub workers ({args.pixels}x{args.pixels} PNG) and plain RQ SimpleWorkers, "
                   "from when every worker is at its first dequeue",
-                  ["workers", "jobs", "ponybot jobs/s", "plain RQ jobs/s", "ratio"], rows),
+                  ["workers", "jobs", "ponybot jobs/s", "plain RQ jobs/s", "ratio", "ponybot CPU ms/job",
+                   "plain RQ CPU ms/job"], rows),
             table("worker start-up: fork to first dequeue (all at once on this machine's cores); per worker, "
                   "median wall s / CPU s",
                   ["workers", "kind", "all ready s", "imports", "build", "work() to dequeue"], startup_rows),
