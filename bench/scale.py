@@ -17,8 +17,9 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -148,14 +149,67 @@ def queue_costs(conn: Redis, settings: Settings, args: argparse.Namespace) -> li
             f"Redis memory per queued job: {per_job:.0f} bytes ({len(jobs)} queued)"]
 
 
-def run_stub_worker(url: str, name: str, pixels: int, go: Any) -> None:
+@dataclass
+class Started:
+    """One worker process's start-up, in seconds: imports, building the worker, and ``work()`` up to its
+    first dequeue (registration, the command channel, the first sweep), each as wall and as CPU time."""
+
+    import_s: float
+    import_cpu_s: float
+    build_s: float
+    build_cpu_s: float
+    work_s: float
+    work_cpu_s: float
+
+
+class Clock:
+    """Wall and CPU time of one process's phases, read at each :meth:`lap`."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.monotonic(), time.process_time()
+
+    def lap(self) -> tuple[float, float]:
+        wall, cpu = time.monotonic(), time.process_time()
+        spent = (wall - self.wall, cpu - self.cpu)
+        self.wall, self.cpu = wall, cpu
+        return spent
+
+
+def gated(worker_class: Any, clock: Clock, before: tuple[float, ...], ready: Any, go: Any) -> Any:
+    """``worker_class`` whose first dequeue reports the process's start-up to ``ready`` and waits for ``go``:
+    the timed window starts with every worker at its first dequeue, ``work()``'s own start-up done. As it stops
+    it reports the CPU it spent since (every thread; its exit, a fixed cost per worker, left out)."""
+
+    class Gated(worker_class):  # type: ignore[misc, valid-type]
+        waited = False
+
+        def dequeue_job_and_maintain_ttl(self, timeout: Any, max_idle_time: Any = None) -> Any:
+            if not self.waited:
+                self.waited = True
+                ready.put(Started(*before, *clock.lap()))
+                go.wait()
+                clock.lap()
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+        def teardown(self) -> None:
+            stage = getattr(self, "stage", None)  # ponybot's post stage: the batches it finishes count
+            if stage is not None:
+                stage.close()
+            ready.put(clock.lap()[1])
+            super().teardown()
+
+    return Gated
+
+
+def run_stub_worker(url: str, name: str, pixels: int, ready: Any, go: Any) -> None:
+    clock = Clock()
     from worker.runner import GenerationWorker
     from worker.runtime import WorkerRuntime
 
+    imported = clock.lap()
     runtime = WorkerRuntime(stub_settings(), connect(url), StubGenerator(pixels), name,  # type: ignore[arg-type]
                             classifier=StubCheck())
-    worker = GenerationWorker(runtime)
-    go.wait()
+    worker = gated(GenerationWorker, clock, (*imported, *clock.lap()), ready, go)(runtime)
     worker.work(burst=True, logging_level="WARNING")
 
 
@@ -163,47 +217,64 @@ def noop(payload: str) -> None:
     """The job plain RQ runs in the baseline."""
 
 
-def run_plain_worker(url: str, name: str, go: Any) -> None:
+def run_plain_worker(url: str, name: str, ready: Any, go: Any) -> None:
+    clock = Clock()
+    imported = clock.lap()  # rq is imported before the fork
     conn = Redis.from_url(url)
-    worker = SimpleWorker([Queue("baseline", connection=conn, serializer=JSONSerializer)], connection=conn,
-                          serializer=JSONSerializer, name=name)
-    go.wait()
+    worker = gated(SimpleWorker, clock, (*imported, *clock.lap()), ready, go)(
+        [Queue("baseline", connection=conn, serializer=JSONSerializer)], connection=conn,
+        serializer=JSONSerializer, name=name)
     worker.work(burst=True, logging_level="WARNING")
 
 
 @contextmanager
-def started(url: str, target: Any, count: int, extra: tuple[Any, ...]) -> Iterator[None]:
-    """``count`` worker processes, all told to start at once when this yields (their imports and Redis
-    connections done before), killed on exit if still running."""
+def started(url: str, target: Any, count: int, extra: tuple[Any, ...], patience_s: float = 600
+            ) -> Iterator[tuple[float, list[Started], Callable[[], float]]]:
+    """``count`` worker processes, each stopped at its first dequeue until all are there; yields the seconds
+    from the first fork until the last was ready, each one's start-up, and a call that waits for them to stop
+    and sums the CPU they spent since; then lets them all go at once. Those still running on exit are killed."""
     context = multiprocessing.get_context("fork")
-    go = context.Event()
-    procs = [context.Process(target=target, args=(url, f"w{i}-{time.monotonic_ns()}", *extra, go), daemon=True)
-             for i in range(count)]
+    go, ready = context.Event(), context.Queue()
+    forked = time.monotonic()
+    procs = [context.Process(target=target, args=(url, f"w{i}-{time.monotonic_ns()}", *extra, ready, go),
+                             daemon=True) for i in range(count)]
     for proc in procs:
         proc.start()
-    time.sleep(1.0 + 0.2 * count)
-    go.set()
     try:
-        yield
+        startups = [ready.get(timeout=patience_s) for _ in procs]
+        startup_s = time.monotonic() - forked
+        go.set()
+        yield startup_s, startups, lambda: sum(ready.get(timeout=patience_s) for _ in procs)
     finally:
+        go.set()
         for proc in procs:
             proc.join(90)  # a plain RQ worker can wait up to 60 s on its pub/sub read as it stops
             if proc.is_alive():
                 proc.kill()
 
 
-def drain(url: str, target: Any, count: int, extra: tuple[Any, ...], done: Any) -> float:
-    """Seconds ``count`` worker processes take until ``done()`` (every job finished), not until they exit."""
-    with started(url, target, count, extra):
+@dataclass
+class Drained:
+    startup_s: float  #: from the first fork until every worker was at its first dequeue
+    startups: list[Started]
+    steady_s: float  #: from then until every job finished
+    cpu_s: float  #: CPU the workers spent from their first dequeue until they stopped (every thread)
+
+
+def drain(url: str, target: Any, count: int, extra: tuple[Any, ...], done: Any) -> Drained:
+    """``count`` worker processes started, then timed from when all are ready until ``done()`` (every job
+    finished), not until they exit."""
+    with started(url, target, count, extra) as (startup_s, startups, cpu_s):
         begun = time.perf_counter()
         while not done():
             time.sleep(0.005)
-        return time.perf_counter() - begun
+        return Drained(startup_s, startups, time.perf_counter() - begun, cpu_s())
 
 
 def worker_costs(conn: Redis, url: str, settings: Settings, args: argparse.Namespace) -> list[str]:
-    """Jobs/s through N stub workers and N plain RQ SimpleWorkers; memory per finished job and its expiry."""
-    rows = []
+    """Jobs/s through N stub workers and N plain RQ SimpleWorkers, timed once every worker is at its first
+    dequeue; their start-up apart; memory per finished job and its expiry."""
+    rows, startup_rows = [], []
     finished_memory = ""
     for count in args.workers:
         conn.flushdb()
@@ -218,9 +289,28 @@ def worker_costs(conn: Redis, url: str, settings: Settings, args: argparse.Names
         for _ in range(args.jobs):
             baseline.enqueue("scale.noop", "{}", result_ttl=3600)
         plain = drain(url, run_plain_worker, count, (), lambda q=baseline: q.finished_job_registry.count >= args.jobs)
-        rows.append([count, args.jobs, f"{args.jobs / ours:.0f}", f"{args.jobs / plain:.0f}", f"{plain / ours:.2f}"])
-    return [table(f"jobs/s through stub workers ({args.pixels}x{args.pixels} PNG) and plain RQ SimpleWorkers",
-                  ["workers", "jobs", "ponybot jobs/s", "plain RQ jobs/s", "ratio"], rows), finished_memory]
+        rows.append([count, args.jobs, f"{args.jobs / ours.steady_s:.0f}", f"{args.jobs / plain.steady_s:.0f}",
+                     f"{plain.steady_s / ours.steady_s:.2f}", f"{ours.cpu_s / args.jobs * 1000:.1f}",
+                     f"{plain.cpu_s / args.jobs * 1000:.1f}"])
+        startup_rows += [[count, name, f"{run.startup_s:.1f}", *phases(run.startups)]
+                         for name, run in (("ponybot", ours), ("plain RQ", plain))]
+    return [table(f"jobs/s through stub workers ({args.pixels}x{args.pixels} PNG) and plain RQ SimpleWorkers, "
+                  "from when every worker is at its first dequeue",
+                  ["workers", "jobs", "ponybot jobs/s", "plain RQ jobs/s", "ratio", "ponybot CPU ms/job",
+                   "plain RQ CPU ms/job"], rows),
+            table("worker start-up: fork to first dequeue (all at once on this machine's cores); per worker, "
+                  "median wall s / CPU s",
+                  ["workers", "kind", "all ready s", "imports", "build", "work() to dequeue"], startup_rows),
+            finished_memory]
+
+
+def phases(startups: list[Started]) -> list[str]:
+    """Median wall / CPU seconds of each start-up phase over the workers."""
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    return [f"{median([getattr(s, wall) for s in startups]):.2f}/{median([getattr(s, cpu) for s in startups]):.2f}"
+            for wall, cpu in (("import_s", "import_cpu_s"), ("build_s", "build_cpu_s"), ("work_s", "work_cpu_s"))]
 
 
 def memory_after(conn: Redis, empty: int, jobs: int) -> str:
@@ -319,7 +409,7 @@ def main() -> None:
             print("\n\n".join(out[-3:]), flush=True)
         if "workers" not in skip:
             out += worker_costs(conn, server.url, settings, args)
-            print("\n\n" + "\n\n".join(out[-2:]), flush=True)
+            print("\n\n" + "\n\n".join(out[-3:]), flush=True)
         if "bot" not in skip:
             conn.flushdb()
             out += asyncio.run(bot_costs(server.url, conn, args, scratch))

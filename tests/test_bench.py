@@ -116,7 +116,12 @@ def test_scale_bench_prints_every_table() -> None:
     assert [row[:2] for row in table_rows(out, "as the queue grows")] == [["50", "50"], ["200", "50"]]
     assert [row[:2] for row in table_rows(out, "tracker tick")] == [["50", "10"], ["50", "50"], ["200", "10"],
                                                                      ["200", "50"]]
-    assert [row[:2] for row in table_rows(out, "jobs/s through stub workers")] == [["1", "30"], ["2", "30"]]
+    workers = table_rows(out, "jobs/s through stub workers")
+    assert [row[:2] for row in workers] == [["1", "30"], ["2", "30"]]
+    assert all(float(cpu) > 0 for row in workers for cpu in row[5:7])  # each side's CPU per job was read back
+    startups = table_rows(out, "worker start-up")
+    assert [row[:2] for row in startups] == [["1", "ponybot"], ["1", "plain"], ["2", "ponybot"], ["2", "plain"]]
+    assert all(float(row[2]) > 0 for row in startups if row[1] == "ponybot")  # a worker's imports take time
     left = {row[0]: row[1] for row in table_rows(out, "what 30 finished jobs leave in Redis")}
     assert left["ponybot:image:<id>:0"] == left["ponybot:job:<id>"] == "30"
     assert [row[0] for row in table_rows(out, "INTERACTION_CREATE -> defer callback")] == ["10"]

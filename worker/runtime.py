@@ -21,7 +21,16 @@ from ponybot.images import ImageLimits
 from ponybot.metrics import WorkerMetrics
 from ponybot.networks import check_lora_count, parse_loras
 from ponybot.parameters import format_parameters
-from ponybot.policy import Decision, EffectivePolicy, FlaggedAction, Mode, Strictness, apply, resolve
+from ponybot.policy import (
+    Decision,
+    EffectivePolicy,
+    FlaggedAction,
+    Mode,
+    Strictness,
+    apply,
+    resolve,
+    warm_prompt_filter,
+)
 from ponybot.policy_store import PolicyStore
 from ponybot.queue import publish_event, publish_progress
 from ponybot.schemas import (
@@ -82,6 +91,7 @@ class WorkerRuntime:
         self.classifier = classifier
         self.publish_safety()
         self.policies = PolicyStore(conn)
+        warm_prompt_filter(settings.policy)  # at start-up, not in the first job
         #: CPU work after the GPU (classifier, PNG encoding), spread over the host's cores
         self.pool = ThreadPoolExecutor(max_workers=min(8, cpu_threads(settings)), thread_name_prefix="ponybot-post")
         #: jobs the worker claimed to run in one batch with the job being run
