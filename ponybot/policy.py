@@ -135,6 +135,7 @@ def warm_prompt_filter(settings: PolicySettings) -> None:
             check_prompt("", resolve(PolicyRules(strictness=strictness), age_restricted=age_restricted,
                                      settings=settings).term_lists())
 
+
 #: A request over a channel's cap, per option (``{cap}``, ``{value}``; a size also ``{width}``, ``{height}``).
 CAP_REFUSALS = {
     "steps": N_("this channel allows at most {cap} steps (you asked for {value})"),
