@@ -158,3 +158,20 @@ def test_redis_check_through_sentinels(tmp_path: Path, settings: Any) -> None:
     assert "sentinel(s)" in found.detail and "append-only file on" in found.detail
     [gone] = redis_server(through, Options())  # the sentinels stopped with the set
     assert not gone.ok and "does not answer" in gone.detail and gone.fix
+
+
+@pytest.mark.parametrize(("required", "ok"), [(None, True), (["nsfwjs"], True), (["nsfwjs", "tagger"], False)])
+def test_a_missing_tagger_is_a_problem_only_when_required(required: list[str] | None, ok: bool, tmp_path: Path,
+                                                          settings: Any) -> None:
+    """Without the tagger, SFW channels get what the bundled checks pass: the doctor says so, and names it a
+    problem only when ``safety.required`` makes every SFW image wait for the tagger."""
+    from ponybot.commands.doctor import Options
+    from ponybot.commands.doctor_checks import models
+
+    safety = settings.safety.model_copy(update={"tagger": "SmilingWolf/wd-vit-tagger-v3", "required": required})
+    model = settings.model.model_copy(update={"cache_dir": tmp_path / "empty-cache"})
+    found = models(settings.model_copy(update={"safety": safety, "model": model}), Options())
+    [tagger] = [line for line in found if line.name == "tagger"]
+    assert tagger.ok is ok, tagger
+    assert "not in the cache" in tagger.detail
+    assert ("withhold every image" in tagger.detail) is not ok and ("nsfwjs" in tagger.detail) is ok
