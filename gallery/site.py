@@ -153,19 +153,37 @@ async def image_page(request: Request) -> Response:
     gallery = gallery_of(request)
     image_id = path_id(request, "image_id", images.c.id, NO_IMAGE)
 
-    def load() -> tuple[Any, bool, str | None]:
+    def load() -> tuple[Any, bool, str | None, bool]:
         viewer = viewer_of(request)
         with gallery.engine.connect() as db:
             row = get_image(db, viewer, image_id)
             moderator = row is not None and is_moderator(db, viewer, row.guild_id)
             name = db.scalar(select(users.c.name).where(users.c.id == row.user_id)) if row else None
-        return row, moderator, name
+            # a link unfurls (Discord, Twitter/X, Mastodon) only for an image anyone signed out may see: the
+            # preview is fetched by the platform's crawler, signed out, and shown to whoever reads the chat
+            public = row is not None and (viewer == Viewer() or get_image(db, Viewer(), image_id) is not None)
+        return row, moderator, name, public
 
-    row, moderator, name = await run_in_threadpool(load)
+    row, moderator, name, public = await run_in_threadpool(load)
     if row is None:
         raise HTTPException(404, NO_IMAGE)
+    unfurl = unfurl_tags(gallery.settings.public_url, row, name) if public else None
     return render(request, "image.html", image=row, moderator=moderator, owner=signed_in(request) == row.user_id,
-                  author=name or f"member {row.user_id}")
+                  author=name or f"member {row.user_id}", unfurl=unfurl)
+
+
+def unfurl_tags(public_url: str, row: Any, author: str | None) -> dict[str, str]:
+    """OpenGraph and Twitter card properties of an image page: the picture, its size, the prompt as its text."""
+    base = public_url.rstrip("/")
+    prompt = row.request_prompt if len(row.request_prompt) <= 200 else row.request_prompt[:197] + "..."
+    return {
+        "og:type": "website", "og:site_name": "ponybot gallery", "og:url": f"{base}/i/{row.id}",
+        "og:title": f"Image {row.id} by {author or f'member {row.user_id}'}", "og:description": prompt,
+        "og:image": f"{base}/file/{row.id}.png", "og:image:type": "image/png",
+        "og:image:width": str(row.width), "og:image:height": str(row.height), "og:image:alt": prompt,
+        "twitter:card": "summary_large_image", "twitter:title": f"Image {row.id}", "twitter:description": prompt,
+        "twitter:image": f"{base}/file/{row.id}.png",
+    }
 
 
 async def job_redirect(request: Request) -> Response:

@@ -254,3 +254,25 @@ def test_a_public_only_gallery_and_the_bot_token(tmp_path: Path, conn: redis.Red
         assert client.get(f"/i/{private}").status_code == (404 if token else 200)
     finally:
         made.state.gallery.engine.dispose()
+
+
+def test_a_link_unfurls_only_for_an_image_anyone_may_see(app: Any, conn: redis.Redis, oauth_fake: OAuthFake) -> None:
+    """OpenGraph and Twitter card tags (the picture, its size, the prompt) on a public image's page, for anyone
+    who opens it; none on a private channel's image, even for the member who may see it (the crawler that
+    fetches the preview is signed out, and the preview is shown to everyone in the chat)."""
+    guild = oauth_fake.bot.guild(G)
+    guild.roles[SECRET_ROLE] = 0
+    guild.add_channel(PRIVATE, private_to=[SECRET_ROLE])
+    public = add(app, conn, "open meadow at dawn")
+    private = add(app, conn, "secret meadow", channel=PRIVATE)
+    oauth_fake.bot.set_roles(G, 2301, [SECRET_ROLE])
+    insider = member(app, oauth_fake, 2301)
+    base = app.state.gallery.settings.public_url.rstrip("/")
+    for who, client in {"signed out": TestClient(app), "member with the role": insider}.items():
+        page = client.get(f"/i/{public}").text
+        assert f'<meta property="og:image" content="{base}/file/{public}.png">' in page, who
+        assert '<meta property="og:image:width" content="' in page and "open meadow at dawn" in page, who
+        assert '<meta name="twitter:card" content="summary_large_image">' in page, who
+    hidden_page = insider.get(f"/i/{private}")
+    assert hidden_page.status_code == 200 and "secret meadow" in hidden_page.text
+    assert "og:image" not in hidden_page.text and "twitter:card" not in hidden_page.text
